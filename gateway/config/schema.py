@@ -1,0 +1,204 @@
+"""Typed configuration, decoded from TOML by msgspec.
+
+Every struct forbids unknown keys so that a typo is an error naming its key
+path rather than a silently ignored setting. Every field but the listener and
+a school's name, hosts and upstreams has a default, so the smallest useful
+config is one `[server] listen` and one `[[schools]]` entry.
+
+Durations are seconds (floats); sizes are bytes (ints).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+Share = Annotated[float, Meta(gt=0, le=1)]
+
+
+class _Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class Server(_Section):
+    listen: str = "127.0.0.1:8080"
+    workers: PositiveInt = 1
+    # Admin listener: /metrics (Prometheus), /healthz. None disables it.
+    admin_listen: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    backlog: PositiveInt = 2048
+    # Client addresses whose X-Forwarded-For is believed (exact IPs or CIDRs).
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Name put in the Via header.
+    via_name: str = "schoolgate"
+
+
+class Timeouts(_Section):
+    # A client must deliver its whole request head within this (408 after).
+    header: PositiveFloat = 10.0
+    # Idle keep-alive client connections are closed after this.
+    keepalive: PositiveFloat = 75.0
+    # Gap allowed between two reads of a request body.
+    client_body: PositiveFloat = 60.0
+    upstream_connect: PositiveFloat = 5.0
+    # Gap allowed between two reads from the upstream while a response is due.
+    upstream_read: PositiveFloat = 60.0
+    # Idle pooled upstream connections are closed after this.
+    upstream_idle: PositiveFloat = 30.0
+    # SIGTERM: time given to in-flight requests before the worker exits.
+    drain: PositiveFloat = 30.0
+    # WebSocket / upgraded tunnels idle this long are closed.
+    tunnel_idle: PositiveFloat = 600.0
+
+
+class Limits(_Section):
+    max_request_line: PositiveInt = 8192
+    max_header_bytes: PositiveInt = 32768
+    max_headers: PositiveInt = 100
+    max_chunk_ext: PositiveInt = 4096
+    # Header names containing "_" are ambiguous behind CGI-style upstreams
+    # (X_User vs X-User): drop them silently or answer 400.
+    underscore_headers: Literal["drop", "reject"] = "drop"
+    # Bytes buffered per connection in either direction before the other
+    # side's reading is paused. Bounds memory under slow readers/writers.
+    max_buffer: PositiveInt = 262144
+    # Pipelined requests parsed ahead of the one being answered.
+    max_pipeline: PositiveInt = 16
+    # 0 means no limit on request body size.
+    max_body: NonNegInt = 0
+    # Idle pooled connections kept per upstream server.
+    upstream_keepalive: NonNegInt = 64
+
+
+class Match(_Section):
+    methods: list[str] = field(default_factory=list)
+    # Path prefixes ("/api/import" matches "/api/import/users?x=1").
+    paths: list[str] = field(default_factory=list)
+    # Header name -> required value; "*" only requires the header be present.
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Window(_Section):
+    """A time window in which a class runs under a different share."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"]
+    )
+    start: str = "07:30"
+    end: str = "16:00"
+    tz: str = "UTC"
+    max_share: Share = 1.0
+
+
+class TrafficClass(_Section):
+    name: str
+    # Higher is more urgent.
+    priority: int = 0
+    match: Match | None = None
+    max_wait: NonNegFloat = 10.0
+    max_share: Share | None = None
+    windows: list[Window] = field(default_factory=list)
+    # Status for requests of this class that cannot be admitted in time.
+    reject_status: Literal[429, 503] = 503
+
+
+class School(_Section):
+    name: str
+    hosts: list[str]
+    upstreams: list[str]
+    # 0 means unlimited for the three limits below.
+    max_inflight: NonNegInt = 0
+    max_connections: NonNegInt = 0
+    rate: NonNegFloat = 0.0
+    burst: NonNegInt = 0
+    weight: PositiveFloat = 1.0
+    balance: Literal["round_robin", "least_inflight"] = "round_robin"
+    # Optional per-client-address bucket (0 disables).
+    client_rate: NonNegFloat = 0.0
+    client_burst: NonNegInt = 0
+    # Name of a shared [[pools]] entry this school's upstreams belong to.
+    pool: str | None = None
+    # Directory with waiting-room template overrides.
+    templates: str | None = None
+    # Display name on pages; defaults to name.
+    title: str | None = None
+
+
+class Pool(_Section):
+    """An upstream capacity shared by several schools (the cloud case)."""
+
+    name: str
+    max_inflight: PositiveInt
+
+
+class Admission(_Section):
+    # Requests waiting per school before new ones are turned away at once.
+    max_queue: PositiveInt = 1000
+    # Seconds a waiting request ages one priority step (so bulk still moves).
+    aging: PositiveFloat = 30.0
+    # HMAC key for waiting-room tickets; generated per process when empty
+    # (tickets then do not survive restarts or span instances).
+    secret: str = ""
+    ticket_ttl: PositiveFloat = 600.0
+    # Retry-After floor/ceiling in seconds.
+    min_retry: PositiveInt = 1
+    max_retry: PositiveInt = 120
+
+
+class Redis(_Section):
+    url: str = ""
+    prefix: str = "schoolgate:"
+    # How often local counters are synced to Redis.
+    sync_interval: PositiveFloat = 0.1
+
+
+class Config(_Section):
+    server: Server = field(default_factory=Server)
+    schools: list[School] = field(default_factory=list)
+    classes: list[TrafficClass] = field(default_factory=list)
+    pools: list[Pool] = field(default_factory=list)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    admission: Admission = field(default_factory=Admission)
+    redis: Redis = field(default_factory=Redis)
+
+
+def default_classes() -> list[TrafficClass]:
+    """Classes used when the config names none.
+
+    Order matters: the first class whose match fits wins, so bulk paths are
+    tried before the method-based submit class (an import is often a POST).
+    """
+    return [
+        TrafficClass(
+            name="bulk",
+            priority=0,
+            match=Match(
+                paths=["/import", "/export", "/report", "/sync", "/api/import",
+                       "/api/export", "/api/report", "/api/sync", "/admin/import",
+                       "/admin/export"],
+            ),
+            max_wait=30.0,
+            reject_status=429,
+        ),
+        TrafficClass(
+            name="submit",
+            priority=20,
+            match=Match(methods=["POST", "PUT"]),
+            max_wait=60.0,
+        ),
+        TrafficClass(name="interactive", priority=10, max_wait=20.0),
+    ]
+
+
+__all__ = [
+    "Admission", "Config", "Limits", "Match", "Pool", "Redis", "School", "Server",
+    "Timeouts", "TrafficClass", "Window", "default_classes", "msgspec",
+]
