@@ -1,0 +1,23 @@
+"""Request/response head validation and serialization for the proxy core.
+
+Re-exports the compiled implementation (`native/head.pyx`);
+`gateway.http.reference` is the plain-Python model it is tested against.
+"""
+
+from gateway.http.reference import (
+    HOP_BY_HOP,
+    HeadError,
+    RequestHead,
+    ResponseHead,
+    parse_request_head,
+    parse_response_head,
+    serialize_request_head,
+    serialize_response_head,
+    serialize_simple_response,
+)
+
+__all__ = [
+    "HOP_BY_HOP", "HeadError", "RequestHead", "ResponseHead", "parse_request_head",
+    "parse_response_head", "serialize_request_head", "serialize_response_head",
+    "serialize_simple_response",
+]

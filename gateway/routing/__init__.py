@@ -1,0 +1,9 @@
+"""Host -> school routing and request -> traffic class classification.
+
+Re-exports the compiled implementation (`native/router.pyx`);
+`gateway.routing.reference` is the plain-Python model it is tested against.
+"""
+
+from gateway.routing.reference import Classifier, Router
+
+__all__ = ["Classifier", "Router"]
