@@ -1,0 +1,27 @@
+"""Configuration: the typed schema and the loader that checks it.
+
+``load_config(path)`` is the one entry point the server needs; everything it
+returns has passed the checks documented in :mod:`gateway.config.load`.
+"""
+
+from .load import ConfigError, effective_classes, load_config, parse_config, parse_hostport
+from .schema import (
+    Admission,
+    Config,
+    Limits,
+    Match,
+    Pool,
+    Redis,
+    School,
+    Server,
+    Timeouts,
+    TrafficClass,
+    Window,
+    default_classes,
+)
+
+__all__ = [
+    "Admission", "Config", "ConfigError", "Limits", "Match", "Pool", "Redis", "School",
+    "Server", "Timeouts", "TrafficClass", "Window", "default_classes", "effective_classes",
+    "load_config", "parse_config", "parse_hostport",
+]
