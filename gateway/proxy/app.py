@@ -1,0 +1,181 @@
+"""Per-worker proxy state built from one Config: routing tables, upstream
+pools, limits, and the responses the gateway makes itself.
+
+An App is immutable in spirit: a reload builds a new App and swaps it in
+for new connections, while connections already open keep the App they were
+born with until they close (so one exchange never sees two configs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from gateway.config import Config, effective_classes, parse_hostport
+from gateway.http import HeadError, serialize_simple_response
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.upstream import Balancer, UpstreamServer
+from gateway.routing import Classifier, Router
+from gateway.waiting import render
+
+if TYPE_CHECKING:
+    from gateway.http import RequestHead
+    from gateway.proxy.client import ClientProtocol
+
+
+@dataclass(eq=False)
+class SchoolRuntime:
+    index: int
+    name: str
+    title: str
+    balancer: Balancer
+    templates: str | None
+    # Counters exported on /metrics.
+    requests: int = 0
+    unavailable: int = 0
+
+
+@dataclass(eq=False)
+class Metrics:
+    connections_total: int = 0
+    requests_total: int = 0
+    protocol_errors: dict[int, int] = field(default_factory=dict)
+    responses_local: dict[int, int] = field(default_factory=dict)
+
+
+class App:
+    def __init__(self, cfg: Config, servers: dict[str, UpstreamServer] | None = None) -> None:
+        self.cfg = cfg
+        self.limits = cfg.limits
+        self.timeouts = cfg.timeouts
+        self.via = cfg.server.via_name.encode()
+        self.reject_underscore = cfg.limits.underscore_headers == "reject"
+        # Raw bytes a request head may take before it is refused outright.
+        self.head_budget = cfg.limits.max_request_line + cfg.limits.max_header_bytes
+        self.draining = False
+        self.connections: set[ClientProtocol] = set()
+        self.metrics = Metrics()
+        self.classes = effective_classes(cfg)
+        self.router = Router([s.hosts for s in cfg.schools])
+        self.classifier = Classifier([c.match for c in self.classes])
+        # Upstream servers are keyed by address and may be handed over from
+        # the previous App on reload, so pooled connections survive it.
+        old = servers or {}
+        self.servers: dict[str, UpstreamServer] = {}
+        self.schools: list[SchoolRuntime] = []
+        for i, school in enumerate(cfg.schools):
+            members = []
+            for addr in school.upstreams:
+                server = self.servers.get(addr) or old.get(addr)
+                if server is None:
+                    host, port = parse_hostport(addr)
+                    server = UpstreamServer(
+                        host, port,
+                        keepalive=cfg.limits.upstream_keepalive,
+                        connect_timeout=cfg.timeouts.upstream_connect,
+                        idle_timeout=cfg.timeouts.upstream_idle,
+                        max_buffer=cfg.limits.max_buffer,
+                    )
+                self.servers[addr] = server
+                members.append(server)
+            self.schools.append(SchoolRuntime(
+                index=i, name=school.name, title=school.title or school.name,
+                balancer=Balancer(members, school.balance == "least_inflight"),
+                templates=school.templates,
+            ))
+
+    # -- per request ----------------------------------------------------------
+    def route(self, client: ClientProtocol, head: RequestHead) -> Exchange:
+        self.metrics.requests_total += 1
+        idx = self.router.route(head.host)
+        if idx < 0:
+            ex = Exchange(client, head, None, -1)
+            ex.keep_alive = False
+            ex.local = self.error_response(HeadError(421, "no school is served at this host name"))
+            return ex
+        school = self.schools[idx]
+        school.requests += 1
+        klass = self.classifier.classify(head.method, head.path, head)
+        return Exchange(client, head, school, klass)
+
+    def admit(self, ex: Exchange) -> None:
+        ex.admitted()
+
+    def release(self, ex: Exchange) -> None:
+        pass
+
+    def admission_cancel(self, ex: Exchange) -> None:
+        pass
+
+    def connection_opened(self, client: ClientProtocol) -> bool:
+        self.metrics.connections_total += 1
+        return True
+
+    def connection_closed(self, client: ClientProtocol) -> None:
+        pass
+
+    # -- responses the gateway makes ---------------------------------------
+    def error_response(self, err: HeadError) -> bytes:
+        """A protocol error: short plain-text reason, then close."""
+        status = err.status
+        self.metrics.responses_local[status] = self.metrics.responses_local.get(status, 0) + 1
+        body = f"{status} {_phrase(status)}: {err.reason}\n".encode()
+        return serialize_simple_response(
+            status, _phrase(status).encode(),
+            [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Cache-Control", b"no-store")],
+            body, False,
+        )
+
+    def unavailable_page(self, ex: Exchange) -> bytes:
+        """The school's server is not answering: 503 with Retry-After and a
+        friendly page, never a bare 502."""
+        school = ex.school
+        head = ex.head
+        if school is not None:
+            school.unavailable += 1
+        retry = max(self.cfg.admission.min_retry, 5)
+        page = render(
+            "down",
+            school_title=school.title if school is not None else "",
+            accept=(head.header(b"accept") or b"") if head is not None else b"",
+            accept_language=(head.header(b"accept-language") or b"") if head is not None else b"",
+            retry_after=retry,
+            original_url=head.target.decode("latin-1") if head is not None else "/",
+            templates_dir=school.templates if school is not None else None,
+        )
+        return self.local_response(page.status, page.headers, page.body, ex.keep_alive,
+                                   head_only=ex.is_head)
+
+    def local_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                       keep_alive: bool, head_only: bool = False) -> bytes:
+        self.metrics.responses_local[status] = self.metrics.responses_local.get(status, 0) + 1
+        out = serialize_simple_response(status, _phrase(status).encode(), headers, body, keep_alive)
+        if head_only:
+            # HEAD: same head (with the body's Content-Length), no body.
+            return out[: len(out) - len(body)] if body else out
+        return out
+
+    def count_protocol_error(self, status: int) -> None:
+        errors = self.metrics.protocol_errors
+        errors[status] = errors.get(status, 0) + 1
+
+    # -- housekeeping ----------------------------------------------------------
+    def reap(self, now: float) -> None:
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+        for server in self.servers.values():
+            server.reap_idle(now)
+
+    def close_servers_not_in(self, keep: dict[str, UpstreamServer]) -> None:
+        for addr, server in self.servers.items():
+            if keep.get(addr) is not server:
+                server.close_all()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+

@@ -1,0 +1,97 @@
+"""Admin listener: GET /healthz and GET /metrics (Prometheus text format).
+
+Kept apart from the proxy listener so that scraping and health checks are
+never queued behind pupils, and never reachable through a school's Host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+import httptools
+
+if TYPE_CHECKING:
+    from gateway.server.worker import Worker
+
+
+def render_metrics(worker: Worker) -> bytes:
+    app = worker.app
+    m = app.metrics
+    labels = f'worker="{worker.index}",pid="{os.getpid()}"'
+    lines = [
+        "# HELP schoolgate_connections_total Client connections accepted.",
+        "# TYPE schoolgate_connections_total counter",
+        f"schoolgate_connections_total{{{labels}}} {m.connections_total}",
+        "# HELP schoolgate_connections_open Client connections open now.",
+        "# TYPE schoolgate_connections_open gauge",
+        f"schoolgate_connections_open{{{labels}}} {len(app.connections)}",
+        "# HELP schoolgate_requests_total Request heads parsed.",
+        "# TYPE schoolgate_requests_total counter",
+        f"schoolgate_requests_total{{{labels}}} {m.requests_total}",
+        "# HELP schoolgate_local_responses_total Responses made by the gateway itself.",
+        "# TYPE schoolgate_local_responses_total counter",
+    ]
+    for status, n in sorted(m.responses_local.items()):
+        lines.append(f'schoolgate_local_responses_total{{{labels},status="{status}"}} {n}')
+    lines += [
+        "# HELP schoolgate_school_requests_total Requests routed to a school.",
+        "# TYPE schoolgate_school_requests_total counter",
+    ]
+    for s in app.schools:
+        name = s.name.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'schoolgate_school_requests_total{{{labels},school="{name}"}} {s.requests}')
+    lines += [
+        "# HELP schoolgate_upstream_inflight Requests in flight per upstream server.",
+        "# TYPE schoolgate_upstream_inflight gauge",
+    ]
+    for addr, server in app.servers.items():
+        lines.append(f'schoolgate_upstream_inflight{{{labels},upstream="{addr}"}} '
+                     f"{server.inflight}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+class AdminProtocol(asyncio.Protocol):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._send(400, b"text/plain", b"bad request\n", close=True)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > 4096:
+            raise ValueError("url too long")
+
+    def on_message_complete(self) -> None:
+        path = self.url.split(b"?", 1)[0]
+        self.url = b""
+        if path == b"/healthz":
+            status = 503 if self.worker.app.draining else 200
+            self._send(status, b"text/plain", b"draining\n" if status == 503 else b"ok\n")
+        elif path == b"/metrics":
+            self._send(200, b"text/plain; version=0.0.4", render_metrics(self.worker))
+        else:
+            self._send(404, b"text/plain", b"not found\n")
+
+    def _send(self, status: int, ctype: bytes, body: bytes, close: bool = False) -> None:
+        if self.transport is None:
+            return
+        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found",
+                  503: b"Service Unavailable"}[status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (status, reason, ctype, len(body), b"Connection: close\r\n" if close else b"", body)
+        )
+        if close:
+            self.transport.close()
