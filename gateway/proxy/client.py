@@ -43,7 +43,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "_hdr_bytes", "_headers", "_n_headers", "_raw_head", "_tail", "_url", "app", "chunks",
         "client_ip", "client_key", "current", "eof", "error", "parser", "pause_mask", "phase",
-        "proto", "queue", "since", "touched", "transport", "tunnel", "write_paused",
+        "out", "proto", "queue", "since", "touched", "transport", "tunnel", "write_paused",
     )
 
     def __init__(self, app: App, proto: bytes = b"http") -> None:
@@ -52,6 +52,9 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
+        # Response bytes produced while handling one upstream read, sent as
+        # one writev by flush(): a head and its body leave in one syscall.
+        self.out: list[bytes] = []
         # The exchange whose request body is still being parsed.
         self.current: Exchange | None = None
         self.tunnel: Exchange | None = None
@@ -240,16 +243,40 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- used by exchanges ------------------------------------------------
     def write(self, data: bytes) -> None:
+        if self.out:
+            self.out.append(data)  # keep order behind what is corked
+            return
         t = self.transport
         if t is not None:
             t.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
+        if self.out:
+            self.out.extend(parts)
+            return
         t = self.transport
         if t is not None:
             t.writelines(parts)
 
+    def cork(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def corklines(self, parts: list[bytes]) -> None:
+        self.out.extend(parts)
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.out = []
+            t = self.transport
+            if t is not None:
+                if len(out) == 1:
+                    t.write(out[0])
+                else:
+                    t.writelines(out)
+
     def write_eof(self) -> None:
+        self.flush()
         t = self.transport
         if t is not None and t.can_write_eof():
             t.write_eof()
@@ -299,11 +326,13 @@ class ClientProtocol(asyncio.Protocol):
         return pending
 
     def close(self) -> None:
+        self.flush()
         t = self.transport
         if t is not None and self.phase != CLOSED:
             t.close()
 
     def abort(self) -> None:
+        self.out = []
         t = self.transport
         if t is not None and self.phase != CLOSED:
             t.abort()
@@ -383,6 +412,7 @@ class ClientProtocol(asyncio.Protocol):
         self.pause_reading_for(PAUSE_TUNNEL)
 
     def _close_after_response(self, ex: Exchange) -> None:
+        self.flush()
         t = self.transport
         if t is None or self.phase == CLOSED:
             return

@@ -206,7 +206,7 @@ class Exchange:
             return
         if head.status == 100 or self.head.version < 11:  # type: ignore[union-attr]
             return  # 100 was answered by us; HTTP/1.0 clients get no 1xx
-        self.client.write(serialize_response_head(head, 11, False, True, self.client.app.via))
+        self.client.cork(serialize_response_head(head, 11, False, True, self.client.app.via))
 
     def on_response_head(self, conn: UpstreamConnection, head: ResponseHead) -> None:
         self.state = RESPONDING
@@ -224,14 +224,14 @@ class Exchange:
             keep = False  # HTTP/1.0 without a length: the close ends the body
         self.out_chunked = chunked
         self.keep_alive = keep
-        client.write(serialize_response_head(head, req.version, chunked, keep, client.app.via))  # type: ignore[union-attr]
+        client.cork(serialize_response_head(head, req.version, chunked, keep, client.app.via))  # type: ignore[union-attr]
 
     def on_response_body(self, data: bytes) -> None:
         self.touched = time.monotonic()
         if self.out_chunked:
-            self.client.writelines([b"%x\r\n" % len(data), data, CRLF])
+            self.client.corklines([b"%x\r\n" % len(data), data, CRLF])
         else:
-            self.client.write(data)
+            self.client.cork(data)
 
     def on_response_end(self, conn: UpstreamConnection, reusable: bool) -> None:
         server = self.server
@@ -243,7 +243,7 @@ class Exchange:
         else:
             conn.close()
         if self.out_chunked:
-            self.client.write(LAST_CHUNK)
+            self.client.cork(LAST_CHUNK)
         self._finish()
 
     def on_upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None:

@@ -80,18 +80,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             ex.on_tunnel_upstream_data(data)
             return
+        client = ex.client
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upg:
             offset = upg.args[0]
             if self.exchange is not None:
                 self.exchange.on_upstream_upgraded(data[offset:])
-            return
         except httptools.HttpParserError as exc:
             self._fail(HeadError(502, f"invalid response from upstream: {exc}"))
-            return
-        if self._head_seen and self.exchange is ex:
-            self._finish_head_only()
+        else:
+            if self._head_seen and self.exchange is ex:
+                self._finish_head_only()
+        client.flush()
 
     def eof_received(self) -> bool:
         ex = self.exchange
@@ -100,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange = None
             self.closed = True
             ex.on_response_end(self, reusable=False)
+            ex.client.flush()
         elif ex is not None and self.tunnel:
             ex.on_tunnel_upstream_eof()
             return True
@@ -119,6 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.on_response_end(self, reusable=False)
         else:
             ex.on_upstream_lost(self, exc)
+        ex.client.flush()
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
