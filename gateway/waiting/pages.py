@@ -114,7 +114,6 @@ def _wait_fields(
         config = {
             "status": status,
             "url": url,
-            "lang": lang,
             "every": min(max(retry_after, _POLL_MIN), _POLL_FIRST_MAX),
             "min": _POLL_MIN,
             "max": _POLL_MAX,

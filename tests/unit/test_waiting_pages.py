@@ -257,7 +257,6 @@ def test_wait_page_polls_and_falls_back_to_refresh():
     config = config_of(p)
     assert config["status"] == "/_sg/status?s=a&b=1"
     assert config["url"] == "/moodle/course?id=3"
-    assert config["lang"] == "en"
     assert config["every"] == 4
     assert config["eta"]["unknown"] == "not known yet"
 
