@@ -1,0 +1,622 @@
+"""Admission scheduler: per-school priority queues and pool fair sharing.
+
+Pure state machine. Every call takes `now` (seconds, the caller's clock) and
+nothing here reads a clock, sleeps or does I/O. Schools, classes and pools are
+small integers fixed at construction.
+
+Invariants (each call preserves them; the property tests check them):
+
+1. Slots. A ticket holds a slot from admission until `release`. For every
+   school: inflight <= max_inflight (0 = unlimited); per class:
+   class_inflight <= class_limit (when limited); per pool:
+   inflight <= max_inflight. Tokens are taken from the school bucket only at
+   admission, one per ticket.
+2. Order. Waiting tickets of a school are ordered by
+   key = arrived_at - priority * aging, then arrived_at, then seq.
+   With aging seconds per priority step, this is the order of "priority +
+   time waited / aging" at any instant, so it never needs re-sorting; within
+   a class it is FCFS by (arrived_at, seq). A class at its share limit is
+   skipped, it does not block other classes.
+3. Work conservation. After every call no queued, eligible ticket could be
+   admitted: the scheduler dispatches whenever a slot frees, and `poll`
+   catches up on what time changed (bucket refill, client delays, shares).
+4. Pool fairness. When a pool slot frees, it goes to the member school with
+   an eligible ticket and the smallest inflight / weight (ties: the earliest
+   ticket), so schools converge to weight-proportional slot shares.
+5. Bounded. At most max_queue QUEUED tickets per school; a ticket leaves the
+   queue by admission, by cancel, or by expiry at its deadline
+   (now + max_wait at request time). Nothing is dropped silently: every
+   ticket ends ADMITTED, REJECTED or CANCELLED.
+6. Client buckets. A ticket whose client bucket is empty reserves its token
+   and waits (QUEUED, not yet listed) until the token is due, then joins its
+   class queue at its (arrived_at, seq) place. A reservation due after the
+   deadline rejects at once with 429.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.math cimport INFINITY, ceil, exp, floor, isnan
+
+import heapq
+
+from gateway._native.bucket cimport TokenBucket
+
+QUEUED = 0
+ADMITTED = 1
+REJECTED = 2
+CANCELLED = 3
+
+cdef enum:
+    S_QUEUED = 0
+    S_ADMITTED = 1
+    S_REJECTED = 2
+    S_CANCELLED = 3
+
+# Time constant of the admission-rate estimate, seconds.
+cdef double RATE_TAU = 10.0
+# How often idle client buckets are forgotten, seconds.
+cdef double SWEEP_EVERY = 60.0
+
+
+cdef inline bint before(Ticket a, Ticket b) noexcept:
+    if a.key != b.key:
+        return a.key < b.key
+    if a.arrived_at != b.arrived_at:
+        return a.arrived_at < b.arrived_at
+    return a.seq < b.seq
+
+
+cdef Py_ssize_t count_before(list q, Ticket t):
+    """Number of tickets in sorted q that come before t."""
+    cdef Py_ssize_t lo = 0, hi = len(q), mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if before(<Ticket>q[mid], t):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef class Ticket:
+
+    def __repr__(self):
+        names = ("QUEUED", "ADMITTED", "REJECTED", "CANCELLED")
+        return (f"<Ticket school={self.school} class={self.klass} "
+                f"{names[self.state]} arrived_at={self.arrived_at:.3f} "
+                f"seq={self.seq}>")
+
+
+cdef class _Pool:
+
+    def __init__(self, int max_inflight):
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self.members = []
+
+
+cdef class _School:
+
+    def __cinit__(self, int n_classes):
+        self.n_classes = n_classes
+        self.class_inflight = <int*>PyMem_Malloc(n_classes * sizeof(int))
+        self.class_limit = <int*>PyMem_Malloc(n_classes * sizeof(int))
+        self.admitted = <long long*>PyMem_Malloc(n_classes * sizeof(long long))
+        self.rejected = <long long*>PyMem_Malloc(n_classes * sizeof(long long))
+        if (not self.class_inflight or not self.class_limit or not self.admitted
+                or not self.rejected):
+            raise MemoryError()
+        for k in range(n_classes):
+            self.class_inflight[k] = 0
+            self.class_limit[k] = -1
+            self.admitted[k] = 0
+            self.rejected[k] = 0
+        self.queues = [[] for _ in range(n_classes)]
+        self.clients = {}
+
+    def __dealloc__(self):
+        PyMem_Free(self.class_inflight)
+        PyMem_Free(self.class_limit)
+        PyMem_Free(self.admitted)
+        PyMem_Free(self.rejected)
+
+    cdef double rate(self, double now) noexcept:
+        if self.rate_value == 0.0:
+            return 0.0
+        cdef double r = self.rate_value * exp(-(now - self.rate_stamp) / RATE_TAU)
+        # Bias correction: in the first seconds the decayed sum has not
+        # filled up yet and would understate the rate.
+        cdef double span = now - self.rate_since
+        if span < 1.0:
+            span = 1.0
+        return r / (1.0 - exp(-span / RATE_TAU))
+
+    cdef void count_admission(self, double now) noexcept:
+        if self.rate_value == 0.0:
+            self.rate_since = now
+            self.rate_stamp = now
+        self.rate_value = (self.rate_value * exp(-(now - self.rate_stamp) / RATE_TAU)
+                           + 1.0 / RATE_TAU)
+        self.rate_stamp = now
+
+    cdef int capacity(self) noexcept:
+        if self.max_inflight > 0:
+            return self.max_inflight
+        if self.pool is not None:
+            return self.pool.max_inflight
+        return 0
+
+
+cdef class Scheduler:
+
+    def __init__(self, schools, classes, pools=(), *, double aging=30.0,
+                 int min_retry=1, int max_retry=120, double now=0.0):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s
+        cdef int k
+        if aging <= 0:
+            raise ValueError("aging must be > 0")
+        if not 1 <= min_retry <= max_retry:
+            raise ValueError("need 1 <= min_retry <= max_retry")
+        classes = list(classes)
+        if not classes:
+            raise ValueError("at least one class is needed")
+        self.n_classes = len(classes)
+        self.priority = <double*>PyMem_Malloc(self.n_classes * sizeof(double))
+        self.max_wait = <double*>PyMem_Malloc(self.n_classes * sizeof(double))
+        self.share = <double*>PyMem_Malloc(self.n_classes * sizeof(double))
+        self.reject_status = <int*>PyMem_Malloc(self.n_classes * sizeof(int))
+        if not self.priority or not self.max_wait or not self.share or not self.reject_status:
+            raise MemoryError()
+        for k, (priority, max_wait, reject_status) in enumerate(classes):
+            if max_wait < 0:
+                raise ValueError(f"class {k}: max_wait must be >= 0")
+            self.priority[k] = priority
+            self.max_wait[k] = max_wait
+            self.reject_status[k] = reject_status
+            self.share[k] = 0.0
+        self.aging = aging
+        self.min_retry = min_retry
+        self.max_retry = max_retry
+        self.pools = [_Pool(int(m)) for m in pools]
+        self.schools = []
+        for i, (max_inflight, max_connections, rate, burst, weight, pool, max_queue,
+                client_rate, client_burst) in enumerate(schools):
+            s = _School(self.n_classes)
+            s.index = i
+            s.max_inflight = max_inflight
+            s.max_connections = max_connections
+            s.max_queue = max_queue
+            s.weight = weight
+            if weight <= 0:
+                raise ValueError(f"school {i}: weight must be > 0")
+            if pool is not None and pool >= 0:
+                s.pool = self.pools[pool]
+                s.pool.members.append(s)
+            s.bucket = TokenBucket(rate, burst, now) if rate > 0 else None
+            s.client_rate = client_rate
+            s.client_burst = client_burst
+            self.schools.append(s)
+        self.waiting = set()
+        self.deadlines = []
+        self.delayed = []
+        self.outbox = []
+        self.last_now = now
+        self.next_sweep = now + SWEEP_EVERY
+
+    def __dealloc__(self):
+        PyMem_Free(self.priority)
+        PyMem_Free(self.max_wait)
+        PyMem_Free(self.share)
+        PyMem_Free(self.reject_status)
+
+    # -- shares -----------------------------------------------------------
+
+    def set_share(self, int klass, share):
+        """Limit `klass` to `share` of each school's slots (None: no limit).
+
+        Takes effect for admissions from the next call on; a raised limit is
+        acted upon by the next `poll`.
+        """
+        cdef _School s
+        cdef int cap, limit
+        self._check_class(klass)
+        self.share[klass] = 0.0 if share is None else share
+        for s in self.schools:
+            cap = s.capacity()
+            if share is None or cap == 0:
+                limit = -1
+            else:
+                # At least one slot, so a limited class still moves.
+                limit = <int>floor(share * cap + 1e-9)
+                if limit < 1:
+                    limit = 1
+            s.class_limit[klass] = limit
+            if s.queued:
+                self.waiting.add(s)
+
+    # -- the shell's calls --------------------------------------------------
+
+    def request(self, int school, int klass, client_key, double now, arrived_at=None):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        cdef Ticket t = Ticket.__new__(Ticket)
+        cdef TokenBucket cb = None
+        cdef double delay = 0.0, at
+        self._check_class(klass)
+        self.last_now = now
+        self.seq += 1
+        t.seq = self.seq
+        t.school = school
+        t.klass = klass
+        at = now if arrived_at is None else arrived_at
+        if isnan(at) or at > now:
+            at = now
+        t.arrived_at = at
+        t.key = at - self.priority[klass] * self.aging
+        t.deadline = now + self.max_wait[klass]
+        t.reason = ""
+        if s.client_rate > 0.0 and client_key is not None:
+            cb = s.clients.get(client_key)
+            if cb is None:
+                cb = TokenBucket(s.client_rate, s.client_burst, now)
+                s.clients[client_key] = cb
+                self.has_clients = True
+            delay = cb.reserve_c(now, 1.0, self.max_wait[klass])
+            if delay < 0.0:
+                self._reject(s, t, now, "client_rate", 429, cb.wait(now, 1.0))
+                return t
+        if delay == 0.0 and self._admit_at_once(s, t, now):
+            return t
+        if s.queued >= s.max_queue or self.max_wait[klass] == 0.0:
+            if cb is not None:
+                cb.level += 1.0  # give the reservation back
+            self._reject(s, t, now,
+                         "queue_full" if s.queued >= s.max_queue else "busy",
+                         self.reject_status[klass], -1.0)
+            return t
+        t.state = S_QUEUED
+        t.not_before = now + delay
+        s.queued += 1
+        self.waiting.add(s)
+        heapq.heappush(self.deadlines, (t.deadline, t.seq, t))
+        if delay > 0.0:
+            heapq.heappush(self.delayed, (t.not_before, t.seq, t))
+        else:
+            self._list(s, t)
+            # Others ahead may be eligible since the last poll (a refill);
+            # dispatch so the order is kept, t may come out admitted.
+            self._dispatch(s, now)
+            if t.state == S_ADMITTED:
+                self.outbox.remove(t)
+        return t
+
+    def release(self, Ticket ticket not None, double now):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(ticket.school)
+        if not ticket.held:
+            raise ValueError(f"{ticket!r} holds no slot")
+        self.last_now = now
+        ticket.held = False
+        s.inflight -= 1
+        s.class_inflight[ticket.klass] -= 1
+        if s.pool is not None:
+            s.pool.inflight -= 1
+        if s.queued or (s.pool is not None and self.waiting):
+            self._dispatch(s, now)
+        return self._take_outbox()
+
+    def cancel(self, Ticket ticket not None, double now):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s
+        if ticket.state != S_QUEUED:
+            return False
+        s = self._school(ticket.school)
+        self.last_now = now
+        self._unqueue(s, ticket)
+        ticket.state = S_CANCELLED
+        s.cancelled += 1
+        return True
+
+    def poll(self, double now):
+        """See gateway/_native/scheduler.pyi."""
+        cdef Ticket t
+        cdef _School s
+        cdef list expired = []
+        self.last_now = now
+        while self.delayed and self.delayed[0][0] <= now:
+            t = heapq.heappop(self.delayed)[2]
+            if t.state == S_QUEUED:
+                s = self.schools[t.school]
+                self._list(s, t)
+                self.waiting.add(s)
+        for s in list(self.waiting):
+            if s.queued:
+                self._dispatch(s, now)
+            else:
+                self.waiting.discard(s)
+        while self.deadlines and self.deadlines[0][0] <= now:
+            t = heapq.heappop(self.deadlines)[2]
+            if t.state != S_QUEUED:
+                self.stale -= 1
+                continue
+            s = self.schools[t.school]
+            # Position first: it is the ticket's place in the line it leaves.
+            t.position = self._position(s, t)
+            self._unqueue(s, t)
+            self.stale -= 1  # its deadline entry is the one just popped
+            self._reject(s, t, now, "max_wait", self.reject_status[t.klass], -1.0)
+            expired.append(t)
+        if now >= self.next_sweep:
+            self._sweep(now)
+        return self._take_outbox(), expired
+
+    def next_deadline(self):
+        """See gateway/_native/scheduler.pyi."""
+        cdef double when = INFINITY, due
+        cdef _School s
+        cdef TokenBucket b
+        if self.outbox:
+            return self.last_now
+        while self.deadlines and (<Ticket>self.deadlines[0][2]).state != S_QUEUED:
+            heapq.heappop(self.deadlines)
+            self.stale -= 1
+        if self.deadlines:
+            when = self.deadlines[0][0]
+        while self.delayed and (<Ticket>self.delayed[0][2]).state != S_QUEUED:
+            heapq.heappop(self.delayed)
+        if self.delayed and self.delayed[0][0] < when:
+            when = self.delayed[0][0]
+        for s in self.waiting:
+            b = s.bucket
+            if b is not None and s.queued and b.level < 1.0:
+                due = b.stamp + (1.0 - b.level) / b.rate
+                if due < when:
+                    when = due
+        if self.has_clients and self.next_sweep < when:
+            when = self.next_sweep
+        return None if when == INFINITY else when
+
+    def position(self, Ticket ticket not None):
+        """See gateway/_native/scheduler.pyi."""
+        if ticket.state != S_QUEUED:
+            return 0
+        return self._position(self._school(ticket.school), ticket)
+
+    def estimated_wait(self, Ticket ticket not None, double now):
+        """See gateway/_native/scheduler.pyi."""
+        if ticket.state != S_QUEUED:
+            return 0.0
+        cdef _School s = self._school(ticket.school)
+        return self._eta(s, self._position(s, ticket), now)
+
+    def queue_eta(self, int school, int ahead, double now):
+        """Seconds until `ahead` more admissions at the school's measured rate."""
+        return self._eta(self._school(school), ahead, now)
+
+    def free_slots(self, int school, double now):
+        """Requests the school could admit right now with nobody queued."""
+        cdef _School s = self._school(school)
+        cdef double free = INFINITY
+        if s.max_inflight > 0:
+            free = s.max_inflight - s.inflight
+        if s.pool is not None and s.pool.max_inflight - s.pool.inflight < free:
+            free = s.pool.max_inflight - s.pool.inflight
+        if s.bucket is not None and s.bucket.wait(now, 1.0) > 0.0:
+            free = 0.0
+        elif s.bucket is not None and s.bucket.level < free:
+            free = floor(s.bucket.level)
+        free -= s.queued
+        if free < 0:
+            return 0
+        return -1 if free == INFINITY else <long long>free
+
+    def connection_open(self, int school):
+        """Count a client connection; False (not counted) at max_connections."""
+        cdef _School s = self._school(school)
+        if 0 < s.max_connections <= s.connections:
+            return False
+        s.connections += 1
+        return True
+
+    def connection_close(self, int school):
+        """Forget a connection counted by connection_open."""
+        cdef _School s = self._school(school)
+        if s.connections <= 0:
+            raise ValueError(f"school {school} has no open connection")
+        s.connections -= 1
+
+    def stats(self, int school, double now):
+        """Counters for one school; per-class values are lists by class index."""
+        cdef _School s = self._school(school)
+        cdef int k
+        queued = [len(q) for q in s.queues]
+        for _, _, t in self.delayed:
+            if (<Ticket>t).state == S_QUEUED and (<Ticket>t).school == school:
+                queued[(<Ticket>t).klass] += 1
+        return {
+            "inflight": s.inflight,
+            "connections": s.connections,
+            "queued": queued,
+            "inflight_by_class": [s.class_inflight[k] for k in range(self.n_classes)],
+            "admitted": [s.admitted[k] for k in range(self.n_classes)],
+            "rejected": [s.rejected[k] for k in range(self.n_classes)],
+            "cancelled": s.cancelled,
+            "admission_rate": s.rate(now),
+            "pool_inflight": None if s.pool is None else s.pool.inflight,
+            "client_buckets": len(s.clients),
+        }
+
+    # -- internals ----------------------------------------------------------
+
+    cdef _School _school(self, int school):
+        if not 0 <= school < len(self.schools):
+            raise IndexError(f"no school {school}")
+        return <_School>self.schools[school]
+
+    cdef void _check_class(self, int klass) except *:
+        if not 0 <= klass < self.n_classes:
+            raise IndexError(f"no class {klass}")
+
+    cdef list _take_outbox(self):
+        cdef list out = self.outbox
+        self.outbox = []
+        return out
+
+    cdef bint _school_room(self, _School s, double now) noexcept:
+        if s.max_inflight > 0 and s.inflight >= s.max_inflight:
+            return False
+        if s.bucket is not None and s.bucket.wait(now, 1.0) > 0.0:
+            return False
+        return True
+
+    cdef bint _class_room(self, _School s, int klass) noexcept:
+        return s.class_limit[klass] < 0 or s.class_inflight[klass] < s.class_limit[klass]
+
+    cdef bint _admit_at_once(self, _School s, Ticket t, double now) except -1:
+        # Only when nobody could be ahead: an empty school queue and, in a
+        # pool, no school waiting for a pool slot (fair sharing decides then).
+        if s.queued:
+            return False
+        if s.pool is not None:
+            if s.pool.inflight >= s.pool.max_inflight:
+                return False
+            for other in s.pool.members:
+                if (<_School>other).queued:
+                    return False
+        if not self._school_room(s, now) or not self._class_room(s, t.klass):
+            return False
+        self._admit(s, t, now)
+        return True
+
+    cdef void _admit(self, _School s, Ticket t, double now) except *:
+        if s.bucket is not None:
+            s.bucket.take(now, 1.0)
+        t.state = S_ADMITTED
+        t.held = True
+        s.inflight += 1
+        s.class_inflight[t.klass] += 1
+        if s.pool is not None:
+            s.pool.inflight += 1
+        s.admitted[t.klass] += 1
+        s.count_admission(now)
+
+    cdef Ticket _best(self, _School s, double now):
+        """The eligible ticket the school would admit next, or None."""
+        cdef Ticket best = None, head
+        cdef int k
+        cdef list q
+        if not self._school_room(s, now):
+            return None
+        for k in range(self.n_classes):
+            q = <list>s.queues[k]
+            if q and self._class_room(s, k):
+                head = <Ticket>q[0]
+                if best is None or before(head, best):
+                    best = head
+        return best
+
+    cdef void _dispatch(self, _School s, double now) except *:
+        cdef Ticket t
+        if s.pool is not None:
+            self._dispatch_pool(s.pool, now)
+            return
+        while s.queued:
+            t = self._best(s, now)
+            if t is None:
+                break
+            self._take_from_queue(s, t, now)
+
+    cdef void _dispatch_pool(self, _Pool pool, double now) except *:
+        cdef _School s, pick
+        cdef Ticket t, pick_t
+        cdef double load, pick_load
+        while pool.inflight < pool.max_inflight:
+            pick = None
+            pick_t = None
+            pick_load = INFINITY
+            for s in pool.members:
+                if not s.queued:
+                    continue
+                t = self._best(s, now)
+                if t is None:
+                    continue
+                load = s.inflight / s.weight
+                if load < pick_load or (load == pick_load and before(t, pick_t)):
+                    pick, pick_t, pick_load = s, t, load
+            if pick is None:
+                break
+            self._take_from_queue(pick, pick_t, now)
+
+    cdef void _take_from_queue(self, _School s, Ticket t, double now) except *:
+        self._unqueue(s, t)
+        self._admit(s, t, now)
+        self.outbox.append(t)
+
+    cdef void _list(self, _School s, Ticket t) except *:
+        cdef list q = <list>s.queues[t.klass]
+        if not q or before(<Ticket>q[len(q) - 1], t):
+            q.append(t)  # the common case: arrivals come in order
+        else:
+            q.insert(count_before(q, t), t)
+        t.listed = True
+
+    cdef void _unqueue(self, _School s, Ticket t) except *:
+        cdef list q
+        cdef Py_ssize_t i
+        if t.listed:
+            q = <list>s.queues[t.klass]
+            i = count_before(q, t)
+            del q[i]
+            t.listed = False
+        # Its heap entries stay behind and are dropped when they surface, or
+        # all at once when they make up half the deadline heap.
+        self.stale += 1
+        s.queued -= 1
+        if self.stale > 64 and 2 * self.stale > len(self.deadlines):
+            self._compact()
+
+    cdef void _compact(self) except *:
+        self.deadlines = [e for e in self.deadlines if (<Ticket>e[2]).state == S_QUEUED]
+        self.delayed = [e for e in self.delayed if (<Ticket>e[2]).state == S_QUEUED]
+        heapq.heapify(self.deadlines)
+        heapq.heapify(self.delayed)
+        self.stale = 0
+
+    cdef int _position(self, _School s, Ticket t) except -1:
+        cdef Py_ssize_t ahead = 0
+        for q in s.queues:
+            ahead += count_before(<list>q, t)
+        return <int>ahead + 1
+
+    cdef double _eta(self, _School s, double ahead, double now) noexcept:
+        cdef double rate = s.rate(now)
+        if rate <= 0.0:
+            return <double>self.max_retry
+        return ahead / rate
+
+    cdef int _retry(self, double seconds) noexcept:
+        if not seconds <= self.max_retry:  # also catches inf and nan
+            return self.max_retry
+        if seconds <= self.min_retry:
+            return self.min_retry
+        return <int>ceil(seconds)
+
+    cdef void _reject(self, _School s, Ticket t, double now, str reason, int status,
+                      double wait) except *:
+        t.state = S_REJECTED
+        t.reason = reason
+        t.reject_status = status
+        if wait < 0.0:
+            wait = self._eta(s, t.position if t.position else s.queued + 1, now)
+        t.retry_after = self._retry(wait)
+        s.rejected[t.klass] += 1
+
+    cdef void _sweep(self, double now) except *:
+        cdef _School s
+        self.has_clients = False
+        for s in self.schools:
+            if s.clients:
+                for key in [k for k, b in s.clients.items() if b.idle(now)]:
+                    del s.clients[key]
+                self.has_clients = self.has_clients or bool(s.clients)
+        self.next_sweep = now + SWEEP_EVERY
