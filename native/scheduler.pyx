@@ -393,6 +393,10 @@ cdef class Scheduler:
         """Seconds until `ahead` more admissions at the school's measured rate."""
         return self._eta(self._school(school), ahead, now)
 
+    def queued(self, int school):
+        """QUEUED tickets of the school (delayed ones included)."""
+        return self._school(school).queued
+
     def free_slots(self, int school, double now):
         """Requests the school could admit right now with nobody queued."""
         cdef _School s = self._school(school)

@@ -1,0 +1,24 @@
+"""Sans-IO admission control: token buckets, priority queues, pools, windows.
+
+`AdmissionController` is what the proxy shell talks to; `WaitingRoom` tracks
+browser visitors on the waiting page. Native pieces live in gateway._native
+(bucket, scheduler); `reference` holds their plain-Python models.
+"""
+
+from gateway.admission.bucket import TokenBucket
+from gateway.admission.controller import (
+    ADMITTED,
+    CANCELLED,
+    QUEUED,
+    REJECTED,
+    AdmissionController,
+    Ticket,
+)
+from gateway.admission.scheduler import Scheduler
+from gateway.admission.waiting_room import WaitingRoom
+from gateway.admission.windows import ClassWindows
+
+__all__ = [
+    "ADMITTED", "CANCELLED", "QUEUED", "REJECTED", "AdmissionController", "ClassWindows",
+    "Scheduler", "Ticket", "TokenBucket", "WaitingRoom",
+]
