@@ -342,8 +342,8 @@ cdef class Scheduler:
             s = self.schools[t.school]
             # Position first: it is the ticket's place in the line it leaves.
             t.position = self._position(s, t)
-            self._unqueue(s, t)
             self.stale -= 1  # its deadline entry is the one just popped
+            self._unqueue(s, t)
             self._reject(s, t, now, "max_wait", self.reject_status[t.klass], -1.0)
             expired.append(t)
         if now >= self.next_sweep:

@@ -1,0 +1,97 @@
+"""Admission scheduler: per-school priority queues and pool fair sharing.
+
+Pure state machine with an injected clock (`now`, seconds). Invariants are
+documented at the top of native/scheduler.pyx: slot limits per school, class
+and pool; order by arrived_at - priority * aging, FCFS within a class; work
+conservation; weighted fair sharing of pool slots by inflight / weight;
+bounded queues; every ticket ends ADMITTED, REJECTED or CANCELLED.
+"""
+
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+QUEUED: int
+ADMITTED: int
+REJECTED: int
+CANCELLED: int
+
+class Ticket:
+    """One request's admission state. Only the scheduler creates tickets."""
+
+    @property
+    def state(self) -> int: ...
+    @property
+    def school(self) -> int: ...
+    @property
+    def klass(self) -> int: ...
+    @property
+    def arrived_at(self) -> float: ...
+    @property
+    def deadline(self) -> float:
+        """now + the class's max_wait at request time."""
+    @property
+    def reject_status(self) -> int:
+        """429 or 503 once REJECTED (429 for the per-client bucket)."""
+    @property
+    def retry_after(self) -> int:
+        """Seconds for Retry-After once REJECTED, within min_retry..max_retry."""
+    @property
+    def reason(self) -> str:
+        """REJECTED: 'queue_full', 'busy' (max_wait 0), 'client_rate' or 'max_wait'."""
+    @property
+    def position(self) -> int:
+        """Place in line when rejected at max_wait (0 otherwise)."""
+    @property
+    def seq(self) -> int: ...
+    user: Any
+    """The shell's slot (e.g. its resume callback); never read here."""
+
+class Scheduler:
+    def __init__(
+        self,
+        schools: Iterable[tuple[int, int, float, int, float, int | None, int, float, int]],
+        classes: Iterable[tuple[float, float, int]],
+        pools: Iterable[int] = (),
+        *,
+        aging: float = 30.0,
+        min_retry: int = 1,
+        max_retry: int = 120,
+        now: float = 0.0,
+    ) -> None:
+        """Schools as (max_inflight, max_connections, rate, burst, weight,
+        pool index or None/-1, max_queue, client_rate, client_burst), classes
+        as (priority, max_wait, reject_status), pools as max_inflight.
+        Zero limits and rates mean unlimited."""
+    def set_share(self, klass: int, share: float | None) -> None:
+        """Limit a class to share of each school's slots (at least one slot).
+
+        The base is the school's max_inflight, or its pool's when the school
+        has none; None lifts the limit. Raised limits act at the next poll.
+        """
+    def request(self, school: int, klass: int, client_key: Hashable | None, now: float,
+                arrived_at: float | None = None) -> Ticket:
+        """Admit at once, queue, or reject. arrived_at (clamped to now) orders
+        the ticket within its class; the deadline is now + max_wait."""
+    def release(self, ticket: Ticket, now: float) -> list[Ticket]:
+        """Free the ticket's slot; returns the tickets admitted as a result
+        (plus any admitted as a side effect of an earlier request), in order.
+        ValueError if the ticket holds no slot."""
+    def cancel(self, ticket: Ticket, now: float) -> bool:
+        """Drop a QUEUED ticket (state CANCELLED); False for any other state."""
+    def poll(self, now: float) -> tuple[list[Ticket], list[Ticket]]:
+        """Act on time: delayed tickets join their queues, refilled buckets
+        and raised shares admit, and tickets past their deadline are
+        REJECTED. Returns (admitted, expired)."""
+    def next_deadline(self) -> float | None:
+        """When poll is next due; None when only a call can change anything."""
+    def position(self, ticket: Ticket) -> int:
+        """1 + the school's queued tickets ordered before this one; 0 if not queued."""
+    def estimated_wait(self, ticket: Ticket, now: float) -> float:
+        """position / measured admission rate (max_retry when nothing was admitted)."""
+    def queue_eta(self, school: int, ahead: int, now: float) -> float: ...
+    def queued(self, school: int) -> int: ...
+    def free_slots(self, school: int, now: float) -> int:
+        """Admissions possible now beyond the queue (-1: unlimited)."""
+    def connection_open(self, school: int) -> bool: ...
+    def connection_close(self, school: int) -> None: ...
+    def stats(self, school: int, now: float) -> dict[str, Any]: ...

@@ -1,0 +1,444 @@
+"""Plain-Python models of the native admission pieces.
+
+Same decisions and API as gateway._native.bucket.TokenBucket and
+gateway._native.scheduler.Scheduler, minus the stats/free_slots reporting
+helpers of the latter (the invariants are documented at the
+top of native/scheduler.pyx). The tests run both on the same inputs and
+compare; bench/micro/bench_admission.py measures what the native code buys.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+QUEUED, ADMITTED, REJECTED, CANCELLED = 0, 1, 2, 3
+RATE_TAU = 10.0
+SWEEP_EVERY = 60.0
+
+
+class TokenBucket:
+    __slots__ = ("capacity", "level", "rate", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: float):
+        if not rate >= 0:
+            raise ValueError(f"rate must be >= 0, got {rate}")
+        if burst < 0:
+            raise ValueError(f"burst must be >= 0, got {burst}")
+        self.rate = float(rate)
+        self.capacity = float(burst) if burst > 0 else max(self.rate, 1.0)
+        self.level = self.capacity
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def try_take(self, now: float, n: float = 1.0) -> bool:
+        if self.rate == 0.0:
+            return True
+        self._refill(now)
+        if self.level >= n:
+            self.level -= n
+            return True
+        return False
+
+    def time_until(self, now: float, n: float = 1.0) -> float:
+        if self.rate == 0.0:
+            return 0.0
+        if n > self.capacity:
+            return math.inf
+        self._refill(now)
+        return 0.0 if self.level >= n else (n - self.level) / self.rate
+
+    def reserve(self, now: float, n: float = 1.0, max_wait: float = math.inf) -> float:
+        delay = self.time_until(now, n)
+        if delay > max_wait:
+            return -1.0
+        if self.rate != 0.0:
+            self.level -= n
+        return delay
+
+    def tokens(self, now: float) -> float:
+        if self.rate == 0.0:
+            return math.inf
+        self._refill(now)
+        return self.level
+
+    def idle(self, now: float) -> bool:
+        return self.tokens(now) >= self.capacity
+
+
+class Ticket:
+    __slots__ = ("arrived_at", "deadline", "held", "key", "klass", "listed", "not_before",
+                 "position", "reason", "reject_status", "retry_after", "school", "seq",
+                 "state", "user")
+
+    def __init__(self, school: int, klass: int, seq: int):
+        self.school, self.klass, self.seq = school, klass, seq
+        self.state = QUEUED
+        self.reason = ""
+        self.reject_status = self.retry_after = self.position = 0
+        self.held = self.listed = False
+        self.user = None
+
+    def order(self) -> tuple[float, float, int]:
+        return (self.key, self.arrived_at, self.seq)
+
+
+def _count_before(q: list[Ticket], t: Ticket) -> int:
+    lo, hi, key = 0, len(q), t.order()
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if q[mid].order() < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+class _Pool:
+    def __init__(self, max_inflight: int):
+        self.max_inflight, self.inflight, self.members = max_inflight, 0, []
+
+
+class _School:
+    def __init__(self, n_classes: int):
+        self.queues: list[list[Ticket]] = [[] for _ in range(n_classes)]
+        self.class_inflight = [0] * n_classes
+        self.class_limit = [-1] * n_classes
+        self.admitted = [0] * n_classes
+        self.rejected = [0] * n_classes
+        self.cancelled = self.connections = self.inflight = self.queued = 0
+        self.clients: dict = {}
+        self.pool: _Pool | None = None
+        self.bucket: TokenBucket | None = None
+        self.rate_value = self.rate_stamp = self.rate_since = 0.0
+
+    def rate(self, now: float) -> float:
+        if self.rate_value == 0.0:
+            return 0.0
+        r = self.rate_value * math.exp(-(now - self.rate_stamp) / RATE_TAU)
+        return r / (1.0 - math.exp(-max(now - self.rate_since, 1.0) / RATE_TAU))
+
+    def count_admission(self, now: float) -> None:
+        if self.rate_value == 0.0:
+            self.rate_since = self.rate_stamp = now
+        self.rate_value = (self.rate_value * math.exp(-(now - self.rate_stamp) / RATE_TAU)
+                           + 1.0 / RATE_TAU)
+        self.rate_stamp = now
+
+    def capacity(self) -> int:
+        if self.max_inflight > 0:
+            return self.max_inflight
+        return self.pool.max_inflight if self.pool is not None else 0
+
+
+class Scheduler:
+    def __init__(self, schools, classes, pools=(), *, aging=30.0, min_retry=1, max_retry=120,
+                 now=0.0):
+        if aging <= 0:
+            raise ValueError("aging must be > 0")
+        if not 1 <= min_retry <= max_retry:
+            raise ValueError("need 1 <= min_retry <= max_retry")
+        classes = list(classes)
+        if not classes:
+            raise ValueError("at least one class is needed")
+        self.n_classes = len(classes)
+        self.priority = [float(c[0]) for c in classes]
+        self.max_wait = [float(c[1]) for c in classes]
+        self.reject_status = [int(c[2]) for c in classes]
+        self.aging, self.min_retry, self.max_retry = aging, min_retry, max_retry
+        self.pools = [_Pool(int(m)) for m in pools]
+        self.schools: list[_School] = []
+        for i, (max_inflight, max_connections, rate, burst, weight, pool, max_queue,
+                client_rate, client_burst) in enumerate(schools):
+            if weight <= 0:
+                raise ValueError(f"school {i}: weight must be > 0")
+            s = _School(self.n_classes)
+            s.index, s.max_inflight, s.max_connections = i, max_inflight, max_connections
+            s.max_queue, s.weight = max_queue, weight
+            if pool is not None and pool >= 0:
+                s.pool = self.pools[pool]
+                s.pool.members.append(s)
+            s.bucket = TokenBucket(rate, burst, now) if rate > 0 else None
+            s.client_rate, s.client_burst = client_rate, client_burst
+            self.schools.append(s)
+        self.seq = 0
+        self.last_now = now
+        self.waiting: set[_School] = set()
+        self.deadlines: list = []
+        self.delayed: list = []
+        self.stale = 0
+        self.outbox: list[Ticket] = []
+        self.next_sweep = now + SWEEP_EVERY
+        self.has_clients = False
+
+    def set_share(self, klass, share):
+        for s in self.schools:
+            cap = s.capacity()
+            limit = -1 if share is None or cap == 0 else max(1, math.floor(share * cap + 1e-9))
+            s.class_limit[klass] = limit
+            if s.queued:
+                self.waiting.add(s)
+
+    def request(self, school, klass, client_key, now, arrived_at=None):
+        s = self.schools[school]
+        self.last_now = now
+        self.seq += 1
+        t = Ticket(school, klass, self.seq)
+        at = now if arrived_at is None or math.isnan(arrived_at) or arrived_at > now \
+            else arrived_at
+        t.arrived_at = at
+        t.key = at - self.priority[klass] * self.aging
+        t.deadline = now + self.max_wait[klass]
+        delay, cb = 0.0, None
+        if s.client_rate > 0.0 and client_key is not None:
+            cb = s.clients.get(client_key)
+            if cb is None:
+                cb = s.clients[client_key] = TokenBucket(s.client_rate, s.client_burst, now)
+                self.has_clients = True
+            delay = cb.reserve(now, 1.0, self.max_wait[klass])
+            if delay < 0.0:
+                self._reject(s, t, now, "client_rate", 429, cb.time_until(now))
+                return t
+        if delay == 0.0 and self._admit_at_once(s, t, now):
+            return t
+        if s.queued >= s.max_queue or self.max_wait[klass] == 0.0:
+            if cb is not None:
+                cb.level += 1.0
+            self._reject(s, t, now, "queue_full" if s.queued >= s.max_queue else "busy",
+                         self.reject_status[klass], -1.0)
+            return t
+        t.not_before = now + delay
+        s.queued += 1
+        self.waiting.add(s)
+        heapq.heappush(self.deadlines, (t.deadline, t.seq, t))
+        if delay > 0.0:
+            heapq.heappush(self.delayed, (t.not_before, t.seq, t))
+        else:
+            self._list(s, t)
+            self._dispatch(s, now)
+            if t.state == ADMITTED:
+                self.outbox.remove(t)
+        return t
+
+    def release(self, ticket, now):
+        s = self.schools[ticket.school]
+        if not ticket.held:
+            raise ValueError(f"{ticket!r} holds no slot")
+        self.last_now = now
+        ticket.held = False
+        s.inflight -= 1
+        s.class_inflight[ticket.klass] -= 1
+        if s.pool is not None:
+            s.pool.inflight -= 1
+        if s.queued or (s.pool is not None and self.waiting):
+            self._dispatch(s, now)
+        return self._take_outbox()
+
+    def cancel(self, ticket, now):
+        if ticket.state != QUEUED:
+            return False
+        s = self.schools[ticket.school]
+        self.last_now = now
+        self._unqueue(s, ticket)
+        ticket.state = CANCELLED
+        s.cancelled += 1
+        return True
+
+    def poll(self, now):
+        self.last_now = now
+        expired = []
+        while self.delayed and self.delayed[0][0] <= now:
+            t = heapq.heappop(self.delayed)[2]
+            if t.state == QUEUED:
+                s = self.schools[t.school]
+                self._list(s, t)
+                self.waiting.add(s)
+        for s in list(self.waiting):
+            if s.queued:
+                self._dispatch(s, now)
+            else:
+                self.waiting.discard(s)
+        while self.deadlines and self.deadlines[0][0] <= now:
+            t = heapq.heappop(self.deadlines)[2]
+            if t.state != QUEUED:
+                self.stale -= 1
+                continue
+            s = self.schools[t.school]
+            t.position = self._position(s, t)
+            self.stale -= 1
+            self._unqueue(s, t)
+            self._reject(s, t, now, "max_wait", self.reject_status[t.klass], -1.0)
+            expired.append(t)
+        if now >= self.next_sweep:
+            self._sweep(now)
+        return self._take_outbox(), expired
+
+    def next_deadline(self):
+        if self.outbox:
+            return self.last_now
+        while self.deadlines and self.deadlines[0][2].state != QUEUED:
+            heapq.heappop(self.deadlines)
+            self.stale -= 1
+        while self.delayed and self.delayed[0][2].state != QUEUED:
+            heapq.heappop(self.delayed)
+        when = [self.deadlines[0][0]] if self.deadlines else []
+        if self.delayed:
+            when.append(self.delayed[0][0])
+        for s in self.waiting:
+            b = s.bucket
+            if b is not None and s.queued and b.level < 1.0:
+                when.append(b.stamp + (1.0 - b.level) / b.rate)
+        if self.has_clients:
+            when.append(self.next_sweep)
+        return min(when, default=None)
+
+    def position(self, ticket):
+        if ticket.state != QUEUED:
+            return 0
+        return self._position(self.schools[ticket.school], ticket)
+
+    def estimated_wait(self, ticket, now):
+        if ticket.state != QUEUED:
+            return 0.0
+        s = self.schools[ticket.school]
+        return self._eta(s, self._position(s, ticket), now)
+
+    def queue_eta(self, school, ahead, now):
+        return self._eta(self.schools[school], ahead, now)
+
+    def queued(self, school):
+        return self.schools[school].queued
+
+    def connection_open(self, school):
+        s = self.schools[school]
+        if 0 < s.max_connections <= s.connections:
+            return False
+        s.connections += 1
+        return True
+
+    def connection_close(self, school):
+        s = self.schools[school]
+        if s.connections <= 0:
+            raise ValueError(f"school {school} has no open connection")
+        s.connections -= 1
+
+    # -- internals -------------------------------------------------------------
+
+    def _take_outbox(self):
+        out, self.outbox = self.outbox, []
+        return out
+
+    def _school_room(self, s, now):
+        if 0 < s.max_inflight <= s.inflight:
+            return False
+        return s.bucket is None or s.bucket.time_until(now) == 0.0
+
+    def _class_room(self, s, klass):
+        return s.class_limit[klass] < 0 or s.class_inflight[klass] < s.class_limit[klass]
+
+    def _admit_at_once(self, s, t, now):
+        if s.queued:
+            return False
+        if s.pool is not None and (s.pool.inflight >= s.pool.max_inflight
+                                   or any(o.queued for o in s.pool.members)):
+            return False
+        if not self._school_room(s, now) or not self._class_room(s, t.klass):
+            return False
+        self._admit(s, t, now)
+        return True
+
+    def _admit(self, s, t, now):
+        if s.bucket is not None:
+            s.bucket.try_take(now)
+        t.state, t.held = ADMITTED, True
+        s.inflight += 1
+        s.class_inflight[t.klass] += 1
+        if s.pool is not None:
+            s.pool.inflight += 1
+        s.admitted[t.klass] += 1
+        s.count_admission(now)
+
+    def _best(self, s, now):
+        if not self._school_room(s, now):
+            return None
+        heads = [q[0] for k, q in enumerate(s.queues) if q and self._class_room(s, k)]
+        return min(heads, key=Ticket.order, default=None)
+
+    def _dispatch(self, s, now):
+        if s.pool is not None:
+            self._dispatch_pool(s.pool, now)
+            return
+        while s.queued:
+            t = self._best(s, now)
+            if t is None:
+                break
+            self._take_from_queue(s, t, now)
+
+    def _dispatch_pool(self, pool, now):
+        while pool.inflight < pool.max_inflight:
+            candidates = []
+            for s in pool.members:
+                t = self._best(s, now) if s.queued else None
+                if t is not None:
+                    candidates.append((s.inflight / s.weight, t.order(), s, t))
+            if not candidates:
+                break
+            _, _, s, t = min(candidates, key=lambda c: (c[0], c[1]))
+            self._take_from_queue(s, t, now)
+
+    def _take_from_queue(self, s, t, now):
+        self._unqueue(s, t)
+        self._admit(s, t, now)
+        self.outbox.append(t)
+
+    def _list(self, s, t):
+        q = s.queues[t.klass]
+        q.insert(_count_before(q, t), t)
+        t.listed = True
+
+    def _unqueue(self, s, t):
+        if t.listed:
+            q = s.queues[t.klass]
+            del q[_count_before(q, t)]
+            t.listed = False
+        self.stale += 1
+        s.queued -= 1
+        if self.stale > 64 and 2 * self.stale > len(self.deadlines):
+            self.deadlines = [e for e in self.deadlines if e[2].state == QUEUED]
+            self.delayed = [e for e in self.delayed if e[2].state == QUEUED]
+            heapq.heapify(self.deadlines)
+            heapq.heapify(self.delayed)
+            self.stale = 0
+
+    def _position(self, s, t):
+        return 1 + sum(_count_before(q, t) for q in s.queues)
+
+    def _eta(self, s, ahead, now):
+        rate = s.rate(now)
+        return float(self.max_retry) if rate <= 0.0 else ahead / rate
+
+    def _retry(self, seconds):
+        if not seconds <= self.max_retry:
+            return self.max_retry
+        if seconds <= self.min_retry:
+            return self.min_retry
+        return math.ceil(seconds)
+
+    def _reject(self, s, t, now, reason, status, wait):
+        t.state, t.reason, t.reject_status = REJECTED, reason, status
+        if wait < 0.0:
+            wait = self._eta(s, t.position or s.queued + 1, now)
+        t.retry_after = self._retry(wait)
+        s.rejected[t.klass] += 1
+
+    def _sweep(self, now):
+        self.has_clients = False
+        for s in self.schools:
+            for key in [k for k, b in s.clients.items() if b.idle(now)]:
+                del s.clients[key]
+            self.has_clients = self.has_clients or bool(s.clients)
+        self.next_sweep = now + SWEEP_EVERY
