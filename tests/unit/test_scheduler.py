@@ -1,0 +1,307 @@
+"""Scheduler: unit cases with a fake clock, and property tests against the model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.admission import reference
+from gateway.admission.scheduler import ADMITTED, CANCELLED, QUEUED, REJECTED, Scheduler
+from tests.unit.admission_model import ClassSpec, Model, SchoolSpec
+
+IMPLS = pytest.mark.parametrize("impl", [Scheduler, reference.Scheduler],
+                                ids=["native", "reference"])
+
+BULK, INTERACTIVE, SUBMIT = 0, 1, 2
+CLASSES = [(0, 30.0, 429), (10, 20.0, 503), (20, 60.0, 503)]
+
+
+def school(max_inflight=0, *, rate=0.0, burst=0, weight=1.0, pool=None, max_queue=1000,
+           client_rate=0.0, client_burst=0, max_connections=0):
+    return (max_inflight, max_connections, rate, burst, weight, pool, max_queue,
+            client_rate, client_burst)
+
+
+@IMPLS
+def test_admits_up_to_max_inflight_then_queues(impl):
+    s = impl([school(2)], CLASSES)
+    tickets = [s.request(0, INTERACTIVE, None, 0.0) for _ in range(3)]
+    assert [t.state for t in tickets] == [ADMITTED, ADMITTED, QUEUED]
+    assert s.position(tickets[2]) == 1
+    assert s.release(tickets[0], 1.0) == [tickets[2]]
+    assert tickets[2].state == ADMITTED
+
+
+@IMPLS
+def test_most_urgent_class_first_then_fcfs(impl):
+    s = impl([school(1)], CLASSES, aging=1e9)
+    first = s.request(0, BULK, None, 0.0)
+    bulk = [s.request(0, BULK, None, 0.1 + i) for i in range(2)]
+    inter = [s.request(0, INTERACTIVE, None, 3.0 + i) for i in range(2)]
+    submit = s.request(0, SUBMIT, None, 5.0)
+    assert [s.position(t) for t in (submit, *inter, *bulk)] == [1, 2, 3, 4, 5]
+    order = []
+    held = first
+    for now in range(6, 11):
+        (held,) = s.release(held, float(now))
+        order.append(held)
+    assert order == [submit, *inter, *bulk]
+
+
+@IMPLS
+def test_aging_lets_old_bulk_overtake_fresh_interactive(impl):
+    s = impl([school(1)], CLASSES, aging=1.0)
+    held = s.request(0, SUBMIT, None, 0.0)
+    old_bulk = s.request(0, BULK, None, 0.0)
+    # Interactive is 10 steps more urgent; arriving 11 s later it is behind.
+    late = s.request(0, INTERACTIVE, None, 11.0)
+    assert s.position(old_bulk) == 1 and s.position(late) == 2
+    assert s.release(held, 12.0) == [old_bulk]
+
+
+@IMPLS
+def test_returning_visitor_keeps_its_place(impl):
+    s = impl([school(1)], CLASSES)
+    held = s.request(0, INTERACTIVE, None, 100.0)
+    fresh = s.request(0, INTERACTIVE, None, 101.0)
+    back = s.request(0, INTERACTIVE, None, 102.0, arrived_at=50.0)
+    assert back.arrived_at == 50.0 and back.deadline == 122.0
+    assert s.position(back) == 1 and s.position(fresh) == 2
+    future = s.request(0, INTERACTIVE, None, 103.0, arrived_at=1e12)
+    assert future.arrived_at == 103.0  # clamped: no cutting in from the future
+    assert s.release(held, 104.0) == [back]
+
+
+@IMPLS
+def test_share_limit_skips_class_without_blocking_others(impl):
+    s = impl([school(10)], CLASSES)
+    s.set_share(BULK, 0.2)
+    bulk = [s.request(0, BULK, None, 0.0) for _ in range(4)]
+    assert [t.state for t in bulk] == [ADMITTED, ADMITTED, QUEUED, QUEUED]
+    inter = s.request(0, INTERACTIVE, None, 1.0)
+    assert inter.state == ADMITTED
+    s.set_share(BULK, None)
+    admitted, expired = s.poll(2.0)
+    assert admitted == bulk[2:] and expired == []
+
+
+@IMPLS
+def test_share_of_small_school_is_at_least_one_slot(impl):
+    s = impl([school(3)], CLASSES)
+    s.set_share(BULK, 0.1)
+    assert [s.request(0, BULK, None, 0.0).state for _ in range(2)] == [ADMITTED, QUEUED]
+
+
+@IMPLS
+def test_queue_bound_and_max_wait_expiry(impl):
+    s = impl([school(1, max_queue=2)], CLASSES, min_retry=2, max_retry=60)
+    held = s.request(0, BULK, None, 0.0)
+    waiting = [s.request(0, BULK, None, 1.0) for _ in range(2)]
+    full = s.request(0, BULK, None, 1.0)
+    assert full.state == REJECTED and full.reason == "queue_full"
+    assert full.reject_status == 429 and 2 <= full.retry_after <= 60
+    assert s.next_deadline() == 31.0
+    assert s.poll(30.9) == ([], [])
+    admitted, expired = s.poll(31.0)
+    assert admitted == [] and expired == waiting
+    assert [(t.state, t.reason, t.position) for t in expired] == [
+        (REJECTED, "max_wait", 1), (REJECTED, "max_wait", 1)]
+    assert s.next_deadline() is None
+    assert s.release(held, 32.0) == []
+
+
+@IMPLS
+def test_zero_max_wait_rejects_instead_of_queueing(impl):
+    s = impl([school(1)], [(0, 0.0, 503)])
+    s.request(0, 0, None, 0.0)
+    busy = s.request(0, 0, None, 0.0)
+    assert (busy.state, busy.reason, busy.reject_status) == (REJECTED, "busy", 503)
+
+
+@IMPLS
+def test_cancel_removes_from_line(impl):
+    s = impl([school(1)], CLASSES)
+    held = s.request(0, BULK, None, 0.0)
+    a, b = s.request(0, BULK, None, 1.0), s.request(0, BULK, None, 2.0)
+    assert s.cancel(a, 3.0) is True and a.state == CANCELLED
+    assert s.cancel(a, 3.0) is False and s.cancel(held, 3.0) is False
+    assert s.position(b) == 1
+    assert s.release(held, 4.0) == [b]
+    with pytest.raises(ValueError):
+        s.release(held, 5.0)
+
+
+@IMPLS
+def test_bucket_limited_request_waits_for_refill(impl):
+    s = impl([school(0, rate=2.0, burst=1)], CLASSES)
+    first = s.request(0, INTERACTIVE, None, 0.0)
+    second = s.request(0, INTERACTIVE, None, 0.0)
+    assert (first.state, second.state) == (ADMITTED, QUEUED)
+    assert s.next_deadline() == pytest.approx(0.5)
+    assert s.poll(0.4) == ([], [])
+    assert s.poll(0.5) == ([second], [])
+
+
+@IMPLS
+def test_client_bucket_delays_then_rejects_with_429(impl):
+    s = impl([school(0, client_rate=1.0, client_burst=1)], [(0, 1.5, 503)])
+    now_ok = s.request(0, 0, b"a", 0.0)
+    delayed = s.request(0, 0, b"a", 0.0)
+    too_many = s.request(0, 0, b"a", 0.0)
+    other = s.request(0, 0, b"b", 0.0)
+    assert (now_ok.state, delayed.state, other.state) == (ADMITTED, QUEUED, ADMITTED)
+    assert (too_many.state, too_many.reason, too_many.reject_status) == (
+        REJECTED, "client_rate", 429)
+    assert too_many.retry_after == 2
+    assert s.next_deadline() == pytest.approx(1.0)
+    assert s.poll(1.0) == ([delayed], [])
+
+
+@IMPLS
+def test_pool_slots_go_to_the_least_loaded_school(impl):
+    s = impl([school(pool=0), school(pool=0, weight=2.0)], CLASSES, [3])
+    storm = [s.request(0, INTERACTIVE, None, 0.0) for _ in range(10)]
+    assert sum(t.state == ADMITTED for t in storm) == 3
+    late = [s.request(1, INTERACTIVE, None, 1.0) for _ in range(5)]
+    assert all(t.state == QUEUED for t in late)
+    # Each freed slot goes to school 1 until inflight/weight evens out.
+    assert s.release(storm[0], 2.0) == [late[0]]
+    assert s.release(storm[1], 2.0) == [late[1]]
+    assert s.release(storm[2], 2.0) == [storm[3]]
+
+
+@IMPLS
+def test_connections(impl):
+    s = impl([school(max_connections=1)], CLASSES)
+    assert s.connection_open(0) and not s.connection_open(0)
+    s.connection_close(0)
+    assert s.connection_open(0)
+
+
+def test_estimated_wait_follows_measured_rate():
+    s = Scheduler([school(1)], CLASSES)
+    held = s.request(0, INTERACTIVE, None, 0.0)
+    for i in range(1, 41):  # one admission every 0.25 s
+        queued = s.request(0, INTERACTIVE, None, i * 0.25)
+        (held,) = s.release(held, i * 0.25)
+        assert held is queued
+    waiting = [s.request(0, INTERACTIVE, None, 10.0) for _ in range(8)]
+    assert s.position(waiting[-1]) == 8
+    assert s.estimated_wait(waiting[-1], 10.0) == pytest.approx(2.0, rel=0.15)
+    assert s.stats(0, 10.0)["admission_rate"] == pytest.approx(4.0, rel=0.15)
+
+
+# -- properties -----------------------------------------------------------------
+
+ops = st.lists(st.tuples(st.sampled_from(["req", "req", "req", "rel", "cancel", "poll"]),
+                         st.integers(0, 2), st.integers(0, 2), st.integers(0, 30)),
+               max_size=120)
+
+
+def drive(impl, model: Model, script, *, check_next=True):
+    """Run a script; check the model's rules after every call. Returns the log."""
+    sched = impl([sp.as_tuple() for sp in model.schools],
+                 [c.as_tuple() for c in model.classes], model.pools, aging=model.aging)
+    for k, c in enumerate(model.classes):
+        sched.set_share(k, c.share)
+    now, log, held = 0.0, [], []
+    for op, a, b, pick in script:
+        now += 0.25
+        if op == "req":
+            t = sched.request(a % len(model.schools), b, None, now)
+            model.issued(t)
+            if t.state == ADMITTED:
+                held.append(t)
+            log.append(("req", t.seq, t.state))
+        elif op == "rel" and held:
+            t = held.pop(pick % len(held))
+            model.released(t)
+            expected = model.expected_next(t.school)
+            pooled = model.schools[t.school].pool is not None
+            out = sched.release(t, now)
+            if check_next and not pooled:
+                assert out == ([expected] if expected is not None else [])
+            model.admitted(out)
+            held += out
+            log.append(("rel", t.seq, [x.seq for x in out]))
+        elif op == "cancel":
+            queued = [t for t in model.tickets if t.state == QUEUED]
+            if queued:
+                t = queued[pick % len(queued)]
+                assert sched.cancel(t, now)
+                log.append(("cancel", t.seq))
+        elif op == "poll":
+            now += pick
+            admitted, expired = sched.poll(now)
+            model.admitted(admitted)
+            held += admitted
+            assert all(t.state == REJECTED and t.deadline <= now for t in expired)
+            log.append(("poll", [x.seq for x in admitted], [x.seq for x in expired]))
+        model.check_limits()
+        model.check_work_conserving()
+    # Drain: every ticket ends admitted, rejected or cancelled.
+    while held:
+        out = sched.release(held.pop(), now)
+        model.admitted(out)
+        held += out
+    now += 1000.0
+    model.admitted(sched.poll(now)[0])
+    assert all(t.state in (ADMITTED, REJECTED, CANCELLED) for t in model.tickets)
+    return log
+
+
+schools_st = st.lists(st.builds(SchoolSpec, max_inflight=st.integers(1, 4),
+                                max_queue=st.integers(1, 8)), min_size=1, max_size=3)
+classes_st = st.lists(st.builds(ClassSpec, priority=st.integers(0, 3),
+                                max_wait=st.sampled_from([0.0, 2.0, 10.0]),
+                                share=st.sampled_from([None, None, 0.3, 0.6])),
+                      min_size=3, max_size=3)
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(schools_st, classes_st, ops)
+def test_property_native_follows_the_rules_and_matches_reference(schools, classes, script):
+    # Without aging (huge step) the freed slot must go to the strictly most
+    # urgent eligible ticket, FCFS within a class: expected_next checks it.
+    logs = [drive(impl, Model(schools, classes, aging=1e9), script)
+            for impl in (Scheduler, reference.Scheduler)]
+    assert logs[0] == logs[1]
+
+
+@FAST
+@given(st.lists(st.builds(SchoolSpec, max_inflight=st.sampled_from([0, 0, 3]), pool=st.just(0),
+                          max_queue=st.integers(1, 8)), min_size=2, max_size=3),
+       classes_st, st.integers(1, 6), ops)
+def test_property_pool_limit_and_rules(schools, classes, pool_size, script):
+    drive(Scheduler, Model(schools, classes, pools=[pool_size]), script)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from([1.0, 2.0, 3.0]), min_size=2, max_size=4),
+       st.integers(0, 10_000))
+def test_property_contended_pool_shares_follow_weights(weights, seed):
+    import random
+
+    rng = random.Random(seed)
+    n = len(weights)
+    sched = Scheduler([school(pool=0, weight=w, max_queue=10_000) for w in weights],
+                      [(0, 1e9, 503)], [40])
+    held = []
+    # Every school keeps a deep backlog; requests finish in random order.
+    for i in range(n):
+        for _ in range(200):
+            t = sched.request(i, 0, None, 0.0)
+            if t.state == ADMITTED:
+                held.append(t)
+    slot_time = [0.0] * n
+    for step in range(2000):
+        for t in held:
+            slot_time[t.school] += 1
+        t = held.pop(rng.randrange(len(held)))
+        held += sched.release(t, step * 0.01)
+        sched.request(t.school, 0, None, step * 0.01)
+    total = sum(slot_time)
+    for i, w in enumerate(weights):
+        assert abs(slot_time[i] / total - w / sum(weights)) < 0.1
