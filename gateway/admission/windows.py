@@ -6,8 +6,8 @@ zoneinfo, so DST changes move the instants, not the local times: 07:30 Berlin
 is 05:30 UTC in summer and 06:30 UTC in winter. A window whose end is not
 after its start crosses midnight and belongs to the day it starts on
 (fri 22:00-06:00 runs Friday night into Saturday morning). "24:00" is
-accepted as an end. A local start that falls into a DST gap begins at the
-first existing instant after it (zoneinfo's fold=0 mapping).
+accepted as an end. A local time that falls into a DST gap is moved forward
+by the gap (zoneinfo's fold=0 mapping).
 
 While several windows are active the smallest share wins: windows only ever
 restrict. Outside every window the class's own max_share applies (None means
@@ -83,10 +83,9 @@ class CompiledWindow:
         return self._instant(day, self.end)
 
     def _instant(self, day: date, at: time) -> float:
-        local = datetime.combine(day, at, tzinfo=self.zone)
-        # A local time inside a DST gap does not exist; round-tripping
-        # through UTC maps it forward, keeping starts and ends monotonic.
-        return local.astimezone(ZoneInfo("UTC")).timestamp()
+        # fold=0: a local time inside a DST gap maps with the offset from
+        # before the change, i.e. forward by the gap (02:30 -> 03:30 CEST).
+        return datetime.combine(day, at, tzinfo=self.zone).timestamp()
 
 
 class ClassWindows:
