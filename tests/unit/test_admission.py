@@ -1,0 +1,195 @@
+"""AdmissionController and WaitingRoom over a config, with a fake clock."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gateway.admission import (
+    ADMITTED,
+    QUEUED,
+    REJECTED,
+    AdmissionController,
+    WaitingRoom,
+)
+from gateway.config.schema import (
+    Admission,
+    Config,
+    Pool,
+    School,
+    TrafficClass,
+    Window,
+    default_classes,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+MONDAY_NOON = datetime(2024, 1, 15, 12, 0, tzinfo=BERLIN).timestamp()
+MONDAY_NIGHT = datetime(2024, 1, 15, 23, 0, tzinfo=BERLIN).timestamp()
+
+
+def make_school(name="a", **kw) -> School:
+    return School(name=name, hosts=[f"{name}.example"], upstreams=["127.0.0.1:1"], **kw)
+
+
+def controller(*schools: School, classes=(), pools=(), now=MONDAY_NOON, **admission):
+    cfg = Config(schools=list(schools) or [make_school(max_inflight=2)],
+                 classes=list(classes), pools=list(pools), admission=Admission(**admission))
+    return AdmissionController(cfg, now=now)
+
+
+def test_default_classes_and_lookups():
+    c = controller()
+    assert c.class_names == [k.name for k in default_classes()]
+    assert c.school_index("a") == 0
+    assert c.class_index("submit") == 1
+
+
+def test_shell_round_trip_with_user_slot():
+    c = controller()
+    inter = c.class_index("interactive")
+    now = MONDAY_NOON
+    first, second, third = (c.request(0, inter, b"1.2.3.4", now) for _ in range(3))
+    assert (first.state, second.state, third.state) == (ADMITTED, ADMITTED, QUEUED)
+    third.user = "resume-callback"
+    assert c.position(third) == 1
+    assert c.release(first, now + 1) == [third]
+    assert third.user == "resume-callback"
+    stats = c.stats(0)
+    assert stats["inflight"] == 2 and stats["queued_total"] == 0
+    assert stats["admitted"] == {"bulk": 0, "submit": 0, "interactive": 3}
+
+
+def test_expiry_reports_retry_after_within_bounds():
+    c = controller(min_retry=5, max_retry=30)
+    bulk = c.class_index("bulk")
+    held = [c.request(0, bulk, None, MONDAY_NOON) for _ in range(2)]
+    waiting = c.request(0, bulk, None, MONDAY_NOON)
+    assert c.next_deadline() == MONDAY_NOON + 30.0
+    admitted, expired = c.poll(MONDAY_NOON + 30.0)
+    assert admitted == [] and expired == [waiting]
+    assert (waiting.state, waiting.reject_status, waiting.position) == (REJECTED, 429, 1)
+    assert 5 <= waiting.retry_after <= 30
+    assert c.stats(0)["rejected"]["bulk"] == 1
+    assert all(t.state == ADMITTED for t in held)
+
+
+def test_window_share_switches_at_the_edge():
+    school_day = Window(days=["mon", "tue", "wed", "thu", "fri"], start="07:30",
+                        end="16:00", tz="Europe/Berlin", max_share=0.1)
+    classes = [TrafficClass(name="bulk", max_wait=1e6, windows=[school_day]),
+               TrafficClass(name="interactive", priority=10)]
+    c = controller(make_school(max_inflight=10), classes=classes)
+    assert c.stats(0)["shares"] == {"bulk": 0.1, "interactive": None}
+    bulk = [c.request(0, 0, None, MONDAY_NOON) for _ in range(3)]
+    assert [t.state for t in bulk] == [ADMITTED, QUEUED, QUEUED]
+    assert c.request(0, 1, None, MONDAY_NOON).state == ADMITTED  # not blocked by bulk
+    end_of_school = datetime(2024, 1, 15, 16, 0, tzinfo=BERLIN).timestamp()
+    assert c.next_deadline() == end_of_school
+    assert c.poll(end_of_school - 1) == ([], [])
+    assert c.poll(end_of_school) == (bulk[1:], [])
+    assert c.stats(0)["shares"] == {"bulk": None, "interactive": None}
+    assert c.next_deadline() == datetime(2024, 1, 16, 7, 30, tzinfo=BERLIN).timestamp()
+
+
+def test_pool_shared_by_two_schools():
+    c = controller(make_school("a", pool="cloud"), make_school("b", pool="cloud", weight=3.0),
+                   pools=[Pool(name="cloud", max_inflight=4)])
+    inter = c.class_index("interactive")
+    a = [c.request(0, inter, None, MONDAY_NOON) for _ in range(8)]
+    b = [c.request(1, inter, None, MONDAY_NOON) for _ in range(8)]
+    assert sum(t.state == ADMITTED for t in a) == 4
+    out = []
+    for t in a[:4]:
+        out += c.release(t, MONDAY_NOON + 1)
+    assert [t.school for t in out] == [1, 1, 1, 0]  # 3:1 once the storm drains
+    assert c.stats(1)["pool_inflight"] == 4
+    assert all(t.state == QUEUED for t in b[3:])
+
+
+def test_unknown_pool_is_a_config_error():
+    with pytest.raises(ValueError, match=r"schools\.a\.pool"):
+        controller(make_school(pool="nope"))
+
+
+def test_connection_limit():
+    c = controller(make_school(max_connections=2))
+    assert [c.connection_open(0, MONDAY_NOON) for _ in range(3)] == [True, True, False]
+    c.connection_close(0)
+    assert c.connection_open(0, MONDAY_NOON)
+    assert c.stats(0)["connections"] == 2
+
+
+def test_per_client_bucket_rejects_the_flooding_client_only():
+    c = controller(make_school(client_rate=1.0, client_burst=2))
+    inter = c.class_index("interactive")
+    flood = [c.request(0, inter, b"10.0.0.1", MONDAY_NOON) for _ in range(40)]
+    assert flood[0].state == ADMITTED
+    rejected = [t for t in flood if t.state == REJECTED]
+    assert rejected and all(t.reject_status == 429 and t.reason in ("client_rate", "queue_full")
+                            for t in rejected)
+    assert any(t.reason == "client_rate" for t in rejected)
+    other = c.request(0, inter, b"10.0.0.2", MONDAY_NOON)
+    assert other.state in (ADMITTED, QUEUED)
+
+
+# -- waiting room ------------------------------------------------------------------
+
+def full_school():
+    c = controller(make_school(max_inflight=1))
+    held = c.request(0, c.class_index("interactive"), None, MONDAY_NOON)
+    return c, held
+
+
+def test_waiting_room_lets_earliest_visitor_go_when_a_slot_frees():
+    c, held = full_school()
+    room = WaitingRoom(c)
+    now = MONDAY_NOON
+    room.join(0, b"late", now - 5, now)
+    room.join(0, b"early", now - 10, now)
+    assert room.status(0, b"early", now)[:2] == ("wait", 1)
+    assert room.status(0, b"late", now)[:2] == ("wait", 2)
+    assert c.release(held, now + 1) == []
+    assert room.status(0, b"late", now + 1)[0] == "wait"
+    assert room.status(0, b"early", now + 1) == ("go", 0, 0.0)
+    # The slot is promised to "early" for the grace period.
+    assert room.status(0, b"late", now + 2)[:2] == ("wait", 1)
+    back = c.request(0, c.class_index("interactive"), None, now + 2, arrived_at=now - 10)
+    room.leave(0, b"early")
+    assert back.state == ADMITTED and back.arrived_at == now - 10
+    assert len(room) == 1
+
+
+def test_waiting_room_counts_the_live_queue_ahead():
+    c, _ = full_school()
+    queued = c.request(0, 0, None, MONDAY_NOON)
+    assert queued.state == QUEUED
+    room = WaitingRoom(c)
+    room.join(0, b"v", MONDAY_NOON, MONDAY_NOON)
+    state, position, eta = room.status(0, b"v", MONDAY_NOON)
+    assert (state, position) == ("wait", 2) and eta > 0
+
+
+def test_waiting_room_forgets_silent_visitors_and_bounds_size():
+    c, _ = full_school()
+    room = WaitingRoom(c, forget_after=10.0, max_visitors=2)
+    assert room.join(0, b"a", MONDAY_NOON, MONDAY_NOON)
+    assert room.join(0, b"b", MONDAY_NOON, MONDAY_NOON)
+    assert not room.join(0, b"c", MONDAY_NOON, MONDAY_NOON)
+    assert room.touch(0, b"a", MONDAY_NOON + 8)
+    room.status(0, b"a", MONDAY_NOON + 11)
+    assert len(room) == 1 and not room.touch(0, b"b", MONDAY_NOON + 11)
+    assert room.join(0, b"c", MONDAY_NOON + 11, MONDAY_NOON + 11)
+
+
+def test_unknown_visitor_is_sent_back_to_the_queue():
+    c, _ = full_school()
+    assert WaitingRoom(c).status(0, b"stranger", MONDAY_NOON) == ("go", 0, 0.0)
+
+
+def test_window_night_is_unrestricted():
+    school_day = Window(start="07:30", end="16:00", tz="Europe/Berlin", max_share=0.1)
+    c = controller(make_school(max_inflight=10),
+                   classes=[TrafficClass(name="bulk", windows=[school_day])], now=MONDAY_NIGHT)
+    assert all(c.request(0, 0, None, MONDAY_NIGHT).state == ADMITTED for _ in range(10))
