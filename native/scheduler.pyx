@@ -277,6 +277,8 @@ cdef class Scheduler:
         t.state = S_QUEUED
         t.not_before = now + delay
         s.queued += 1
+        if s.pool is not None:
+            s.pool.queued += 1
         self.waiting.add(s)
         heapq.heappush(self.deadlines, (t.deadline, t.seq, t))
         if delay > 0.0:
@@ -301,7 +303,7 @@ cdef class Scheduler:
         s.class_inflight[ticket.klass] -= 1
         if s.pool is not None:
             s.pool.inflight -= 1
-        if s.queued or (s.pool is not None and self.waiting):
+        if s.queued or (s.pool is not None and s.pool.queued):
             self._dispatch(s, now)
         return self._take_outbox()
 
@@ -481,12 +483,8 @@ cdef class Scheduler:
         # pool, no school waiting for a pool slot (fair sharing decides then).
         if s.queued:
             return False
-        if s.pool is not None:
-            if s.pool.inflight >= s.pool.max_inflight:
-                return False
-            for other in s.pool.members:
-                if (<_School>other).queued:
-                    return False
+        if s.pool is not None and (s.pool.queued or s.pool.inflight >= s.pool.max_inflight):
+            return False
         if not self._school_room(s, now) or not self._class_room(s, t.klass):
             return False
         self._admit(s, t, now)
@@ -576,6 +574,8 @@ cdef class Scheduler:
         # all at once when they make up half the deadline heap.
         self.stale += 1
         s.queued -= 1
+        if s.pool is not None:
+            s.pool.queued -= 1
         if self.stale > 64 and 2 * self.stale > len(self.deadlines):
             self._compact()
 

@@ -100,7 +100,8 @@ def _count_before(q: list[Ticket], t: Ticket) -> int:
 
 class _Pool:
     def __init__(self, max_inflight: int):
-        self.max_inflight, self.inflight, self.members = max_inflight, 0, []
+        self.max_inflight, self.members = max_inflight, []
+        self.inflight = self.queued = 0
 
 
 class _School:
@@ -213,6 +214,8 @@ class Scheduler:
             return t
         t.not_before = now + delay
         s.queued += 1
+        if s.pool is not None:
+            s.pool.queued += 1
         self.waiting.add(s)
         heapq.heappush(self.deadlines, (t.deadline, t.seq, t))
         if delay > 0.0:
@@ -234,7 +237,7 @@ class Scheduler:
         s.class_inflight[ticket.klass] -= 1
         if s.pool is not None:
             s.pool.inflight -= 1
-        if s.queued or (s.pool is not None and self.waiting):
+        if s.queued or (s.pool is not None and s.pool.queued):
             self._dispatch(s, now)
         return self._take_outbox()
 
@@ -343,8 +346,7 @@ class Scheduler:
     def _admit_at_once(self, s, t, now):
         if s.queued:
             return False
-        if s.pool is not None and (s.pool.inflight >= s.pool.max_inflight
-                                   or any(o.queued for o in s.pool.members)):
+        if s.pool is not None and (s.pool.queued or s.pool.inflight >= s.pool.max_inflight):
             return False
         if not self._school_room(s, now) or not self._class_room(s, t.klass):
             return False
@@ -407,6 +409,8 @@ class Scheduler:
             t.listed = False
         self.stale += 1
         s.queued -= 1
+        if s.pool is not None:
+            s.pool.queued -= 1
         if self.stale > 64 and 2 * self.stale > len(self.deadlines):
             self.deadlines = [e for e in self.deadlines if e[2].state == QUEUED]
             self.delayed = [e for e in self.delayed if e[2].state == QUEUED]

@@ -232,7 +232,7 @@ def drive(impl, model: Model, script, *, check_next=True):
                 assert sched.cancel(t, now)
                 log.append(("cancel", t.seq))
         elif op == "poll":
-            now += pick
+            now += pick % 12
             admitted, expired = sched.poll(now)
             model.admitted(admitted)
             held += admitted
@@ -257,7 +257,7 @@ classes_st = st.lists(st.builds(ClassSpec, priority=st.integers(0, 3),
                                 max_wait=st.sampled_from([0.0, 2.0, 10.0]),
                                 share=st.sampled_from([None, None, 0.3, 0.6])),
                       min_size=3, max_size=3)
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST

@@ -34,6 +34,8 @@ cdef class Ticket:
 cdef class _Pool:
     cdef int max_inflight
     cdef int inflight
+    # QUEUED tickets over all member schools.
+    cdef int queued
     cdef list members
 
 
