@@ -8,6 +8,12 @@ forward), so a bucket can never mint tokens out of a clock jump.
 
 from libc.math cimport INFINITY
 
+# Seconds of refill granted ahead: a caller that waits exactly time_until()
+# must then succeed, or a timer armed for that instant would fire, find
+# nothing and re-arm for "now". Unix times near 2e9 carry ~0.24 us of
+# rounding, so one microsecond covers it while over-granting nothing visible.
+cdef double EARLY = 1e-6
+
 
 cdef class TokenBucket:
 
@@ -36,7 +42,7 @@ cdef class TokenBucket:
         if self.rate == 0.0:
             return True
         self.refill(now)
-        if self.level >= n:
+        if self.level + self.rate * EARLY >= n:
             self.level -= n
             return True
         return False
@@ -47,7 +53,7 @@ cdef class TokenBucket:
         if n > self.capacity:
             return INFINITY
         self.refill(now)
-        if self.level >= n:
+        if self.level + self.rate * EARLY >= n:
             return 0.0
         return (n - self.level) / self.rate
 

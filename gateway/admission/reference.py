@@ -14,6 +14,7 @@ import math
 
 QUEUED, ADMITTED, REJECTED, CANCELLED = 0, 1, 2, 3
 RATE_TAU = 10.0
+EARLY = 1e-6
 SWEEP_EVERY = 60.0
 
 
@@ -39,7 +40,7 @@ class TokenBucket:
         if self.rate == 0.0:
             return True
         self._refill(now)
-        if self.level >= n:
+        if self.level + self.rate * EARLY >= n:
             self.level -= n
             return True
         return False
@@ -50,7 +51,7 @@ class TokenBucket:
         if n > self.capacity:
             return math.inf
         self._refill(now)
-        return 0.0 if self.level >= n else (n - self.level) / self.rate
+        return 0.0 if self.level + self.rate * EARLY >= n else (n - self.level) / self.rate
 
     def reserve(self, now: float, n: float = 1.0, max_wait: float = math.inf) -> float:
         delay = self.time_until(now, n)
