@@ -267,6 +267,7 @@ def _literal_values(path: str) -> tuple[object, ...]:
 # ----------------------------------------------------------------- semantic checks
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PATH_RE = re.compile(r"/[\x21-\x22\x24-\x3e\x40-\x7e]*")
 _HHMM_RE = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]")
 _HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
@@ -378,7 +379,9 @@ def _check_schools(
 
 
 def _host_pattern(key: str, host: str) -> str:
-    host = host.lower()
+    # Same normal form as the router gives the Host header: lower case, no
+    # trailing dot of a fully qualified name.
+    host = host.lower().removesuffix(".")
     if host == "*":
         return host
     if host.startswith("*."):
@@ -422,15 +425,13 @@ def _check_classes(classes: list[TrafficClass]) -> list[TrafficClass]:
             raise _Invalid(f"{at}.name", f"duplicate class name {cls.name!r} "
                            f"(also classes[{names[cls.name]}])")
         names[cls.name] = i
-        if catch_all is not None:
-            # The first matching class wins, so nothing reaches this one.
-            which = f"classes[{catch_all}] ({classes[catch_all].name!r})"
-            if cls.match is None:
-                raise _Invalid(f"{at}.match", f"only one class may omit match; {which} does too")
-            raise _Invalid(at, f"class {cls.name!r} can never match: {which} has no match "
-                           "and takes every request; move that class last")
         match = cls.match
         if match is None:
+            # The classifier sends whatever fits no match to this class; two
+            # such classes would leave the second one unused.
+            if catch_all is not None:
+                raise _Invalid(f"{at}.match", "only one class may omit match; "
+                               f"classes[{catch_all}] ({classes[catch_all].name!r}) does too")
             catch_all = i
         else:
             match = _check_match(f"{at}.match", match)
@@ -451,6 +452,9 @@ def _check_match(at: str, match: Match) -> Match:
     for i, path in enumerate(match.paths):
         if not path.startswith("/"):
             raise _Invalid(f"{at}.paths[{i}]", f"{path!r} must start with \"/\"")
+        if not _PATH_RE.fullmatch(path):
+            raise _Invalid(f"{at}.paths[{i}]", f"{path!r}: a path prefix is printable ASCII "
+                           "without spaces, \"?\" or \"#\" (percent-encode the rest)")
     headers = {}
     for name, value in match.headers.items():
         if not _TOKEN_RE.fullmatch(name):
