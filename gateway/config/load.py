@@ -381,7 +381,9 @@ def _check_schools(
 def _host_pattern(key: str, host: str) -> str:
     # Same normal form as the router gives the Host header: lower case, no
     # trailing dot of a fully qualified name.
-    host = host.lower().removesuffix(".")
+    host = host.lower()
+    if host.endswith(".") and host != "*.":
+        host = host[:-1]
     if host == "*":
         return host
     if host.startswith("*."):
