@@ -212,8 +212,10 @@ class SchoolServer:
                 while parse.done:
                     req = parse.done.popleft()
                     final = closes_after and not parse.done
+                    reply = await self._route(req)
+                    # After the handler: a stop() during a slow reply must close.
                     keep = req.keep_alive and not final and not self._closing
-                    if not await self._send(writer, req.method, await self._route(req), keep):
+                    if not await self._send(writer, req.method, reply, keep):
                         return
                 if failed is not None:
                     await self._send(writer, "GET", failed, False)
