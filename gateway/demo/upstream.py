@@ -27,6 +27,7 @@ import json
 import signal
 import sys
 import time
+import traceback
 from collections import deque
 from email.utils import formatdate
 from typing import NamedTuple
@@ -212,7 +213,13 @@ class SchoolServer:
                 while parse.done:
                     req = parse.done.popleft()
                     final = closes_after and not parse.done
-                    reply = await self._route(req)
+                    try:
+                        reply = await self._route(req)
+                    except Exception:
+                        traceback.print_exc()
+                        failed = self._error(500, "The demo server failed; see its log.")
+                        await self._send(writer, req.method, failed, False)
+                        return
                     # After the handler: a stop() during a slow reply must close.
                     keep = req.keep_alive and not final and not self._closing
                     if not await self._send(writer, req.method, reply, keep):
@@ -226,8 +233,9 @@ class SchoolServer:
                 if req is not None and req.expect_continue and not req.continue_sent and req.method:
                     req.continue_sent = True
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+                    await _drain(writer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            # TimeoutError: a client that stopped reading our response.
             pass
         except asyncio.CancelledError:
             # Only stop() cancels these tasks, and on Python 3.11 the streams
@@ -261,10 +269,10 @@ class SchoolServer:
                     chunk = _PATTERN[: min(left, len(_PATTERN))]
                     writer.write(chunk)
                     left -= len(chunk)
-                    await writer.drain()
+                    await _drain(writer)
             else:
                 writer.write(reply.body)
-        await writer.drain()
+        await _drain(writer)
         return keep_alive
 
     async def _route(self, req: Request) -> Reply:
@@ -360,7 +368,13 @@ def _int_arg(req: Request, name: str, default: int, most: int) -> int | None:
     if not values:
         return default
     text = values[0]
-    return int(text) if text.isdigit() and int(text) <= most else None
+    return int(text) if text.isascii() and text.isdigit() and int(text) <= most else None
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    """Wait for the send buffer to empty, but not forever on a stalled reader."""
+    async with asyncio.timeout(READ_TIMEOUT):
+        await writer.drain()
 
 
 _date_cache = (0, "")
