@@ -190,6 +190,9 @@ def main(port: int = 8080) -> int:
             return run(str(path))
     except _Stopped:
         return 128 + signal.SIGTERM
+    except RuntimeError as exc:  # an upstream that would not start
+        print(f"schoolgate demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
 
