@@ -474,14 +474,14 @@ def _check_window(at: str, window: Window) -> None:
         raise _Invalid(f"{at}.days", "at least one day is required")
     if len(set(window.days)) != len(window.days):
         raise _Invalid(f"{at}.days", "lists a day twice")
-    for key in ("start", "end"):
-        value = getattr(window, key)
-        if not _HHMM_RE.fullmatch(value):
-            raise _Invalid(f"{at}.{key}", f"expected \"HH:MM\" (00:00-23:59), got {value!r}")
-    if window.end <= window.start:
-        # Zero-padded HH:MM compares correctly as text.
-        raise _Invalid(f"{at}.end", f"{window.end!r} is not after start {window.start!r}; "
-                       "a window lies within one day (split overnight windows in two)")
+    if not _HHMM_RE.fullmatch(window.start):
+        raise _Invalid(f"{at}.start", f"expected \"HH:MM\" (00:00-23:59), got {window.start!r}")
+    if not (_HHMM_RE.fullmatch(window.end) or window.end == "24:00"):
+        raise _Invalid(f"{at}.end", f"expected \"HH:MM\" (00:00-24:00), got {window.end!r}")
+    # An end before the start runs overnight (see gateway.admission.windows);
+    # only an equal pair has no meaning.
+    if window.end == window.start:
+        raise _Invalid(f"{at}.end", f"window {window.start}-{window.end} is empty")
     try:
         ZoneInfo(window.tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):

@@ -390,12 +390,19 @@ def test_window_defaults_and_a_valid_window():
         ["mon", "tue", "wed", "thu", "fri"], "07:30", "16:00", "Europe/Berlin", 0.1)
 
 
+@pytest.mark.parametrize(("start", "end"), [("22:00", "06:00"), ("00:00", "24:00")])
+def test_overnight_and_whole_day_windows(start, end):
+    w = parse(window(start=f'"{start}"', end=f'"{end}"')).classes[0].windows[0]
+    assert (w.start, w.end) == (start, end)
+
+
 @pytest.mark.parametrize(("fields", "key"), [
     ({"start": '"7:30"'}, "start"),
     ({"start": '"24:00"'}, "start"),
     ({"end": '"16:60"'}, "end"),
     ({"end": '"16:00:00"'}, "end"),
-    ({"start": '"16:00"', "end": '"07:30"'}, "end"),
+    ({"start": '"24:00"', "end": '"07:30"'}, "start"),
+    ({"end": '"24:01"'}, "end"),
     ({"start": '"08:00"', "end": '"08:00"'}, "end"),
     ({"tz": '"Europe/Berln"'}, "tz"),
     ({"tz": '"/etc/passwd"'}, "tz"),
