@@ -4,7 +4,9 @@ Run as ``python -m tests.support.upstream --port P [--name N]``. It speaks
 HTTP/1.1 with keep-alive and pipelining, streams every body in both directions
 (an upload is hashed as it arrives, a download is generated as the socket
 drains), so multi-gigabyte transfers cost it no memory. Each endpoint makes
-one upstream behaviour reproducible; see ``_ROUTES`` and the handlers.
+one upstream behaviour reproducible; see ``_ROUTES`` and the handlers. Any
+endpoint given ``?only=<name>`` behaves as /echo on upstreams with another
+name, so one member of a pool can fail while the others work.
 
 Downloads carry a deterministic pattern (byte ``i`` of a body is ``i % 256``)
 so a client can check content without the upstream telling it a hash.
@@ -254,6 +256,11 @@ class Connection(asyncio.Protocol):
                 self._close()
                 return
             handler = _ROUTES.get(req.path)
+            only = req.query.get("only")
+            if only and self._stats.name not in only:
+                # ?only=<name> confines a misbehaviour to one upstream of a
+                # pool; the others answer it like /echo.
+                handler = Connection._echo
             if handler is None and req.path.startswith("/status/"):
                 handler = Connection._status
             if handler is None:
