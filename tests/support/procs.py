@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -341,3 +342,42 @@ class Gateway(ManagedProcess):
         self._spawn()
         self.wait_port(self.port, timeout)
         return self
+
+
+class RssSampler:
+    """Samples a process tree's RSS in a thread while a transfer runs.
+
+    ``with RssSampler(gw) as rss: ...`` then ``rss.idle`` (before) and
+    ``rss.peak`` (the highest sample, including one taken at exit).
+    """
+
+    def __init__(self, proc: ManagedProcess, interval: float = 0.05) -> None:
+        self._proc = proc
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.idle = 0
+        self.peak = 0
+        self.samples = 0
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, self._proc.rss())
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self.idle = self.peak = self._proc.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.idle
