@@ -179,6 +179,8 @@ class Connection(asyncio.Protocol):
         self._feed(data)
 
     def eof_received(self) -> bool:
+        if self._ws is not None or self._raw is not None:
+            return False  # a tunnel has no answers left to give: close
         # Half-closed clients still get the answers already asked for.
         self._queue.put_nowait(None)
         return True
