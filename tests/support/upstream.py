@@ -32,6 +32,7 @@ BLOCK = 64 * 1024
 # One block plus a wrap-around so any offset can be sliced without copying twice.
 _PATTERN = bytes(range(256)) * (BLOCK // 256 + 1)
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_CONTROL = ("/__stats", "/__reset")
 
 
 def pattern(offset: int, size: int) -> bytes:
@@ -147,6 +148,9 @@ class Connection(asyncio.Protocol):
         self._raw: bytearray | None = None
         self._ws: _WebSocketEcho | None = None
         self._lost = False
+        # A connection opened only to query /__stats or /__reset is the test
+        # looking, not traffic: it is left out of the counts.
+        self._control = False
 
     # asyncio.Protocol
 
@@ -158,7 +162,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._stats.open -= 1
+        if not self._control:
+            self._stats.open -= 1
         self._writable.set()
         if self._task is not None:
             self._task.cancel()
@@ -203,8 +208,12 @@ class Connection(asyncio.Protocol):
         req = Request(method, self._url.decode("latin-1"), self._parser.get_http_version(),
                       self._headers, self._parser.should_keep_alive(), self._requests,
                       asyncio.get_running_loop().create_future())
-        if req.path not in ("/__stats", "/__reset"):
+        if req.path not in _CONTROL:
             self._stats.requests[req.path][method] += 1
+        elif self._requests == 1:
+            self._control = True
+            self._stats.connections -= 1
+            self._stats.open -= 1
         self._current = req
         self._queue.put_nowait(req)
 
