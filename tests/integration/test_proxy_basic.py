@@ -11,7 +11,7 @@ from tests.support.clients import (
     http_client,
     request,
 )
-from tests.support.upstream import pattern_bytes
+from tests.support.pattern import pattern_bytes
 
 
 def upstream_headers(resp: Response) -> list[tuple[str, str]]:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.clients import HOST, RawConn, build_request, chunked, http_client
+from tests.support.pattern import BLOCK, pattern, pattern_bytes, pattern_sha256
 from tests.support.procs import RssSampler
-from tests.support.upstream import BLOCK, pattern, pattern_bytes, pattern_sha256
 
 MB = 1024 * 1024
 GB = 1024 * MB

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import json
 import signal
@@ -28,32 +27,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
-BLOCK = 64 * 1024
-# One block plus a wrap-around so any offset can be sliced without copying twice.
-_PATTERN = bytes(range(256)) * (BLOCK // 256 + 1)
-_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from tests.support.pattern import BLOCK, pattern
+from tests.support.wsecho import WebSocketEcho, accept_key
+
 _CONTROL = ("/__stats", "/__reset")
-
-
-def pattern(offset: int, size: int) -> bytes:
-    """``size`` bytes of the download pattern starting at absolute ``offset``."""
-    if size > BLOCK:
-        raise ValueError("pattern slices are at most one block")
-    start = offset % 256
-    return _PATTERN[start:start + size]
-
-
-def pattern_bytes(n: int) -> bytes:
-    """The whole n-byte pattern body (for small bodies in tests)."""
-    return b"".join(pattern(off, min(BLOCK, n - off)) for off in range(0, n, BLOCK))
-
-
-def pattern_sha256(n: int) -> str:
-    """Hex sha256 of the n-byte pattern body, computed block by block."""
-    digest = hashlib.sha256()
-    for off in range(0, n, BLOCK):
-        digest.update(pattern(off, min(BLOCK, n - off)))
-    return digest.hexdigest()
 
 
 class Stats:
@@ -85,7 +62,7 @@ class Request:
 
     __slots__ = ("body_length", "done", "expect_continue", "headers", "keep_alive",
                  "method", "number", "path", "query", "target", "upgrade", "version",
-                 "_continue_sent", "_sha")
+                 "continue_sent", "_sha")
 
     def __init__(self, method: str, target: str, version: str,
                  headers: list[tuple[str, str]], keep_alive: bool, number: int,
@@ -106,7 +83,7 @@ class Request:
         self.expect_continue = any(
             k.lower() == "expect" and v.strip().lower() == "100-continue" for k, v in headers
         )
-        self._continue_sent = False
+        self.continue_sent = False
 
     def feed(self, chunk: bytes) -> None:
         self.body_length += len(chunk)
@@ -146,7 +123,7 @@ class Connection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         # Bytes after a WebSocket handshake, held until the handler switches over.
         self._raw: bytearray | None = None
-        self._ws: _WebSocketEcho | None = None
+        self._ws: WebSocketEcho | None = None
         self._lost = False
         # A connection opened only to query /__stats or /__reset is the test
         # looking, not traffic: it is left out of the counts.
@@ -288,8 +265,8 @@ class Connection(asyncio.Protocol):
 
     async def _body(self, req: Request) -> None:
         """Wait for the whole request body, asking for it first if the client waits."""
-        if req.expect_continue and not req.done.done() and not req._continue_sent:
-            req._continue_sent = True
+        if req.expect_continue and not req.done.done() and not req.continue_sent:
+            req.continue_sent = True
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         await req.done
 
@@ -455,11 +432,10 @@ class Connection(asyncio.Protocol):
         if not req.upgrade or key is None:
             return self._respond(req, 426, b"websocket upgrade required\n",
                                  [("Upgrade", "websocket")])
-        accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest()).decode()
         self._write(_head(101, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                                ("Sec-WebSocket-Accept", accept)]))
+                                ("Sec-WebSocket-Accept", accept_key(key))]))
         assert self._raw is not None
-        self._ws = _WebSocketEcho(self._write, self._close)
+        self._ws = WebSocketEcho(self._write, self._close)
         pending, self._raw = bytes(self._raw), None
         self._ws.feed(pending)
         return None
@@ -504,73 +480,6 @@ def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
     lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-class _WebSocketEcho:
-    """Minimal RFC 6455 server side: echoes data frames as they come.
-
-    Frames are echoed one by one with their opcode and FIN bit, so fragmented
-    messages come back fragmented the same way; no reassembly is needed.
-    """
-
-    def __init__(self, write, close) -> None:
-        self._write = write
-        self._close = close
-        self._buf = bytearray()
-        self._closing = False
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-        while not self._closing:
-            frame = self._next_frame()
-            if frame is None:
-                return
-            first, payload = frame
-            opcode = first & 0x0F
-            if opcode == 0x9:  # ping
-                self._send(0x80 | 0xA, payload)
-            elif opcode == 0x8:  # close: answer with the same code, then hang up
-                self._send(0x80 | 0x8, payload[:2])
-                self._closing = True
-                self._close()
-            elif opcode != 0xA:
-                self._send(first & 0x8F, payload)
-
-    def _next_frame(self) -> tuple[int, bytes] | None:
-        buf = self._buf
-        if len(buf) < 2:
-            return None
-        length, pos = buf[1] & 0x7F, 2
-        if length == 126:
-            if len(buf) < 4:
-                return None
-            length, pos = struct.unpack_from(">H", buf, 2)[0], 4
-        elif length == 127:
-            if len(buf) < 10:
-                return None
-            length, pos = struct.unpack_from(">Q", buf, 2)[0], 10
-        masked = bool(buf[1] & 0x80)
-        end = pos + (4 if masked else 0) + length
-        if len(buf) < end:
-            return None
-        first = buf[0]
-        payload = bytes(buf[end - length:end])
-        if masked and length:
-            mask = bytes(buf[pos:pos + 4]) * (length // 4 + 1)
-            value = int.from_bytes(payload, "big") ^ int.from_bytes(mask[:length], "big")
-            payload = value.to_bytes(length, "big")
-        del buf[:end]
-        return first, payload
-
-    def _send(self, first: int, payload: bytes) -> None:
-        n = len(payload)
-        if n < 126:
-            head = struct.pack(">BB", first, n)
-        elif n < 1 << 16:
-            head = struct.pack(">BBH", first, 126, n)
-        else:
-            head = struct.pack(">BBQ", first, 127, n)
-        self._write(head + payload)
 
 
 async def serve(port: int, name: str, host: str = "127.0.0.1") -> None:
