@@ -62,6 +62,7 @@ class ManagedProcess:
         self.argv = list(argv)
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
+        self._group_done = False
 
     @property
     def pid(self) -> int:
@@ -82,6 +83,7 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"--- start: {' '.join(self.argv)}\n".encode())
             log.flush()
+            self._group_done = False
             self._proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT, env=_child_env(), start_new_session=True,
@@ -107,6 +109,9 @@ class ManagedProcess:
 
     def signal(self, sig: int) -> None:
         """Send sig to the main process only (workers get it from their parent)."""
+        if not self.alive():
+            # Its pid may already belong to someone else.
+            raise ProcessLookupError(f"{self.name} is not running")
         os.kill(self.pid, sig)
 
     def wait(self, timeout: float) -> int:
@@ -118,6 +123,8 @@ class ManagedProcess:
         if self._proc is None:
             return None
         proc = self._proc
+        if self._group_done:
+            return proc.returncode
         if proc.poll() is None:
             self._killpg(sig)
             try:
@@ -126,7 +133,9 @@ class ManagedProcess:
                 self._killpg(SIGKILL)
                 proc.wait()
         # Forked workers may outlive a crashed parent; they share its group.
+        # Only once: a later call could hit a recycled process-group id.
         self._killpg(SIGKILL)
+        self._group_done = True
         return proc.returncode
 
     def kill(self) -> int | None:
