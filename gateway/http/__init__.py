@@ -4,7 +4,7 @@ Re-exports the compiled implementation (`native/head.pyx`);
 `gateway.http.reference` is the plain-Python model it is tested against.
 """
 
-from gateway.http.reference import (
+from gateway._native.head import (
     HOP_BY_HOP,
     HeadError,
     RequestHead,

@@ -35,6 +35,7 @@ _REG_NAME = frozenset(b"-._~!$&'()*+,;=%0123456789"
                       b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _IP_LITERAL = frozenset(b"0123456789abcdefABCDEF:.")
 _DIGITS = frozenset(b"0123456789")
+_SCHEME = frozenset(b"+-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _BAD_VALUE = frozenset(b"\x00\r\n")
 
 # Larger lengths cannot be real bodies and would overflow the native int64.
@@ -169,7 +170,7 @@ def _version(version: str, status: int, reason: str) -> int:
 def _path(target: bytes) -> bytes:
     if target[:1] != b"/":
         scheme = target.find(b"://")
-        if scheme > 0:
+        if scheme > 0 and _SCHEME.issuperset(target[:scheme]):
             slash = target.find(b"/", scheme + 3)
             query = target.find(b"?", scheme + 3)
             if slash < 0 or 0 <= query < slash:
