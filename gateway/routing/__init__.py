@@ -4,6 +4,6 @@ Re-exports the compiled implementation (`native/router.pyx`);
 `gateway.routing.reference` is the plain-Python model it is tested against.
 """
 
-from gateway.routing.reference import Classifier, Router
+from gateway._native.router import Classifier, Router
 
 __all__ = ["Classifier", "Router"]
