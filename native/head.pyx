@@ -175,8 +175,11 @@ cdef long long _content_length(bytes value, int status, str who) except -1:
             digits = False
             break
         if not too_large:
-            length = length * 10 + (p[i] - 48)
-            too_large = length > MAX_CONTENT_LENGTH
+            # Checked before multiplying: a wrapped int64 could pass as small.
+            if length > (MAX_CONTENT_LENGTH - (p[i] - 48)) // 10:
+                too_large = True
+            else:
+                length = length * 10 + (p[i] - 48)
     if start == end or not digits:
         raise HeadError(status, f"invalid {who}Content-Length")
     if too_large:

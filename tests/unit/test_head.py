@@ -163,9 +163,16 @@ def test_invalid_content_length_is_400(m, value):
     assert "Content-Length" in refused(m, [(b"Host", b"a"), (b"Content-Length", value)], 400)
 
 
-def test_huge_content_length_is_400(m):
-    headers = [(b"Host", b"a"), (b"Content-Length", b"9" * 30)]
+@pytest.mark.parametrize("value", [b"9" * 30, b"18446744073709551617", b"46116860184273879030",
+                                   b"4611686018427387904"])
+def test_huge_content_length_is_400(m, value):
+    headers = [(b"Host", b"a"), (b"Content-Length", value)]
     assert "too large" in refused(m, headers, 400)
+
+
+def test_largest_content_length(m):
+    value = b"00" + str(2**62 - 1).encode()
+    assert req(m, [(b"Host", b"a"), (b"Content-Length", value)]).content_length == 2**62 - 1
 
 
 def test_conflicting_content_length_is_400(m):
