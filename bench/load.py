@@ -1,0 +1,138 @@
+"""Throughput and latency of schoolgate next to nginx, HAProxy and no proxy.
+
+    python -m bench.load [--duration S] [--rounds N] [--connections C]
+                         [--threads T] [--workers W] [--systems a,b,...] [--quick]
+
+All systems are started once, in front of one nginx origin, and then measured
+in alternating rounds (A B C D, A B C D, ...) so that a slow minute on a
+shared machine hurts every system alike instead of whichever ran then. Each
+round runs wrk with keep-alive for every case (a 2-byte answer, a 64 KiB one).
+
+Exits 1 when any system answered a plain request with a non-2xx status or a
+socket error: under this load none of them should.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from bench import report, systems, wrk
+from bench.systems import HOST, BenchError, Stack
+
+SYSTEMS = ("gateway", "nginx", "haproxy", "direct")
+CASES = {"small": "/", "64k": "/64k"}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (HAProxy: threads) for every proxy")
+    parser.add_argument("--upstream-workers", type=int, default=1)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of unrecorded load per system and case before round 1")
+    parser.add_argument("--quick", action="store_true",
+                        help="short CI run: 3 rounds of 3 s, 1 s warm-up")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 3, 3.0, 1.0
+    if args.rounds < 1 or args.duration < 1:
+        parser.error("--rounds and --duration must be at least 1")
+    return args
+
+
+def measure(args: argparse.Namespace, names: list[str], stack: Stack) -> tuple[
+    dict[str, dict[str, list[wrk.WrkResult]]], dict[str, int]
+]:
+    upstream = systems.start_upstream(stack, workers=args.upstream_workers)
+    started = systems.start_proxies(stack, names, upstream, workers=args.workers)
+    results: dict[str, dict[str, list[wrk.WrkResult]]] = {
+        case: {name: [] for name in names} for case in CASES
+    }
+
+    def run(name: str, path: str, duration: float) -> wrk.WrkResult:
+        service = started[name]
+        if not service.alive():
+            raise BenchError(f"{name} died; log:\n{service.log_tail()}")
+        return wrk.run(
+            f"http://{HOST}:{service.port}{path}", duration=duration,
+            connections=args.connections, threads=args.threads, script_dir=stack.dir,
+        )
+
+    if args.warmup > 0:
+        for name in names:
+            for path in CASES.values():
+                run(name, path, args.warmup)
+    for round_no in range(1, args.rounds + 1):
+        for case, path in CASES.items():
+            for name in names:
+                result = run(name, path, args.duration)
+                results[case][name].append(result)
+                print(
+                    f"round {round_no}/{args.rounds} {case:>5} {name:<8}"
+                    f" {result.rps:>10,.0f} req/s  p99 {result.p99_ms:7.2f} ms"
+                    f"  errors {result.http_errors + result.socket_errors}",
+                    flush=True,
+                )
+    # Peak RSS is read while every process is still alive; "direct" is the
+    # origin itself, whose memory says nothing about a proxy.
+    peaks = {name: started[name].peak_rss_kib() for name in names if name != "direct"}
+    return results, peaks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    names, notes = systems.resolve_systems(args.systems.split(","), SYSTEMS)
+    if "nginx" not in names:
+        notes.append("nginx not measured: no ratio column")
+    for note in notes:
+        print(note, file=sys.stderr)
+    started_at = time.time()
+    env = report.environment()
+    with systems.sigterm_as_interrupt(), Stack() as stack:
+        results, peaks = measure(args, names, stack)
+    rows = report.load_summary(results, peaks)
+    table = report.load_markdown(rows)
+    settings = (
+        f"{args.rounds} rounds x {args.duration:g} s per system and case, wrk -t{args.threads}"
+        f" -c{args.connections} keep-alive, {args.workers} worker(s) per proxy,"
+        f" {env['cpus']} CPUs, load average at start {env['loadavg_at_start'][0]:.2f}"  # type: ignore[index]
+    )
+    markdown = "\n\n".join(
+        ["# Load: req/s and latency (medians over rounds)", settings, table, *notes]
+    )
+    out = report.results_dir()
+    report.write(out, "load", markdown, {
+        "settings": vars(args), "environment": env, "notes": notes,
+        "started_at": started_at, "summary": rows,
+        "rounds": {
+            case: {name: [r.to_json() for r in runs] for name, runs in by.items()}
+            for case, by in results.items()
+        },
+    })
+    print("\n" + markdown + f"\n\nwritten to {out}/load.md and load.json")
+    failed = [f"{r['case']}/{r['system']}" for r in rows if r["http_errors"] or r["socket_errors"]]
+    if failed:
+        print(f"FAIL: errors under plain load from {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (BenchError, wrk.WrkError) as exc:
+        print(f"bench.load: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("bench.load: interrupted; every system was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,140 @@
+"""Turning measurements into a markdown table and a JSON file.
+
+Results go to `bench/results/<UTC timestamp>/<name>.md` and `<name>.json`; the
+JSON keeps every round so a later reader can recompute what the table shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.wrk import WrkResult
+
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+BASELINE = "nginx"
+
+
+def fmt(value: float | int | None, digits: int = 0) -> str:
+    """A table cell: thousands separated, fixed decimals, "-" for nothing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None
+) -> str:
+    """A GitHub markdown table; numeric columns are right-aligned and padded."""
+    numeric = list(numeric) if numeric is not None else [False] * len(headers)
+    if len(numeric) != len(headers) or any(len(row) != len(headers) for row in rows):
+        raise ValueError("every row needs one cell per header")
+    widths = [max([len(h), 3, *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        )
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(
+        "-" * (w + 1) + ":" if num else "-" * (w + 2)
+        for w, num in zip(widths, numeric, strict=True)
+    ) + "|"
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def load_summary(
+    results: Mapping[str, Mapping[str, Sequence[WrkResult]]],
+    peak_rss_kib: Mapping[str, int],
+) -> list[dict[str, object]]:
+    """One row per (case, system): medians over rounds and the ratio to nginx.
+
+    Medians rather than means: on a shared machine one disturbed round should
+    not move the result.
+    """
+    rows: list[dict[str, object]] = []
+    for case, by_system in results.items():
+        medians = {
+            system: statistics.median(r.rps for r in runs)
+            for system, runs in by_system.items() if runs
+        }
+        baseline = medians.get(BASELINE)
+        for system, runs in by_system.items():
+            if not runs:
+                continue
+            rps = medians[system]
+            rows.append({
+                "case": case,
+                "system": system,
+                "rounds": len(runs),
+                "rps": rps,
+                "p50_ms": statistics.median(r.p50_ms for r in runs),
+                "p99_ms": statistics.median(r.p99_ms for r in runs),
+                "vs_nginx": rps / baseline if baseline else None,
+                "http_errors": sum(r.http_errors for r in runs),
+                "socket_errors": sum(r.socket_errors for r in runs),
+                "peak_rss_kib": peak_rss_kib.get(system),
+            })
+    return rows
+
+
+def load_markdown(rows: Sequence[Mapping[str, object]]) -> str:
+    headers = ["case", "system", "req/s", "p50 ms", "p99 ms", "vs nginx", "non-2xx",
+               "socket err", "peak RSS MiB"]
+    cells = [
+        [
+            str(row["case"]), str(row["system"]), fmt(row["rps"]),  # type: ignore[arg-type]
+            fmt(row["p50_ms"], 2), fmt(row["p99_ms"], 2),  # type: ignore[arg-type]
+            "-" if row["vs_nginx"] is None else f"{row['vs_nginx']:.2f}x",
+            fmt(row["http_errors"]), fmt(row["socket_errors"]),  # type: ignore[arg-type]
+            "-" if row["peak_rss_kib"] is None else fmt(row["peak_rss_kib"] / 1024, 1),  # type: ignore[operator]
+        ]
+        for row in rows
+    ]
+    return markdown_table(headers, cells, [False, False, *([True] * 7)])
+
+
+def environment() -> dict[str, object]:
+    """What a reader needs to judge the numbers: machine, load, versions."""
+
+    def version(argv: list[str]) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
+        except OSError:
+            return "missing"
+        out = (done.stdout + done.stderr).strip().splitlines()
+        return out[0] if out else "unknown"
+
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "loadavg_at_start": list(os.getloadavg()),
+        "nginx": version(["nginx", "-v"]),
+        "haproxy": version(["haproxy", "-v"]),
+        "wrk": version(["wrk", "-v"]),
+    }
+
+
+def results_dir(root: Path = RESULTS_ROOT, now: datetime | None = None) -> Path:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    path = root / stamp
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write(directory: Path, name: str, markdown: str, data: object) -> tuple[Path, Path]:
+    md, js = directory / f"{name}.md", directory / f"{name}.json"
+    md.write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+    js.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return md, js
