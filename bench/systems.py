@@ -29,6 +29,8 @@ from bench import configs
 
 HOST = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
+# Children run in the temp dir, so they find `gateway` and `bench` through this.
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class BenchError(RuntimeError):
@@ -165,6 +167,10 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
         self, name: str, argv: Sequence[str], port: int, *, ready_timeout: float = 15.0
     ) -> Service:
         log = self.dir / f"{name}.log"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 list(argv),
@@ -172,6 +178,7 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
+                env=env,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
