@@ -115,6 +115,8 @@ http {{
     }}
     server {{
         listen {HOST}:{port} backlog=4096;
+        # The limit zones key on it; an empty key would exempt every request.
+        server_name bench;
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;

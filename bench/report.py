@@ -29,6 +29,21 @@ def fmt(value: float | int | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of unsorted values; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def counts(counter: Mapping[object, int]) -> str:
+    """`{503: 7, 200: 90}` as "200: 90, 503: 7" (keys sorted); "-" when empty."""
+    items = sorted((str(k), v) for k, v in counter.items() if v)
+    return ", ".join(f"{k}: {v:,}" for k, v in items) or "-"
+
+
 def markdown_table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None
 ) -> str:

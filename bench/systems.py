@@ -233,13 +233,14 @@ def start_upstream(stack: Stack, *, workers: int = 1) -> Service:
 def start_nginx(
     stack: Stack, upstream_port: int, *, workers: int = 1,
     overload: configs.OverloadPolicy | None = None, keepalive_timeout: float = 75.0,
+    max_clients: int = 4096,
 ) -> Service:
     prefix = stack.subdir("nginx")
     port = free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(configs.nginx_proxy(
         port=port, upstream_port=upstream_port, workers=workers, prefix=prefix,
-        overload=overload, keepalive_timeout=keepalive_timeout,
+        overload=overload, keepalive_timeout=keepalive_timeout, max_clients=max_clients,
     ))
     return stack.start("nginx", ["nginx", "-p", str(prefix), "-c", str(conf)], port)
 
@@ -247,12 +248,13 @@ def start_nginx(
 def start_haproxy(
     stack: Stack, upstream_port: int, *, threads: int = 1,
     overload: configs.OverloadPolicy | None = None, keepalive_timeout: float = 75.0,
+    max_clients: int = 4096,
 ) -> Service:
     port = free_port()
     conf = stack.subdir("haproxy") / "haproxy.cfg"
     conf.write_text(configs.haproxy(
         port=port, upstream_port=upstream_port, threads=threads, overload=overload,
-        keepalive_timeout=keepalive_timeout,
+        keepalive_timeout=keepalive_timeout, max_clients=max_clients,
     ))
     return stack.start("haproxy", ["haproxy", "-db", "-f", str(conf)], port)
 
@@ -288,25 +290,32 @@ def start_slow_upstream(stack: Stack, *, capacity: int, service_time: float) -> 
 
 
 def start_proxies(
-    stack: Stack, names: Sequence[str], upstream: Service, **options: object
+    stack: Stack, names: Sequence[str], upstream: Service, *, workers: int = 1,
+    overload: configs.OverloadPolicy | None = None, keepalive_timeout: float = 75.0,
+    max_clients: int = 4096,
 ) -> dict[str, Service]:
     """The named systems in front of `upstream`; "direct" is the upstream itself.
 
-    `options` are passed to every starter (workers, overload, keepalive_timeout);
-    the worker count is translated to HAProxy's thread count.
+    `workers` is nginx's worker_processes, HAProxy's nbthread and the
+    gateway's workers. `max_clients` sizes nginx's worker_connections and
+    HAProxy's maxconn, which refuse clients past them; the gateway has no
+    such global cap.
     """
+    common = {"overload": overload, "keepalive_timeout": keepalive_timeout}
     started: dict[str, Service] = {}
     for name in names:
         if name == "direct":
             started[name] = upstream
         elif name == "gateway":
-            started[name] = start_gateway(stack, upstream.port, **options)  # type: ignore[arg-type]
+            started[name] = start_gateway(stack, upstream.port, workers=workers, **common)
         elif name == "nginx":
-            started[name] = start_nginx(stack, upstream.port, **options)  # type: ignore[arg-type]
+            started[name] = start_nginx(
+                stack, upstream.port, workers=workers, max_clients=max_clients, **common
+            )
         elif name == "haproxy":
-            opts = dict(options)
-            opts["threads"] = opts.pop("workers", 1)
-            started[name] = start_haproxy(stack, upstream.port, **opts)  # type: ignore[arg-type]
+            started[name] = start_haproxy(
+                stack, upstream.port, threads=workers, max_clients=max_clients, **common
+            )
         else:
             raise BenchError(f"unknown system {name!r}")
     return started

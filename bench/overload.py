@@ -1,0 +1,230 @@
+"""How each proxy protects a fragile upstream when offered more than it can take.
+
+    python -m bench.overload [--duration S] [--loads 2,5,10] [--systems a,b,...]
+                             [--bulk-share 0.2] [--max-wait S] [--quick]
+
+The origin is `bench.slow_upstream`: 20 workers, 50 ms per request, 503 at
+once when all are busy (400 req/s at most). Every proxy is given the same
+policy: at most 20 requests upstream, a queue of one second's worth of
+upstream throughput, nobody waiting longer than --max-wait. The gateway also
+knows two traffic classes (bulk = /api/import/..., interactive = the rest,
+which outranks bulk); nginx and HAProxy have no such notion. "direct" sends
+the same traffic to the origin with no proxy, as the do-nothing baseline.
+
+Traffic is open-loop (bench.loadgen) at 2x, 5x and 10x the origin's
+throughput, --bulk-share of it bulk. For each system and load the table
+shows interactive latency of admitted requests, the bulk share of what was
+admitted, statuses as clients saw them, and the origin's own refusals (load
+the proxy let through although the origin was full).
+
+Refusing is the point here, so statuses never fail the run; exit 1 means a
+system answered with no HTTP response at all (reset, timeout) or died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from bench import configs, loadgen, report, systems
+from bench.report import fmt, percentile
+from bench.systems import HOST, BenchError, Service, Stack
+
+SYSTEMS = ("gateway", "nginx", "haproxy", "direct")
+MAX_CLIENTS = 6000
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.overload", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--loads", default="2,5,10", help="multiples of origin throughput")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--capacity", type=int, default=20, help="origin workers")
+    parser.add_argument("--service-time", type=float, default=0.05, help="origin seconds/request")
+    parser.add_argument("--bulk-share", type=float, default=0.2)
+    parser.add_argument("--max-wait", type=float, default=1.0,
+                        help="longest a request may queue in a proxy")
+    parser.add_argument("--quick", action="store_true", help="short CI run: 3 s per point")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 3.0
+    try:
+        args.loads = [float(x) for x in args.loads.split(",")]
+    except ValueError:
+        parser.error("--loads takes numbers separated by commas")
+    if not 0 <= args.bulk_share <= 1:
+        parser.error("--bulk-share is a fraction from 0 to 1")
+    return args
+
+
+def origin_stats(origin: Service) -> dict[str, object]:
+    conn = http.client.HTTPConnection(HOST, origin.port, timeout=5)
+    try:
+        conn.request("GET", "/__stats")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def summarize(system: str, load: float, run: loadgen.RunResult) -> dict[str, object]:
+    inter, bulk = run.classes["interactive"], run.classes["bulk"]
+    admitted = len(inter.ok_latency) + len(bulk.ok_latency)
+    statuses: Counter[int] = inter.statuses + bulk.statuses
+    origin_errors: Counter[int] = inter.origin_errors + bulk.origin_errors
+    failures: Counter[str] = inter.failures + bulk.failures
+
+    def ms(values: list[float], q: float) -> float | None:
+        value = percentile(values, q)
+        return None if value is None else value * 1000
+
+    return {
+        "system": system,
+        "load": load,
+        "offered_rps": run.rate,
+        "sent": inter.sent + bulk.sent,
+        "admitted_rps": admitted / run.elapsed,
+        "elapsed_s": run.elapsed,
+        "interactive_ok_p50_ms": ms(inter.ok_latency, 50),
+        "interactive_ok_p99_ms": ms(inter.ok_latency, 99),
+        "interactive_answer_p99_ms": ms(inter.answer_latency, 99),
+        "interactive_admitted": len(inter.ok_latency),
+        "bulk_admitted": len(bulk.ok_latency),
+        "bulk_share_admitted": len(bulk.ok_latency) / admitted if admitted else None,
+        "statuses": dict(statuses),
+        "statuses_by_class": {
+            "interactive": dict(inter.statuses), "bulk": dict(bulk.statuses),
+        },
+        "origin_errors": dict(origin_errors),
+        "failures": dict(failures),
+        "lag_p99_ms": ms(run.lag, 99),
+    }
+
+
+def markdown(rows: Sequence[dict[str, object]]) -> str:
+    headers = ["system", "load", "offered/s", "admitted/s", "inter p50 ms", "inter p99 ms",
+               "inter answer p99 ms", "bulk % of 2xx", "statuses", "origin non-2xx",
+               "no answer", "gen lag p99 ms"]
+    cells = []
+    for row in rows:
+        share = row["bulk_share_admitted"]
+        cells.append([
+            str(row["system"]), f"{row['load']:g}x", fmt(row["offered_rps"]),  # type: ignore[arg-type]
+            fmt(row["admitted_rps"]), fmt(row["interactive_ok_p50_ms"], 1),  # type: ignore[arg-type]
+            fmt(row["interactive_ok_p99_ms"], 1), fmt(row["interactive_answer_p99_ms"], 1),  # type: ignore[arg-type]
+            "-" if share is None else f"{share * 100:.1f}",  # type: ignore[operator]
+            report.counts(row["statuses"]), report.counts(row["origin_errors"]),  # type: ignore[arg-type]
+            report.counts(row["failures"]), fmt(row["lag_p99_ms"], 1),  # type: ignore[arg-type]
+        ])
+    numeric = [False, True, True, True, True, True, True, True, False, False, False, True]
+    return report.markdown_table(headers, cells, numeric)
+
+
+def measure(
+    args: argparse.Namespace, names: list[str], stack: Stack
+) -> tuple[list[dict[str, object]], list[str]]:
+    rate = args.capacity / args.service_time
+    policy = configs.OverloadPolicy(
+        capacity=args.capacity, rate=rate, max_queue=max(1, round(rate * args.max_wait)),
+        max_wait=args.max_wait,
+    )
+    origin = systems.start_slow_upstream(
+        stack, capacity=args.capacity, service_time=args.service_time
+    )
+    # Open-loop clients pile up while a proxy makes them wait: at 10x with a
+    # one-second queue that is 4,000 connections at once.
+    systems.raise_fd_limit(3 * MAX_CLIENTS)
+    started = systems.start_proxies(
+        stack, names, origin, overload=policy, max_clients=MAX_CLIENTS
+    )
+    rows: list[dict[str, object]] = []
+    problems: list[str] = []
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        # Loads outer, systems inner: systems alternate, as in bench.load.
+        for load in args.loads:
+            for name in names:
+                service = started[name]
+                before = origin_stats(origin)
+                run = runner.run(loadgen.open_loop(
+                    service.port, rate=rate * load, duration=args.duration,
+                    bulk_share=args.bulk_share, timeout=max(10.0, 5 * args.max_wait),
+                    max_connections=MAX_CLIENTS,
+                ))
+                after = origin_stats(origin)
+                row = summarize(name, load, run)
+                row["origin_peak_inflight"] = after["peak_inflight"]
+                row["origin_served"] = {
+                    k: after["served"][k] - before["served"][k]  # type: ignore[index]
+                    for k in ("interactive", "bulk")
+                }
+                rows.append(row)
+                print(
+                    f"{name:<8} {load:>4g}x  admitted {row['admitted_rps']:>6,.0f}/s"
+                    f"  statuses {report.counts(row['statuses'])}",  # type: ignore[arg-type]
+                    flush=True,
+                )
+                bad = {k: v for k, v in row["failures"].items() if k != "client-limit"}  # type: ignore[attr-defined]
+                if bad:
+                    problems.append(f"{name} at {load:g}x: no HTTP answer {bad}")
+                if not service.alive():
+                    raise BenchError(f"{name} died at {load:g}x; log:\n{service.log_tail()}")
+                # Let queues and pooled connections settle before the next system.
+                time.sleep(0.5)
+    return rows, problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    names, notes = systems.resolve_systems(args.systems.split(","), SYSTEMS)
+    for note in notes:
+        print(note, file=sys.stderr)
+    env = report.environment()
+    with systems.sigterm_as_interrupt(), Stack() as stack:
+        rows, problems = measure(args, names, stack)
+    settings = (
+        f"origin: {args.capacity} workers x {args.service_time * 1000:g} ms"
+        f" ({args.capacity / args.service_time:g} req/s max), no queue; proxies: at most"
+        f" {args.capacity} upstream, queue <= {args.max_wait:g} s; {args.duration:g} s per run,"
+        f" open loop, {args.bulk_share * 100:g}% bulk; {env['cpus']} CPUs, load average at"
+        f" start {env['loadavg_at_start'][0]:.2f}"  # type: ignore[index]
+    )
+    legend = (
+        "inter p50/p99: interactive requests the origin answered 2xx, timed from when they"
+        " were due; inter answer p99: any answer at all; origin non-2xx: refusals the origin"
+        " itself had to make; gen lag: how late the generator sent (large = generator-bound)."
+    )
+    md = "\n\n".join(["# Overload: protecting a 20-worker upstream", settings,
+                      markdown(rows), legend, *notes, *problems])
+    out = report.results_dir()
+    report.write(out, "overload", md, {
+        "settings": vars(args), "environment": env, "notes": notes, "problems": problems,
+        "rows": rows,
+    })
+    print("\n" + md + f"\n\nwritten to {out}/overload.md and overload.json")
+    if problems:
+        print("FAIL: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"bench.overload: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("bench.overload: interrupted; every system was stopped", file=sys.stderr)
+        sys.exit(130)
