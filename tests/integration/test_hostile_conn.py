@@ -14,6 +14,7 @@ import select
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -188,7 +189,7 @@ def test_connections_dropped_at_once_do_not_hurt(gateway):
     for _ in range(20):
         # A reset instead of a close, before and after sending half a head.
         sock = socket.create_connection(("127.0.0.1", gateway.port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.sendall(b"GET /echo HTTP/1.1\r\nHo")
         sock.close()
     expect_serving(gateway)
