@@ -76,6 +76,7 @@ def _nginx_temp_paths(prefix: Path) -> str:
 def nginx_proxy(
     *, port: int, upstream_port: int, workers: int, prefix: Path,
     overload: OverloadPolicy | None, keepalive_timeout: float, max_clients: int = 4096,
+    fd_limit: int = 1 << 20,
 ) -> str:
     limits_http = limits_location = max_conns = ""
     if overload is not None:
@@ -97,7 +98,7 @@ def nginx_proxy(
         max_conns = f" max_conns={overload.capacity}"
     return f"""\
 worker_processes {workers};
-worker_rlimit_nofile {2 * max_clients + 1024};
+worker_rlimit_nofile {min(2 * max_clients + 1024, fd_limit)};
 daemon off;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -132,17 +133,24 @@ http {{
 
 def haproxy(
     *, port: int, upstream_port: int, threads: int, overload: OverloadPolicy | None,
-    keepalive_timeout: float, max_clients: int = 4096,
+    keepalive_timeout: float, max_clients: int = 4096, fd_limit: int = 1 << 20,
 ) -> str:
     server_limits = queue_timeout = ""
+    # HAProxy reserves two descriptors per connection (client and server
+    # side) and by default refuses to start when it cannot raise its limit
+    # that far. Idle keep-alive clients share a few pooled server
+    # connections, so where the hard limit is lower, starting anyway is safe
+    # and lets the memory bench hold as many clients as nginx does.
+    maxconn = max_clients + 1024
+    ulimit = "    no strict-limits\n" if 2 * maxconn + 512 > fd_limit else ""
     if overload is not None:
         server_limits = f" maxconn {overload.capacity} maxqueue {overload.max_queue}"
         queue_timeout = f"    timeout queue {_secs(overload.max_wait)}\n"
     return f"""\
 global
     nbthread {threads}
-    maxconn {max_clients + 1024}
-
+    maxconn {maxconn}
+{ulimit}
 defaults
     mode http
     option http-keep-alive

@@ -44,6 +44,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def hard_fd_limit() -> int:
+    """The most descriptors a child may raise its own limit to."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1 << 20 if hard == resource.RLIM_INFINITY else hard
+
+
 def raise_fd_limit(wanted: int) -> int:
     """Raise this process's soft RLIMIT_NOFILE towards `wanted`; children inherit it.
 
@@ -241,6 +247,7 @@ def start_nginx(
     conf.write_text(configs.nginx_proxy(
         port=port, upstream_port=upstream_port, workers=workers, prefix=prefix,
         overload=overload, keepalive_timeout=keepalive_timeout, max_clients=max_clients,
+        fd_limit=hard_fd_limit(),
     ))
     return stack.start("nginx", ["nginx", "-p", str(prefix), "-c", str(conf)], port)
 
@@ -255,6 +262,7 @@ def start_haproxy(
     conf.write_text(configs.haproxy(
         port=port, upstream_port=upstream_port, threads=threads, overload=overload,
         keepalive_timeout=keepalive_timeout, max_clients=max_clients,
+        fd_limit=hard_fd_limit(),
     ))
     return stack.start("haproxy", ["haproxy", "-db", "-f", str(conf)], port)
 
