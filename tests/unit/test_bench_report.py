@@ -1,0 +1,210 @@
+"""The benchmark harness's pure parts: wrk output, summaries, tables, configs.
+
+No process is started and nothing is timed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from bench import configs, report, wrk
+from gateway.config.schema import Config
+
+WRK_STDOUT = """\
+Running 3s test @ http://127.0.0.1:40001/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.31ms  412.07us  12.40ms   90.12%
+    Req/Sec    49.20k     2.10k   52.30k    71.00%
+  Latency Distribution
+     50%    1.28ms
+     99%    2.97ms
+  146912 requests in 3.00s, 17.23MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:  48962.51
+Transfer/sec:      5.74MB
+WRK_RESULT {"duration_us": 3000500, "requests": 146912, "bytes": 18067000, "connect": 0,\
+ "read": 2, "write": 1, "timeout": 3, "status": 12, "p50_us": 1280, "p99_us": 2970,\
+ "max_us": 12400, "mean_us": 1310.4}
+"""
+
+
+def result(rps: float, p50: float = 1.0, p99: float = 2.0, http: int = 0, sock: int = 0):
+    return wrk.WrkResult(
+        requests=int(rps * 10), duration_s=10.0, bytes=0, connect_errors=0, read_errors=sock,
+        write_errors=0, timeouts=0, http_errors=http, p50_ms=p50, p99_ms=p99, max_ms=p99,
+        mean_ms=p50,
+    )
+
+
+class TestWrkParse:
+    def test_reads_the_reporter_line_among_wrk_text(self):
+        parsed = wrk.parse(WRK_STDOUT)
+        assert parsed.requests == 146912
+        assert parsed.duration_s == pytest.approx(3.0005)
+        assert parsed.rps == pytest.approx(146912 / 3.0005)
+        assert (parsed.p50_ms, parsed.p99_ms, parsed.max_ms) == (1.28, 2.97, 12.4)
+        assert parsed.http_errors == 12
+        assert parsed.socket_errors == 2 + 1 + 3
+
+    def test_json_form_carries_derived_fields(self):
+        data = wrk.parse(WRK_STDOUT).to_json()
+        assert data["socket_errors"] == 6
+        assert data["rps"] == pytest.approx(146912 / 3.0005)
+        json.dumps(data)
+
+    def test_missing_line_is_an_error_quoting_the_output(self):
+        with pytest.raises(wrk.WrkError, match="unable to connect"):
+            wrk.parse("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+    def test_malformed_line_is_an_error(self):
+        with pytest.raises(wrk.WrkError, match="malformed"):
+            wrk.parse('WRK_RESULT {"requests": 1}\n')
+
+    def test_zero_duration_gives_zero_rate_not_a_crash(self):
+        assert dataclasses.replace(result(5), duration_s=0.0).rps == 0.0
+
+    def test_reporter_prints_every_field_parse_reads(self):
+        for key in ("duration_us", "requests", "bytes", "connect", "read", "write",
+                    "timeout", "status", "p50_us", "p99_us", "max_us", "mean_us"):
+            assert f'"{key}"' in wrk.REPORTER_LUA
+
+
+class TestLoadSummary:
+    def test_medians_over_rounds_and_ratio_to_nginx(self):
+        rows = report.load_summary(
+            {"small": {
+                "gateway": [result(900, 1, 5), result(100, 9, 50), result(800, 2, 6)],
+                "nginx": [result(1000), result(1000), result(1000)],
+            }},
+            {"gateway": 40 * 1024, "nginx": 12 * 1024},
+        )
+        gateway = next(r for r in rows if r["system"] == "gateway")
+        # The one disturbed round (100 req/s) does not drag the median.
+        assert gateway["rps"] == 800
+        assert (gateway["p50_ms"], gateway["p99_ms"]) == (2, 6)
+        assert gateway["vs_nginx"] == pytest.approx(0.8)
+        assert gateway["rounds"] == 3
+        assert gateway["peak_rss_kib"] == 40 * 1024
+
+    def test_errors_are_summed_over_rounds(self):
+        rows = report.load_summary(
+            {"64k": {"haproxy": [result(10, http=2), result(10, sock=3), result(10, http=1)]}},
+            {},
+        )
+        assert rows[0]["http_errors"] == 3
+        assert rows[0]["socket_errors"] == 3
+
+    def test_without_nginx_there_is_no_ratio(self):
+        rows = report.load_summary({"small": {"direct": [result(5)]}}, {})
+        assert rows[0]["vs_nginx"] is None
+        line = report.load_markdown(rows).splitlines()[2]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[5] == "-"
+        assert cells[8] == "-"
+
+    def test_markdown_row_shows_rounded_values(self):
+        rows = report.load_summary(
+            {"small": {"nginx": [result(48962.5, 1.284, 2.97)]}}, {"nginx": 13824}
+        )
+        line = report.load_markdown(rows).splitlines()[2]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells == ["small", "nginx", "48,962", "1.28", "2.97", "1.00x", "0", "0", "13.5"]
+
+
+class TestTables:
+    def test_numeric_columns_right_aligned_with_rule(self):
+        table = report.markdown_table(["name", "n"], [["a", "1"], ["bbbb", "1,000"]],
+                                      [False, True])
+        assert table.splitlines() == [
+            "| name |     n |",
+            "|------|------:|",
+            "| a    |     1 |",
+            "| bbbb | 1,000 |",
+        ]
+
+    def test_ragged_rows_are_refused(self):
+        with pytest.raises(ValueError, match="one cell per header"):
+            report.markdown_table(["a", "b"], [["only one"]])
+
+    @pytest.mark.parametrize(("value", "digits", "text"), [
+        (None, 0, "-"), (float("nan"), 1, "-"), (1234.5, 0, "1,234"), (0.456, 2, "0.46"),
+    ])
+    def test_fmt(self, value, digits, text):
+        assert report.fmt(value, digits) == text
+
+    def test_counts_sorted_and_empty(self):
+        assert report.counts({503: 7, 200: 90, 429: 0}) == "200: 90, 503: 7"
+        assert report.counts({}) == "-"
+
+    def test_percentile_nearest_rank(self):
+        values = [float(v) for v in range(100, 0, -1)]
+        assert report.percentile(values, 50) == 50
+        assert report.percentile(values, 99) == 99
+        assert report.percentile(values, 100) == 100
+        assert report.percentile([3.0], 99) == 3.0
+        assert report.percentile([], 50) is None
+
+
+def test_results_are_written_as_markdown_and_json(tmp_path: Path):
+    out = report.results_dir(tmp_path, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    assert out == tmp_path / "20260102T030405Z"
+    md, js = report.write(out, "load", "# table", {"rows": [1, 2]})
+    assert md.read_text() == "# table\n"
+    assert json.loads(js.read_text()) == {"rows": [1, 2]}
+
+
+class TestConfigs:
+    POLICY = configs.OverloadPolicy(capacity=20, rate=400.0, max_queue=400, max_wait=1.0)
+
+    @pytest.mark.parametrize("overload", [None, POLICY])
+    def test_gateway_config_decodes_against_the_schema(self, overload):
+        text = configs.gateway(port=8000, upstream_port=9000, workers=1, overload=overload,
+                               keepalive_timeout=600)
+        cfg = msgspec.convert(tomllib.loads(text), Config)
+        school = cfg.schools[0]
+        assert cfg.server.listen == "127.0.0.1:8000"
+        assert school.upstreams == ["127.0.0.1:9000"]
+        assert cfg.timeouts.keepalive == 600
+        if overload is None:
+            assert school.max_inflight >= 1_000_000 and cfg.classes == []
+        else:
+            assert school.max_inflight == 20
+            assert cfg.admission.max_queue == 400
+            bulk, interactive = cfg.classes
+            assert bulk.match is not None and bulk.match.paths == ["/api/import"]
+            assert interactive.priority > bulk.priority
+
+    def test_nginx_overload_limits_key_on_a_named_server(self, tmp_path: Path):
+        text = configs.nginx_proxy(port=1, upstream_port=2, workers=1, prefix=tmp_path,
+                                   overload=self.POLICY, keepalive_timeout=75)
+        assert "server_name bench;" in text
+        assert "limit_req zone=school burst=400;" in text
+        assert "rate=400r/s" in text
+        assert "max_conns=20" in text
+
+    def test_haproxy_overload_queue(self):
+        text = configs.haproxy(port=1, upstream_port=2, threads=1, overload=self.POLICY,
+                               keepalive_timeout=75)
+        assert "maxconn 20 maxqueue 400" in text
+        assert "timeout queue 1000ms" in text
+        assert "strict-limits" not in text
+
+    def test_haproxy_starts_below_its_wanted_fd_limit(self):
+        text = configs.haproxy(port=1, upstream_port=2, threads=1, overload=None,
+                               keepalive_timeout=600, max_clients=11024, fd_limit=20000)
+        assert "no strict-limits" in text
+
+    def test_nginx_fd_limit_capped(self, tmp_path: Path):
+        text = configs.nginx_proxy(port=1, upstream_port=2, workers=1, prefix=tmp_path,
+                                   overload=None, keepalive_timeout=75, max_clients=11024,
+                                   fd_limit=20000)
+        assert "worker_rlimit_nofile 20000;" in text
+        assert "worker_connections 12048;" in text
