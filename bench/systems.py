@@ -65,16 +65,27 @@ def raise_fd_limit(wanted: int) -> int:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Make SIGTERM unwind like Ctrl-C so `finally` blocks stop the systems."""
+    """Make SIGTERM (and SIGINT, even if inherited as ignored) unwind like Ctrl-C.
 
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    SIGTERM is re-raised as SIGINT rather than turned into an exception on
+    the spot: while an event loop runs, an exception raised in a signal
+    handler lands in whatever callback was executing and is swallowed as a
+    transport error, whereas asyncio.Runner answers SIGINT by cancelling its
+    main task and raising KeyboardInterrupt afterwards. Outside a loop,
+    SIGINT raises KeyboardInterrupt directly. Either way `finally` blocks
+    stop the systems.
+    """
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    def _as_sigint(signum: int, frame: object) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_term = signal.signal(signal.SIGTERM, _as_sigint)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _die_with_parent() -> None:
