@@ -151,8 +151,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.phase == UPGRADED and self.tunnel is not None and self.tunnel.upstream:
-            self.tunnel.upstream.write_eof()
+        if self.phase == UPGRADED and self.tunnel is not None:
+            self.tunnel.on_tunnel_client_eof()
             return True
         # With nothing owed, let the transport close; otherwise finish
         # answering what was asked, then close.

@@ -53,7 +53,8 @@ class Exchange:
     __slots__ = (
         "attempts", "body_buf", "body_buffered", "client", "continue_sent", "head",
         "is_head", "keep_alive", "klass", "local", "out_chunked", "pending", "request_done",
-        "school", "sent_at", "server", "state", "ticket", "touched", "tunnel_buf", "upstream",
+        "school", "sent_at", "server", "state", "ticket", "touched", "tunnel_buf", "tunnel_eof",
+        "upstream",
     )
 
     def __init__(self, client: ClientProtocol, head: RequestHead | None,
@@ -79,6 +80,9 @@ class Exchange:
         # when this exchange reaches the head of the queue.
         self.local: bytes | None = None
         self.tunnel_buf: list[bytes] | None = None
+        # Which tunnel directions have ended (TUNNEL_*_EOF bits); once both
+        # have, nothing more can flow and both connections are closed.
+        self.tunnel_eof = 0
         # Client bytes sent after an upgrade request, held until the 101.
         self.pending: list[bytes] | None = None
         self.ticket = None
@@ -315,6 +319,25 @@ class Exchange:
 
     def on_tunnel_upstream_eof(self) -> None:
         self.client.write_eof()
+        self._tunnel_half_closed(TUNNEL_UPSTREAM_EOF)
+
+    def on_tunnel_client_eof(self) -> None:
+        if self.upstream is not None:
+            self.upstream.write_eof()
+        self._tunnel_half_closed(TUNNEL_CLIENT_EOF)
+
+    def _tunnel_half_closed(self, side: int) -> None:
+        self.tunnel_eof |= side
+        if self.tunnel_eof != TUNNEL_CLIENT_EOF | TUNNEL_UPSTREAM_EOF:
+            return
+        conn = self.upstream
+        if conn is not None:
+            # Closing the transport leads to connection_lost and from there
+            # to on_tunnel_upstream_lost, which closes the client side.
+            conn.close()
+        else:
+            self.state = DONE
+            self.client.close()
 
     def on_tunnel_upstream_lost(self) -> None:
         self.upstream = None
@@ -358,3 +381,6 @@ PAUSE_UPSTREAM = 2    # the upstream transport's write buffer is full
 PAUSE_PIPELINE = 4    # too many pipelined requests waiting
 PAUSE_ADMISSION = 8   # waiting for admission: do not read the upload yet
 PAUSE_TUNNEL = 16     # upgrade requested, 101 not yet received
+
+TUNNEL_CLIENT_EOF = 1
+TUNNEL_UPSTREAM_EOF = 2

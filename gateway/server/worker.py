@@ -94,13 +94,15 @@ class Worker:
     def drain(self) -> None:
         if self.app.draining:
             return
-        log.info("worker %d draining", self.index)
+        busy = sum(len(app.connections) for app in (self.app, *self.retired))
+        log.info("worker %d draining (%d client connection(s) open)", self.index, busy)
         deadline = time.monotonic() + self.app.timeouts.drain
         if self.server is not None:
             self.server.close()
         for app in (self.app, *self.retired):
             app.draining = True
             for conn in list(app.connections):
+                log.debug("drain: phase %d queue %d", conn.phase, len(conn.queue))
                 if conn.phase == IDLE and not conn.queue:
                     conn.close()
         self.loop.create_task(self._wait_drained(deadline))  # type: ignore[union-attr]
