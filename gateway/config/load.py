@@ -284,6 +284,9 @@ def _check(cfg: Config, base: Path) -> Config:
     adm = cfg.admission
     if adm.min_retry > adm.max_retry:
         raise _Invalid("admission.min_retry", f"is above max_retry ({adm.max_retry})")
+    if adm.secret and len(adm.secret.encode()) < 16:
+        # A short HMAC key can be brute-forced offline from one ticket.
+        raise _Invalid("admission.secret", "must be at least 16 bytes (or empty for a random one)")
     url = cfg.redis.url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
         raise _Invalid("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {url!r}")

@@ -139,6 +139,9 @@ class Pool(_Section):
 
 
 class Admission(_Section):
+    # Off: every request is forwarded at once (no limits, queues or waiting
+    # room); for measuring what admission costs, or for plain proxying.
+    enabled: bool = True
     # Requests waiting per school before new ones are turned away at once.
     max_queue: PositiveInt = 1000
     # Seconds a waiting request ages one priority step (so bulk still moves).

@@ -8,12 +8,14 @@ born with until they close (so one exchange never sees two configs).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
+from gateway.proxy.admission import STATUS_PATH, Admission
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.upstream import Balancer, UpstreamServer
 from gateway.routing import Classifier, Router
@@ -22,6 +24,7 @@ from gateway.waiting import render
 if TYPE_CHECKING:
     from gateway.http import RequestHead
     from gateway.proxy.client import ClientProtocol
+    from gateway.waiting import Page
 
 
 @dataclass(eq=False)
@@ -34,6 +37,7 @@ class SchoolRuntime:
     # Counters exported on /metrics.
     requests: int = 0
     unavailable: int = 0
+    rejected: int = 0
 
 
 @dataclass(eq=False)
@@ -84,6 +88,8 @@ class App:
                 balancer=Balancer(members, school.balance == "least_inflight"),
                 templates=school.templates,
             ))
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.server.trusted_proxies]
+        self.admission = Admission(self, cfg)
 
     # -- per request ----------------------------------------------------------
     def route(self, client: ClientProtocol, head: RequestHead) -> Exchange:
@@ -97,23 +103,41 @@ class App:
         school = self.schools[idx]
         school.requests += 1
         klass = self.classifier.classify(head.method, head.path, head)
-        return Exchange(client, head, school, klass)
+        ex = Exchange(client, head, school, klass)
+        if head.path == STATUS_PATH:
+            ex.local = self.admission.status_response(ex)
+            return ex
+        if client.school < 0:
+            # A connection counts against the school its first request names.
+            if not self.admission.connection_open(idx):
+                ex.keep_alive = False
+                ex.local = self.page_response(self._busy_page(ex), ex)
+                return ex
+            client.school = idx
+        if client.trusted_peer:
+            client.client_key = _forwarded_client(head.xff, self.trusted) or client.client_ip
+        return ex
 
     def admit(self, ex: Exchange) -> None:
-        ex.admitted()
+        self.admission.admit(ex)
 
     def release(self, ex: Exchange) -> None:
-        pass
+        self.admission.release(ex)
 
     def admission_cancel(self, ex: Exchange) -> None:
-        pass
+        self.admission.cancel(ex)
 
     def connection_opened(self, client: ClientProtocol) -> bool:
         self.metrics.connections_total += 1
+        if self.trusted:
+            client.trusted_peer = _in_networks(client.client_ip, self.trusted)
         return True
 
     def connection_closed(self, client: ClientProtocol) -> None:
-        pass
+        if client.school >= 0:
+            self.admission.connection_close(client.school)
+            client.school = -1
+
 
     # -- responses the gateway makes ---------------------------------------
     def error_response(self, err: HeadError) -> bytes:
@@ -144,6 +168,25 @@ class App:
             original_url=head.target.decode("latin-1") if head is not None else "/",
             templates_dir=school.templates if school is not None else None,
         )
+        return self.page_response(page, ex)
+
+    def _busy_page(self, ex: Exchange) -> Page:
+        """The school is at max_connections: a waiting page, then close."""
+        school = ex.school
+        head = ex.head
+        school.rejected += 1  # type: ignore[union-attr]
+        return render(
+            "wait",
+            school_title=school.title,  # type: ignore[union-attr]
+            accept=head.header(b"accept") or b"",  # type: ignore[union-attr]
+            accept_language=head.header(b"accept-language") or b"",  # type: ignore[union-attr]
+            retry_after=max(self.cfg.admission.min_retry, 2),
+            original_url=head.target.decode("latin-1"),  # type: ignore[union-attr]
+            templates_dir=school.templates,  # type: ignore[union-attr]
+            requested_with=head.header(b"x-requested-with") or b"",  # type: ignore[union-attr]
+        )
+
+    def page_response(self, page: Page, ex: Exchange) -> bytes:
         return self.local_response(page.status, page.headers, page.body, ex.keep_alive,
                                    head_only=ex.is_head)
 
@@ -171,6 +214,27 @@ class App:
         for addr, server in self.servers.items():
             if keep.get(addr) is not server:
                 server.close_all()
+
+
+def _in_networks(ip: bytes, networks: list) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip.decode("latin-1"))
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
+def _forwarded_client(xff: bytes | None, trusted: list) -> bytes | None:
+    """The client as our trusted proxies saw it: the right-most address in
+    X-Forwarded-For that is not itself a trusted proxy (entries further left
+    are whatever the client chose to send)."""
+    if not xff:
+        return None
+    for part in reversed(xff.split(b",")):
+        ip = part.strip()
+        if ip and not _in_networks(ip, trusted):
+            return ip
+    return None
 
 
 def _phrase(status: int) -> str:

@@ -43,7 +43,8 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "_hdr_bytes", "_headers", "_n_headers", "_raw_head", "_tail", "_url", "app", "chunks",
         "client_ip", "client_key", "current", "eof", "error", "parser", "pause_mask", "phase",
-        "out", "proto", "queue", "since", "touched", "transport", "tunnel", "write_paused",
+        "out", "proto", "queue", "school", "since", "touched", "transport", "trusted_peer",
+        "tunnel", "write_paused",
     )
 
     def __init__(self, app: App, proto: bytes = b"http") -> None:
@@ -67,6 +68,10 @@ class ClientProtocol(asyncio.Protocol):
         self.error: HeadError | None = None
         self.client_ip = b""
         self.client_key = b""
+        # The school this connection counts against (max_connections), -1
+        # until its first routed request.
+        self.school = -1
+        self.trusted_peer = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._n_headers = 0

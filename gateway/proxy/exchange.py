@@ -301,6 +301,9 @@ class Exchange:
         self.state = TUNNEL
         conn.tunnel = True
         client = self.client
+        # A tunnel may stay open for hours: it counts against the school's
+        # connections, not its request slots.
+        client.app.release(self)
         client.writelines(self.tunnel_buf)
         self.tunnel_buf = None
         if rest:
@@ -347,7 +350,6 @@ class Exchange:
 
     def on_client_lost(self) -> None:
         """The client connection is gone: release whatever this holds."""
-        state = self.state
         self.state = DONE
         conn = self.upstream
         if conn is not None:
@@ -355,7 +357,7 @@ class Exchange:
             conn.exchange = None
             self.server.inflight -= 1  # type: ignore[union-attr]
             conn.abort()  # mid-exchange: the upstream's framing state is unknown
-        if state == ADMITTING or self.ticket is not None:
+        if self.ticket is not None:
             self.client.app.admission_cancel(self)
 
     # -- endings -----------------------------------------------------------

@@ -1,0 +1,265 @@
+"""Admission in the I/O shell: drives the sans-IO AdmissionController for one
+worker and turns its decisions into actions on exchanges.
+
+Ownership of a scheduler ticket (exchange.ticket):
+- set when request() returns ADMITTED or QUEUED, cleared exactly once: by
+  release() when the exchange finishes or enters a tunnel, by cancel() when
+  its client leaves, or when the queued ticket comes back REJECTED;
+- a QUEUED ticket's `user` slot points back at its exchange, so tickets the
+  controller hands out later (from release() or poll()) find their request.
+  An exchange whose ticket is no longer its own (client gone) is skipped.
+
+While a request is queued its client connection is not read
+(PAUSE_ADMISSION): an upload's body stays with the client, and
+`Expect: 100-continue` is answered only once the request is admitted.
+
+Clock: time.time(), because class windows are wall-clock times and a
+returning visitor's arrival comes from a cookie another worker may have
+issued. The poll timer runs on the loop's monotonic clock, set from the
+difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from gateway.admission import ADMITTED, QUEUED, AdmissionController, WaitingRoom
+from gateway.proxy.exchange import PAUSE_ADMISSION
+from gateway.waiting import (
+    TicketSigner,
+    cookie_header,
+    new_visitor_id,
+    read_cookie,
+    render,
+    render_status_json,
+)
+from gateway.waiting.negotiate import wants_json
+
+if TYPE_CHECKING:
+    from gateway.admission import Ticket
+    from gateway.config import Config
+    from gateway.proxy.app import App, SchoolRuntime
+    from gateway.proxy.exchange import Exchange
+
+# Served by the gateway on every school's host name, so the waiting page can
+# poll it same-origin and the ticket cookie (Path=/) comes along.
+STATUS_PATH = b"/.schoolgate/status"
+COOKIE = "schoolgate_ticket"
+_JSON_HEADERS = [
+    (b"Content-Type", b"application/json"),
+    (b"Cache-Control", b"no-store"),
+]
+
+
+class Admission:
+    """One worker's admission state for one App (one config)."""
+
+    def __init__(self, app: App, cfg: Config) -> None:
+        self.app = app
+        self.enabled = cfg.admission.enabled
+        self.controller = AdmissionController(cfg, time.time())
+        self.room = WaitingRoom(self.controller)
+        # Without a configured secret, tickets are honoured only by the
+        # worker that issued them (each makes its own key): the visitor then
+        # lines up again on another worker instead of jumping the queue.
+        secret = cfg.admission.secret.encode() or secrets.token_bytes(32)
+        self.signer = TicketSigner(secret)
+        self.ttl = cfg.admission.ticket_ttl
+        self.secure_cookie = cfg.server.tls_cert is not None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+
+    # -- connections -------------------------------------------------------------
+    def connection_open(self, school: int) -> bool:
+        return not self.enabled or self.controller.connection_open(school, time.time())
+
+    def connection_close(self, school: int) -> None:
+        if self.enabled:
+            self.controller.connection_close(school)
+
+    # -- requests ----------------------------------------------------------------
+    def admit(self, ex: Exchange) -> None:
+        if not self.enabled:
+            ex.admitted()
+            return
+        school = ex.school
+        now = time.time()
+        visitor = self._read_ticket(ex, now)
+        arrived = visitor[1] if visitor is not None else None
+        t = self.controller.request(school.index, ex.klass,  # type: ignore[union-attr]
+                                    ex.client.client_key, now, arrived)
+        state = t.state
+        if state == ADMITTED:
+            ex.ticket = t
+            if visitor is not None:
+                self.room.leave(school.index, visitor[0])  # type: ignore[union-attr]
+            ex.admitted()
+        elif state == QUEUED:
+            ex.ticket = t
+            t.user = ex
+            if visitor is not None:
+                self.room.leave(school.index, visitor[0])  # type: ignore[union-attr]
+            ex.client.pause_reading_for(PAUSE_ADMISSION)
+        else:
+            self._reject(ex, t, now, visitor)
+        self._rearm()
+
+    def release(self, ex: Exchange) -> None:
+        """The exchange no longer needs its slot (finished, or tunnelled)."""
+        t = ex.ticket
+        if t is None:
+            return
+        ex.ticket = None
+        if t.state == ADMITTED:
+            self._dispatch(self.controller.release(t, time.time()))
+            self._rearm()
+
+    def cancel(self, ex: Exchange) -> None:
+        """The exchange's client is gone: give back its place or its slot."""
+        t = ex.ticket
+        if t is None:
+            return
+        ex.ticket = None
+        t.user = None
+        if t.state == QUEUED:
+            self.controller.cancel(t, time.time())
+        elif t.state == ADMITTED:
+            self._dispatch(self.controller.release(t, time.time()))
+        self._rearm()
+
+    # -- tickets coming back later ---------------------------------------------
+    def _dispatch(self, admitted: list[Ticket]) -> None:
+        for t in admitted:
+            ex = t.user
+            t.user = None
+            if ex is None or ex.ticket is not t:
+                # Its client left between admission and now.
+                if t.state == ADMITTED:
+                    admitted.extend(self.controller.release(t, time.time()))
+                continue
+            ex.client.resume_reading_for(PAUSE_ADMISSION)
+            ex.admitted()
+
+    def _expire(self, rejected: list[Ticket], now: float) -> None:
+        for t in rejected:
+            ex = t.user
+            t.user = None
+            if ex is None or ex.ticket is not t:
+                continue
+            ex.ticket = None
+            ex.client.resume_reading_for(PAUSE_ADMISSION)
+            self._reject(ex, t, now, self._read_ticket(ex, now))
+
+    def _poll(self) -> None:
+        self._timer = None
+        now = time.time()
+        admitted, expired = self.controller.poll(now)
+        self._dispatch(admitted)
+        self._expire(expired, now)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        due = self.controller.next_deadline()
+        timer = self._timer
+        if due is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            if self._timer_due <= due:
+                return
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_due = due
+        self._timer = loop.call_at(loop.time() + max(due - time.time(), 0.0), self._poll)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the waiting room ---------------------------------------------------------
+    def _read_ticket(self, ex: Exchange, now: float) -> tuple[bytes, float] | None:
+        cookie = ex.head.header(b"cookie")  # type: ignore[union-attr]
+        if not cookie:
+            return None
+        value = read_cookie(cookie, COOKIE)
+        if value is None:
+            return None
+        ticket = self.signer.verify(value, ex.school.name, now, self.ttl)  # type: ignore[union-attr]
+        return None if ticket is None else (ticket.visitor_id, ticket.arrived_at)
+
+    def _reject(self, ex: Exchange, t: Ticket, now: float,
+                visitor: tuple[bytes, float] | None) -> None:
+        school = ex.school
+        head = ex.head
+        accept = head.header(b"accept") or b""  # type: ignore[union-attr]
+        extra: list[tuple[bytes, bytes]] = []
+        position = t.position or self.controller.queued(school.index) + 1  # type: ignore[union-attr]
+        eta = self.controller.queue_eta(school.index, position, now)  # type: ignore[union-attr]
+        retry = t.retry_after
+        status_url = None
+        if t.reject_status == 429:
+            kind = "bulk"
+        else:
+            kind = "wait"
+            requested_with = head.header(b"x-requested-with") or b""  # type: ignore[union-attr]
+            browser = head.method in (b"GET", b"HEAD") and not wants_json(  # type: ignore[union-attr]
+                accept, "text/html", requested_with)
+            if browser:
+                # Keep (or take) a place in the waiting room; the page polls
+                # STATUS_PATH and reloads the URL when the visitor's turn comes.
+                vid, arrived = visitor if visitor is not None else (new_visitor_id(), t.arrived_at)
+                if self.room.join(school.index, vid, arrived, now):  # type: ignore[union-attr]
+                    state, pos, wait = self.room.status(school.index, vid, now)  # type: ignore[union-attr]
+                    if state == "wait":
+                        position, eta = pos, wait
+                    status_url = STATUS_PATH.decode()
+                extra.append(self._cookie(school, vid, arrived, now))  # type: ignore[arg-type]
+        page = render(
+            kind,  # type: ignore[arg-type]
+            school_title=school.title,  # type: ignore[union-attr]
+            accept=accept,
+            accept_language=head.header(b"accept-language") or b"",  # type: ignore[union-attr]
+            retry_after=retry,
+            position=position,
+            eta=eta,
+            original_url=head.target.decode("latin-1"),  # type: ignore[union-attr]
+            status_url=status_url,
+            templates_dir=school.templates,  # type: ignore[union-attr]
+            requested_with=head.header(b"x-requested-with") or b"",  # type: ignore[union-attr]
+        )
+        page.headers.extend(extra)
+        school.rejected += 1  # type: ignore[union-attr]
+        ex.settle_keep_alive()
+        ex.rejected(self.app.page_response(page, ex))
+
+    def _cookie(self, school: SchoolRuntime, vid: bytes, arrived: float,
+                now: float) -> tuple[bytes, bytes]:
+        value = self.signer.issue(school.name, vid, min(arrived, now), now)
+        return b"Set-Cookie", cookie_header(COOKIE, value, int(self.ttl), self.secure_cookie)
+
+    def status_response(self, ex: Exchange) -> bytes:
+        """The waiting page's poll: where is this visitor now?"""
+        now = time.time()
+        school = ex.school
+        visitor = self._read_ticket(ex, now)
+        headers = list(_JSON_HEADERS)
+        if visitor is None or not self.enabled:
+            body = render_status_json("go", None, None, 0)
+        else:
+            vid, arrived = visitor
+            state, position, eta = self.room.status(school.index, vid, now)  # type: ignore[union-attr]
+            # Poll sooner when the turn is near, rarely when it is far.
+            retry = 1 if state == "go" else max(1, min(10, int(eta / 4)))
+            body = render_status_json(state, position, eta, retry)
+            # Re-issued on every poll: an active visitor's ticket never lapses.
+            headers.append(self._cookie(school, vid, arrived, now))  # type: ignore[arg-type]
+        return self.app.local_response(200, headers, body, ex.keep_alive, head_only=ex.is_head)
+
+
+__all__ = ["COOKIE", "STATUS_PATH", "Admission"]
