@@ -141,7 +141,12 @@ class Exchange:
     def settle_keep_alive(self) -> bool:
         """Decide whether the connection survives a gateway-made answer: not
         if the client is still sending a body nobody will read."""
-        keep = self.keep_alive and self.request_done and not self.client.app.draining
+        head = self.head
+        # A bodiless request is complete at its head, before llhttp's
+        # on_message_complete (admission decides inside on_headers_complete).
+        done = self.request_done or (
+            head is not None and head.content_length <= 0 and not head.chunked)
+        keep = self.keep_alive and done and not self.client.app.draining
         self.keep_alive = keep
         return keep
 
