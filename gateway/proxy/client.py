@@ -117,14 +117,7 @@ class ClientProtocol(asyncio.Protocol):
                     if cut < 0:
                         self._protocol_error(HeadError(400, "chunk extension too long"))
                         return
-            elif phase <= HEAD:
-                if phase == HEAD:
-                    # httptools holds a header line internally until it ends,
-                    # so a line that never ends is bounded here, by raw bytes.
-                    self._raw_head += len(data)
-                    if self._raw_head > self.app.head_budget:
-                        self._protocol_error(HeadError(431, "request header block too large"))
-                        return
+            else:  # IDLE or HEAD
                 # Feed a head on its own when more follows it, so that a
                 # chunked body is measured before llhttp consumes it. The
                 # previous read's tail catches a CRLFCRLF split across reads.
@@ -134,6 +127,14 @@ class ClientProtocol(asyncio.Protocol):
                     end += 4 - len(tail)
                     if end < cut:
                         cut = end
+                # httptools holds a header line internally until it ends, so
+                # a line that never ends is bounded here, by the raw bytes of
+                # the current head (reset when a head completes).
+                raw = self._raw_head + cut
+                self._raw_head = raw
+                if raw > self.app.head_budget:
+                    self._protocol_error(HeadError(431, "request header block too large"))
+                    return
             if cut < len(data):
                 piece, data = data[:cut], data[cut:]
             else:
@@ -147,7 +148,7 @@ class ClientProtocol(asyncio.Protocol):
                 err = self.error
                 if err is None:
                     ctx = exc.__context__
-                    err = ctx if isinstance(ctx, HeadError) else HeadError(400, _parser_reason(exc))
+                    err = ctx if isinstance(ctx, HeadError) else _parser_error(exc)
                 self._protocol_error(err)
                 return
             self._tail = piece[-3:] if self.phase == HEAD else b""
@@ -194,7 +195,6 @@ class ClientProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._n_headers = 0
-        self._raw_head = 0
         self._hdr_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -215,6 +215,7 @@ class ClientProtocol(asyncio.Protocol):
         app = self.app
         if self._hdr_bytes > app.limits.max_header_bytes:
             self._fail(HeadError(431, "request header block too large"))
+        self._raw_head = 0
         p = self.parser
         try:
             head = parse_request_head(p.get_method(), self._url, p.get_http_version(),
@@ -421,7 +422,7 @@ class ClientProtocol(asyncio.Protocol):
         t = self.transport
         if t is None or self.phase == CLOSED:
             return
-        if self.phase in (HEAD, BODY, UPGRADE_WAIT) or (
+        if self.phase in (HEAD, BODY, UPGRADE_WAIT, BROKEN) or (
                 ex.head is not None and not ex.request_done):
             # The client may still be sending; closing with unread data would
             # reset the connection and could destroy the response in flight.
@@ -438,9 +439,13 @@ class ClientProtocol(asyncio.Protocol):
         t.close()
 
 
-def _parser_reason(exc: Exception) -> str:
+def _parser_error(exc: Exception) -> HeadError:
     text = str(exc) or type(exc).__name__
-    return f"malformed request: {text}"
+    if text == "Invalid HTTP version":
+        # llhttp read a well-formed HTTP/d.d it does not speak (1.2, 3.0):
+        # the protocol is refused, not the syntax.
+        return HeadError(505, "HTTP version not supported")
+    return HeadError(400, f"malformed request: {text}")
 
 
 __all__ = ["BODY", "HEAD", "IDLE", "ClientProtocol"]

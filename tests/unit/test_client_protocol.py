@@ -178,13 +178,7 @@ def test_hostile_head_is_answered_and_closed(case, bytewise):
     expect_refusal(transport, status, *words)
 
 
-@pytest.mark.parametrize("bytewise", [
-    pytest.param(False, marks=pytest.mark.xfail(
-        strict=True, reason="proxy bug: the raw head budget is only counted from the second "
-                            "read of a head, so a first read holding an endless line waits "
-                            "for the 408 instead of a 431")),
-    True,
-], ids=["whole", "bytewise"])
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
 def test_unterminated_header_line_is_bounded(bytewise):
     # One header line that never ends: httptools buffers it without a
     # callback, so only the gateway's byte count can stop it.
@@ -210,9 +204,6 @@ def test_nothing_more_is_written_after_a_refusal():
     assert bytes(transport.written) == answered
 
 
-@pytest.mark.xfail(strict=True, reason="proxy bug: a protocol error closes at once (phase "
-                   "BROKEN skips the LINGER path), so bytes the client is still sending "
-                   "can reset the connection before it reads the refusal")
 def test_refusal_mid_head_lingers_then_is_aborted():
     # Half-closed after the refusal so the client can read it; the reaper
     # ends the lingering socket later.
