@@ -518,6 +518,11 @@ def parse_request_head(bytes method not None, bytes target not None, str version
     if head.upgrade is not None:
         if v == 11 and seen.upgrade and PyBytes_GET_SIZE(head.upgrade):
             head.upgrade = _lower(head.upgrade)
+            # h2c is never passed on: a cleartext HTTP/2 tunnel would carry
+            # later requests past routing and admission (h2c smuggling). The
+            # request goes upstream as plain HTTP/1.1.
+            if head.upgrade == b"h2c":
+                head.upgrade = None
         else:
             head.upgrade = None
     head.expect_continue = seen.expect_seen and v == 11

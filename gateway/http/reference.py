@@ -273,7 +273,9 @@ def parse_request_head(method: bytes, target: bytes, version: str,
         host_header=host_value, content_length=length, chunked=te_count > 0,
         keep_alive=not close if v == 11 else not close and b"keep-alive" in tokens,
         # HTTP/1.0 has neither upgrades nor 100-continue (RFC 9110 7.8, 10.1.1).
-        upgrade=upgrade.lower() if upgrade and v == 11 and b"upgrade" in tokens else None,
+        # h2c is never passed on (h2c smuggling past routing and admission).
+        upgrade=(upgrade.lower() if upgrade and v == 11 and b"upgrade" in tokens
+                 and upgrade.lower() != b"h2c" else None),
         expect_continue=expect_seen and v == 11,
         idempotent=method in _IDEMPOTENT,
         headers=headers,

@@ -142,8 +142,11 @@ class ClientProtocol(asyncio.Protocol):
             try:
                 self.parser.feed_data(piece)
             except httptools.HttpParserUpgrade as upg:
-                self._upgrade(piece[upg.args[0]:] + data)
-                return
+                data = piece[upg.args[0]:] + data
+                if not self._upgrade(data):
+                    return
+                self._tail = b""
+                continue
             except httptools.HttpParserError as exc:
                 err = self.error
                 if err is None:
@@ -400,15 +403,23 @@ class ClientProtocol(asyncio.Protocol):
         if len(self.queue) == 1:
             ex.start()
 
-    def _upgrade(self, rest: bytes) -> None:
+    def _upgrade(self, rest: bytes) -> bool:
+        """llhttp stopped after a request asking for an upgrade; `rest` is
+        what followed it. True: go on parsing `rest` as HTTP/1.1."""
         ex = self.queue[-1] if self.queue else None
+        if ex is not None and ex.head is not None and ex.head.upgrade is None \
+                and ex.local is None and self.phase == IDLE:
+            # An upgrade the gateway does not pass on (h2c): the request was
+            # forwarded as plain HTTP/1.1, and a fresh parser reads on.
+            self.parser = httptools.HttpRequestParser(self)
+            return True
         if ex is None or ex.head is None or ex.head.upgrade is None or ex.local is not None:
             # Upgrade on a request we answer ourselves: the parser is spent,
             # so the connection ends after that answer.
             self.phase = BROKEN
             if ex is not None:
                 ex.keep_alive = False
-            return
+            return False
         # The parser is spent either way: without a 101 the connection ends
         # after this response. Until then, hold (a bounded amount of) what
         # the client sends next; it belongs to the upgraded protocol.
@@ -416,6 +427,7 @@ class ClientProtocol(asyncio.Protocol):
         ex.pending = [rest] if rest else []
         self.phase = UPGRADE_WAIT
         self.pause_reading_for(PAUSE_TUNNEL)
+        return False
 
     def _close_after_response(self, ex: Exchange) -> None:
         self.flush()

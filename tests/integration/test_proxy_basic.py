@@ -242,3 +242,25 @@ def test_httpx_client_round_trips(gateway):
         resp = client.get("/bytes", params={"n": 300000})
         assert resp.content == pattern_bytes(300000)
         assert resp.status_code not in FORBIDDEN_STATUSES
+
+
+def test_h2c_upgrade_is_served_as_http11(gateway):
+    # A cleartext HTTP/2 upgrade is never passed on: the upstream would be
+    # free to answer 101 and carry later requests past routing and admission
+    # (h2c smuggling). The request is forwarded as plain HTTP/1.1 and the
+    # connection keeps working for pipelined requests behind it.
+    upgrade = build_request(target="/echo", headers=[
+        ("Connection", "Upgrade, HTTP2-Settings"),
+        ("Upgrade", "h2c"),
+        ("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+    ])
+    with RawConn(gateway.port) as conn:
+        conn.send(upgrade + build_request(target="/echo?second=1"))
+        first = conn.recv_response()
+        assert first.status == 200
+        assert not first.interim
+        seen = {k.lower() for k, _ in first.json()["headers"]}
+        assert not {"upgrade", "http2-settings"} & seen
+        second = conn.recv_response()
+        assert second.status == 200
+        assert second.json()["target"] == "/echo?second=1"

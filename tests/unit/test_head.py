@@ -251,6 +251,13 @@ def test_upgrade_needs_connection_token(m):
     assert req(m, [*up, (b"Connection", b"upgrade")], version="1.0").upgrade is None
 
 
+def test_h2c_upgrade_is_not_an_upgrade(m):
+    head = req(m, [(b"Host", b"a"), (b"Connection", b"Upgrade, HTTP2-Settings"),
+                   (b"Upgrade", b"H2C"), (b"HTTP2-Settings", b"AAMAAABk")])
+    assert head.upgrade is None
+    assert head.headers == [(b"Host", b"a")]
+
+
 @pytest.mark.parametrize(("method", "idempotent"), [
     (b"GET", True), (b"HEAD", True), (b"OPTIONS", True), (b"TRACE", True), (b"PUT", True),
     (b"DELETE", True), (b"POST", False), (b"PATCH", False), (b"get", False), (b"CONNECT", False),
