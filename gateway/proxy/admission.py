@@ -54,6 +54,19 @@ _JSON_HEADERS = [
 ]
 
 
+_process_secret: bytes | None = None
+
+
+def process_secret() -> bytes:
+    """The ticket key used when the config sets none: random, made once per
+    gateway process (the supervisor makes it before forking, so its workers
+    share it). Tickets then survive reloads, not restarts or other instances."""
+    global _process_secret
+    if _process_secret is None:
+        _process_secret = secrets.token_bytes(32)
+    return _process_secret
+
+
 class Admission:
     """One worker's admission state for one App (one config)."""
 
@@ -62,10 +75,7 @@ class Admission:
         self.enabled = cfg.admission.enabled
         self.controller = AdmissionController(cfg, time.time())
         self.room = WaitingRoom(self.controller)
-        # Without a configured secret, tickets are honoured only by the
-        # worker that issued them (each makes its own key): the visitor then
-        # lines up again on another worker instead of jumping the queue.
-        secret = cfg.admission.secret.encode() or secrets.token_bytes(32)
+        secret = cfg.admission.secret.encode() or process_secret()
         self.signer = TicketSigner(secret)
         self.ttl = cfg.admission.ticket_ttl
         self.secure_cookie = cfg.server.tls_cert is not None

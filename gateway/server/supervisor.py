@@ -13,6 +13,7 @@ sigtimedwait so that signal handling is synchronous and race-free.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -25,6 +26,12 @@ log = logging.getLogger("schoolgate")
 
 GRACE = 5.0
 RESPAWN_BACKOFF = 1.0
+# A worker that dies this soon after starting, this many times in a row, is
+# failing at startup (bad certificate, missing file): give up instead of
+# respawning it forever.
+EARLY_DEATH = 5.0
+MAX_EARLY_DEATHS = 5
+PR_SET_PDEATHSIG = 1
 
 
 def _setup_logging() -> None:
@@ -46,7 +53,21 @@ def _check_bind(cfg: Config) -> None:
         bind_socket(cfg.server.admin_listen, 1).close()
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker whose supervisor was killed (SIGKILL, OOM) must not keep the
+    port: the kernel sends it SIGTERM, and it drains and exits."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: workers then outlive a killed supervisor
+    if os.getppid() != parent:
+        # The parent died before prctl took effect.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _spawn(config_path: str, cfg: Config, index: int) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -56,6 +77,7 @@ def _spawn(config_path: str, cfg: Config, index: int) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent(parent)
         from gateway.server.worker import worker_main
 
         code = worker_main(config_path, cfg, index)
@@ -83,11 +105,20 @@ def run(config_path: str) -> int:
               f"{cfg.server.listen}: {err.strerror}", file=sys.stderr)
         return 1
 
+    # Made before forking, so every worker signs waiting-room tickets with
+    # the same key when the config sets none.
+    from gateway.proxy.admission import process_secret
+    process_secret()
+
     watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     workers: dict[int, int] = {}  # pid -> index
+    started: dict[int, float] = {}  # pid -> spawn time
+    early_deaths = [0] * cfg.server.workers
     for i in range(cfg.server.workers):
-        workers[_spawn(config_path, cfg, i)] = i
+        pid = _spawn(config_path, cfg, i)
+        workers[pid] = i
+        started[pid] = time.monotonic()
     log.info("schoolgate %s: %d worker(s) on %s", os.getpid(), len(workers), cfg.server.listen)
 
     stopping_since: float | None = None
@@ -123,11 +154,22 @@ def run(config_path: str) -> int:
             if index is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            lived = time.monotonic() - started.pop(pid, 0.0)
             if stopping_since is None:
+                early_deaths[index] = early_deaths[index] + 1 if lived < EARLY_DEATH else 0
+                if early_deaths[index] >= MAX_EARLY_DEATHS:
+                    log.error("worker %d failed %d times in a row at startup; giving up",
+                              index, early_deaths[index])
+                    stopping_since = time.monotonic()
+                    exit_code = 1
+                    _signal_all(workers, signal.SIGTERM)
+                    continue
                 log.error("worker %d (pid %d) exited with %d; starting a new one",
                           index, pid, code)
                 time.sleep(RESPAWN_BACKOFF)
-                workers[_spawn(config_path, cfg, index)] = index
+                pid = _spawn(config_path, cfg, index)
+                workers[pid] = index
+                started[pid] = time.monotonic()
             elif code != 0:
                 exit_code = 1
         if stopping_since is not None and workers and \

@@ -23,6 +23,7 @@ from gateway.config import Config, ConfigError, load_config, parse_hostport
 from gateway.proxy.app import App
 from gateway.proxy.client import IDLE, ClientProtocol
 from gateway.server.admin import AdminProtocol
+from gateway.waiting import clear_cache
 
 log = logging.getLogger("schoolgate.worker")
 
@@ -102,7 +103,6 @@ class Worker:
         for app in (self.app, *self.retired):
             app.draining = True
             for conn in list(app.connections):
-                log.debug("drain: phase %d queue %d", conn.phase, len(conn.queue))
                 if conn.phase == IDLE and not conn.queue:
                     conn.close()
         self.loop.create_task(self._wait_drained(deadline))  # type: ignore[union-attr]
@@ -117,6 +117,7 @@ class Worker:
                 conn.abort()
             for server in app.servers.values():
                 server.close_all()
+            app.admission.close()
         if self.admin is not None:
             self.admin.close()
         if self.stopping is not None and not self.stopping.done():
@@ -141,9 +142,12 @@ class Worker:
             log.error("reload failed, keeping the running configuration: %s", err)
             return
         old.close_servers_not_in(new.servers)
+        clear_cache()  # school templates may have changed on disk
         self.app = new
         if old.connections:
             self.retired.append(old)
+        else:
+            old.admission.close()
         log.info("worker %d reloaded %s", self.index, self.config_path)
 
     def _reap(self) -> None:
@@ -152,6 +156,9 @@ class Worker:
         if self.retired:
             for app in self.retired:
                 app.reap(now)
+            for app in self.retired:
+                if not app.connections:
+                    app.admission.close()
             self.retired = [a for a in self.retired if a.connections]
         if self.stopping is not None and not self.stopping.done():
             self.loop.call_later(REAP_INTERVAL, self._reap)  # type: ignore[union-attr]

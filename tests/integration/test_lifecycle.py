@@ -159,6 +159,27 @@ def test_sigterm_with_nothing_in_flight_exits_at_once(make_gateway, upstream):
     assert not any(Path(f"/proc/{pid}").exists() for pid in _workers(gw))
 
 
+def test_workers_exit_when_the_supervisor_is_killed(make_gateway, upstream):
+    # SIGKILL (or the OOM killer) gives the supervisor no chance to stop its
+    # workers; they must not keep serving the port unsupervised.
+    gw = make_gateway(upstreams=[upstream], server={"workers": 2})
+    assert request(gw.port).status == 200
+    workers = _workers(gw)
+    assert len(workers) == 2
+    os.kill(gw.pid, signal.SIGKILL)
+    gw.wait(timeout=5)
+    assert wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=10), gw.log()
+    assert wait_until(lambda: not port_open(gw.port), timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 # -- SIGHUP --------------------------------------------------------------------------
 
 def _two_schools(port: int, first: str, second: str) -> str:

@@ -328,6 +328,12 @@ def test_redis_url_and_retry_bounds():
     assert exc.key_path == "admission.min_retry"
 
 
+def test_ticket_secret_must_not_be_guessable():
+    assert error('[admission]\nsecret = "short"\n' + SCHOOL).key_path == "admission.secret"
+    assert parse('[admission]\nsecret = "' + "k" * 16 + '"\n' + SCHOOL).admission.secret
+    assert parse(SCHOOL).admission.secret == ""  # a random per-process key
+
+
 # -------------------------------------------------------------------- classes
 
 
