@@ -40,8 +40,9 @@ def render_metrics(worker: Worker) -> bytes:
         "# TYPE schoolgate_school_requests_total counter",
     ]
     for s in app.schools:
-        name = s.name.replace("\\", "\\\\").replace('"', '\\"')
-        lines.append(f'schoolgate_school_requests_total{{{labels},school="{name}"}} {s.requests}')
+        lines.append(f'schoolgate_school_requests_total{{{labels},school="{_label(s.name)}"}} '
+                     f"{s.requests}")
+    lines += _admission_metrics(app, labels)
     lines += [
         "# HELP schoolgate_upstream_inflight Requests in flight per upstream server.",
         "# TYPE schoolgate_upstream_inflight gauge",
@@ -50,6 +51,42 @@ def render_metrics(worker: Worker) -> bytes:
         lines.append(f'schoolgate_upstream_inflight{{{labels},upstream="{addr}"}} '
                      f"{server.inflight}")
     return ("\n".join(lines) + "\n").encode()
+
+
+_ADMISSION = [
+    # (metric, type, help, stats key, per class)
+    ("inflight", "gauge", "Admitted requests not yet finished.", "inflight", False),
+    ("connections", "gauge", "Client connections counted against the school.",
+     "connections", False),
+    ("queued", "gauge", "Requests waiting for admission.", "queued", True),
+    ("admitted_total", "counter", "Requests admitted.", "admitted", True),
+    ("rejected_total", "counter", "Requests turned away (waiting page, 429).", "rejected", True),
+    ("cancelled_total", "counter", "Queued requests whose client left.", "cancelled", False),
+    ("admission_rate", "gauge", "Measured admissions per second.", "admission_rate", False),
+]
+
+
+def _admission_metrics(app, labels: str) -> list[str]:
+    if not app.admission.enabled:
+        return []
+    controller = app.admission.controller
+    stats = [(_label(s.name), controller.stats(s.index)) for s in app.schools]
+    lines = []
+    for metric, kind, text, key, per_class in _ADMISSION:
+        name = f"schoolgate_school_{metric}"
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        for school, st in stats:
+            if per_class:
+                for klass, value in st[key].items():
+                    lines.append(f'{name}{{{labels},school="{school}",class="{_label(klass)}"}} '
+                                 f"{value}")
+            else:
+                lines.append(f'{name}{{{labels},school="{school}"}} {st[key]}')
+    return lines
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class AdminProtocol(asyncio.Protocol):
