@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from gateway.admission.shares import split_limits
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
 from gateway.proxy.admission import STATUS_PATH, Admission
@@ -49,7 +50,8 @@ class Metrics:
 
 
 class App:
-    def __init__(self, cfg: Config, servers: dict[str, UpstreamServer] | None = None) -> None:
+    def __init__(self, cfg: Config, servers: dict[str, UpstreamServer] | None = None,
+                 worker: int = 0, workers: int | None = None) -> None:
         self.cfg = cfg
         self.limits = cfg.limits
         self.timeouts = cfg.timeouts
@@ -89,7 +91,8 @@ class App:
                 templates=school.templates,
             ))
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.server.trusted_proxies]
-        self.admission = Admission(self, cfg)
+        # Each worker process enforces its share of the schools' limits.
+        self.admission = Admission(self, split_limits(cfg, worker, workers))
 
     # -- per request ----------------------------------------------------------
     def route(self, client: ClientProtocol, head: RequestHead) -> Exchange:

@@ -63,7 +63,9 @@ class Worker:
     def __init__(self, config_path: str, cfg: Config, index: int) -> None:
         self.config_path = config_path
         self.index = index
-        self.app = App(cfg)
+        # The process count is fixed at start; a reload cannot change it.
+        self.workers = cfg.server.workers
+        self.app = App(cfg, worker=index, workers=self.workers)
         # Apps replaced by a reload that still have connections to serve.
         self.retired: list[App] = []
         self.server: asyncio.AbstractServer | None = None
@@ -137,7 +139,7 @@ class Worker:
         if cfg.server != old.cfg.server:
             log.warning("[server] changes (listen, workers, TLS) take effect on restart only")
         try:
-            new = App(cfg, servers=old.servers)
+            new = App(cfg, servers=old.servers, worker=self.index, workers=self.workers)
         except (ValueError, OSError) as err:
             log.error("reload failed, keeping the running configuration: %s", err)
             return
