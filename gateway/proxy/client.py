@@ -41,10 +41,10 @@ LINGER_SECONDS = 2.0
 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
-        "_hdr_bytes", "_headers", "_n_headers", "_raw_head", "_tail", "_url", "app", "chunks",
-        "client_ip", "client_key", "current", "eof", "error", "parser", "pause_mask", "phase",
-        "out", "proto", "queue", "school", "since", "touched", "transport", "trusted_peer",
-        "tunnel", "write_paused",
+        "_body_left", "_hdr_bytes", "_headers", "_n_headers", "_raw_head", "_tail", "_url",
+        "app", "chunks", "client_ip", "client_key", "current", "eof", "error", "parser",
+        "pause_mask", "phase", "out", "proto", "queue", "school", "since", "touched",
+        "transport", "trusted_peer", "tunnel", "write_paused",
     )
 
     def __init__(self, app: App, proto: bytes = b"http") -> None:
@@ -77,6 +77,7 @@ class ClientProtocol(asyncio.Protocol):
         self._n_headers = 0
         self._raw_head = 0
         self._hdr_bytes = 0
+        self._body_left = -1
         self._tail = b""
         self.chunks = ChunkLimiter(app.limits.max_chunk_ext)
 
@@ -226,6 +227,10 @@ class ClientProtocol(asyncio.Protocol):
         except HeadError as err:
             self._fail(err)
         self._headers = []
+        max_body = app.limits.max_body
+        if max_body and head.content_length > max_body:
+            self._fail(HeadError(413, "request body too large"))
+        self._body_left = max_body or -1
         self.phase = BODY
         if head.chunked:
             self.chunks.reset()
@@ -238,6 +243,14 @@ class ClientProtocol(asyncio.Protocol):
             self.pause_reading_for(PAUSE_PIPELINE)
 
     def on_body(self, data: bytes) -> None:
+        left = self._body_left
+        if left >= 0:
+            # Only a chunked body can get here past max_body; a declared
+            # Content-Length was checked at the head.
+            left -= len(data)
+            if left < 0:
+                self._fail(HeadError(413, "request body too large"))
+            self._body_left = left
         ex = self.current
         if ex is not None:
             ex.on_request_body(data)
