@@ -105,6 +105,9 @@ def run(config_path: str) -> int:
               f"{cfg.server.listen}: {err.strerror}", file=sys.stderr)
         return 1
 
+    if cfg.redis.url:
+        log.warning("redis.url is set, but limits shared through Redis are not implemented "
+                    "in this version: this instance enforces its own limits")
     # Made before forking, so every worker signs waiting-room tickets with
     # the same key when the config sets none.
     from gateway.proxy.admission import process_secret
