@@ -172,15 +172,27 @@ backend origin
 
 def gateway(
     *, port: int, upstream_port: int, workers: int, overload: OverloadPolicy | None,
-    keepalive_timeout: float,
+    keepalive_timeout: float, admission_enabled: bool = True,
 ) -> str:
+    """The gateway's TOML.
+
+    Without `overload` the school's limits are sized so that admission runs
+    on every request (in-flight slot, school bucket, per-client bucket,
+    default classes) but never refuses one. `admission_enabled=False` is the
+    same file with `[admission] enabled = false`, which forwards every
+    request at once: the pair measures what admission costs.
+    """
+    enabled = "" if admission_enabled else "enabled = false\n"
     if overload is None:
-        # Admission runs on every request but is sized never to refuse one.
-        school_limits = "max_inflight = 1000000\nrate = 10000000.0\nburst = 10000000"
-        admission = classes = ""
+        school_limits = (
+            "max_inflight = 1000000\nrate = 10000000.0\nburst = 10000000\n"
+            "client_rate = 10000000.0\nclient_burst = 10000000"
+        )
+        admission = f"[admission]\n{enabled}" if enabled else ""
+        classes = ""
     else:
         school_limits = f"max_inflight = {overload.capacity}"
-        admission = f"[admission]\nmax_queue = {overload.max_queue}\n"
+        admission = f"[admission]\n{enabled}max_queue = {overload.max_queue}\n"
         classes = f"""
 [[classes]]
 name = "bulk"

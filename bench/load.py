@@ -8,7 +8,12 @@ in alternating rounds (A B C D, A B C D, ...) so that a slow minute on a
 shared machine hurts every system alike instead of whichever ran then. Each
 round runs wrk with keep-alive for every case (a 2-byte answer, a 64 KiB one).
 
-Exits 1 when any system answered a plain request with a non-2xx status or a
+"gateway" runs with admission on (limits sized so that every request goes
+through it but none is refused), "gateway-noadm" is the same config with
+`[admission] enabled = false`; a second table shows their ratio per case,
+the cost of admission, from the same rounds.
+
+Exits 1 when any system answered a plain request with a status >= 400 or a
 socket error: under this load none of them should.
 """
 
@@ -22,7 +27,7 @@ from collections.abc import Sequence
 from bench import report, systems, wrk
 from bench.systems import HOST, BenchError, Stack
 
-SYSTEMS = ("gateway", "nginx", "haproxy", "direct")
+SYSTEMS = ("gateway", "gateway-noadm", "nginx", "haproxy", "direct")
 CASES = {"small": "/", "64k": "/64k"}
 
 
@@ -78,7 +83,7 @@ def measure(args: argparse.Namespace, names: list[str], stack: Stack) -> tuple[
                 result = run(name, path, args.duration)
                 results[case][name].append(result)
                 print(
-                    f"round {round_no}/{args.rounds} {case:>5} {name:<8}"
+                    f"round {round_no}/{args.rounds} {case:>5} {name:<13}"
                     f" {result.rps:>10,.0f} req/s  p99 {result.p99_ms:7.2f} ms"
                     f"  errors {result.http_errors + result.socket_errors}",
                     flush=True,
@@ -89,11 +94,27 @@ def measure(args: argparse.Namespace, names: list[str], stack: Stack) -> tuple[
     return results, peaks
 
 
+def settings_line(args: argparse.Namespace, env: dict[str, object]) -> str:
+    """How, when and where: enough to label a table pasted elsewhere."""
+    load = env["loadavg_at_start"][0]  # type: ignore[index]
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {env['cpus']} CPUs"
+        f" ({env['cpu_model']}), load average at start {load:.2f};"
+        f" {args.rounds} rounds x {args.duration:g} s per system and case,"
+        f" wrk -t{args.threads} -c{args.connections} keep-alive,"
+        f" {args.workers} worker(s) per proxy"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    names, notes = systems.resolve_systems(args.systems.split(","), SYSTEMS)
+    names, notes = systems.resolve_systems(
+        args.systems.split(","), SYSTEMS, extra_binaries=("nginx", "wrk")
+    )
     if "nginx" not in names:
         notes.append("nginx not measured: no ratio column")
+    if not {report.ADMISSION_ON, report.ADMISSION_OFF} <= set(names):
+        notes.append("gateway and gateway-noadm not both measured: no admission-cost table")
     for note in notes:
         print(note, file=sys.stderr)
     started_at = time.time()
@@ -101,19 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     with systems.sigterm_as_interrupt(), Stack() as stack:
         results, peaks = measure(args, names, stack)
     rows = report.load_summary(results, peaks)
-    table = report.load_markdown(rows)
-    settings = (
-        f"{args.rounds} rounds x {args.duration:g} s per system and case, wrk -t{args.threads}"
-        f" -c{args.connections} keep-alive, {args.workers} worker(s) per proxy,"
-        f" {env['cpus']} CPUs, load average at start {env['loadavg_at_start'][0]:.2f}"  # type: ignore[index]
-    )
-    markdown = "\n\n".join(
-        ["# Load: req/s and latency (medians over rounds)", settings, table, *notes]
-    )
+    cost = report.admission_cost(results)
+    parts = ["# Load: req/s and latency (medians over rounds)", settings_line(args, env),
+             report.load_markdown(rows)]
+    if cost:
+        parts += [
+            "Cost of admission: gateway (admission on) / gateway-noadm (`[admission]"
+            " enabled = false`), median of the per-round ratios of req/s:",
+            report.admission_markdown(cost),
+        ]
+    markdown = "\n\n".join([*parts, *notes])
     out = report.results_dir()
     report.write(out, "load", markdown, {
         "settings": vars(args), "environment": env, "notes": notes,
-        "started_at": started_at, "summary": rows,
+        "started_at": started_at, "summary": rows, "admission_cost": cost,
         "rounds": {
             case: {name: [r.to_json() for r in runs] for name, runs in by.items()}
             for case, by in results.items()

@@ -94,7 +94,9 @@ def markdown(rows: Sequence[dict[str, object]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    names, notes = systems.resolve_systems(args.systems.split(","), SYSTEMS)
+    names, notes = systems.resolve_systems(
+        args.systems.split(","), SYSTEMS, extra_binaries=("nginx",)
+    )
     # The client holds one descriptor per connection and so does each proxy
     # (plus its upstream side); children inherit the raised limit.
     limit = systems.raise_fd_limit(2 * args.connections + 4096)

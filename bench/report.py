@@ -118,6 +118,58 @@ def load_markdown(rows: Sequence[Mapping[str, object]]) -> str:
     return markdown_table(headers, cells, [False, False, *([True] * 7)])
 
 
+ADMISSION_ON, ADMISSION_OFF = "gateway", "gateway-noadm"
+
+
+def admission_cost(
+    results: Mapping[str, Mapping[str, Sequence[WrkResult]]],
+) -> list[dict[str, object]]:
+    """Per case: the gateway with admission on against the same gateway with it off.
+
+    Both ran in every round, one after the other, so each round gives one
+    paired ratio of req/s; the median of those ratios is the cost (below 1:
+    admission is slower), and their range shows how noisy the pairing was.
+    Cases where either gateway is missing are left out.
+    """
+    rows: list[dict[str, object]] = []
+    for case, by_system in results.items():
+        on, off = by_system.get(ADMISSION_ON) or [], by_system.get(ADMISSION_OFF) or []
+        pairs = [a.rps / b.rps for a, b in zip(on, off, strict=False) if b.rps > 0]
+        if not pairs:
+            continue
+        rows.append({
+            "case": case,
+            "rounds": len(pairs),
+            "rps_on": statistics.median(r.rps for r in on),
+            "rps_off": statistics.median(r.rps for r in off),
+            "ratio": statistics.median(pairs),
+            "ratio_min": min(pairs),
+            "ratio_max": max(pairs),
+            "p50_ms_on": statistics.median(r.p50_ms for r in on),
+            "p50_ms_off": statistics.median(r.p50_ms for r in off),
+            "p99_ms_on": statistics.median(r.p99_ms for r in on),
+            "p99_ms_off": statistics.median(r.p99_ms for r in off),
+        })
+    return rows
+
+
+def admission_markdown(rows: Sequence[Mapping[str, object]]) -> str:
+    """The cost-of-admission table: req/s and latency with admission on / off."""
+    headers = ["case", "req/s on", "req/s off", "on/off", "range over rounds",
+               "p50 ms on / off", "p99 ms on / off"]
+    cells = [
+        [
+            str(r["case"]), fmt(r["rps_on"]), fmt(r["rps_off"]),  # type: ignore[arg-type]
+            f"{r['ratio']:.3f}x",
+            f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}",
+            f"{fmt(r['p50_ms_on'], 2)} / {fmt(r['p50_ms_off'], 2)}",  # type: ignore[arg-type]
+            f"{fmt(r['p99_ms_on'], 2)} / {fmt(r['p99_ms_off'], 2)}",  # type: ignore[arg-type]
+        ]
+        for r in rows
+    ]
+    return markdown_table(headers, cells, [False, True, True, True, True, True, True])
+
+
 def environment() -> dict[str, object]:
     """What a reader needs to judge the numbers: machine, load, versions."""
 
@@ -134,11 +186,24 @@ def environment() -> dict[str, object]:
         "machine": platform.machine(),
         "kernel": platform.release(),
         "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
         "loadavg_at_start": list(os.getloadavg()),
         "nginx": version(["nginx", "-v"]),
         "haproxy": version(["haproxy", "-v"]),
         "wrk": version(["wrk", "-v"]),
     }
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The first "model name" in /proc/cpuinfo, else the platform's guess."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def results_dir(root: Path = RESULTS_ROOT, now: datetime | None = None) -> Path:

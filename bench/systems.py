@@ -285,18 +285,24 @@ def gateway_unavailable() -> str | None:
     return None
 
 
+# The gateway as measured: admission on, and the same config with it off.
+GATEWAYS = {"gateway": True, "gateway-noadm": False}
+
+
 def start_gateway(
     stack: Stack, upstream_port: int, *, workers: int = 1,
     overload: configs.OverloadPolicy | None = None, keepalive_timeout: float = 75.0,
+    name: str = "gateway",
 ) -> Service:
+    """`name` is one of GATEWAYS: "gateway-noadm" runs with `[admission] enabled = false`."""
     port = free_port()
-    conf = stack.subdir("gateway") / "gateway.toml"
+    conf = stack.subdir(name) / "gateway.toml"
     conf.write_text(configs.gateway(
         port=port, upstream_port=upstream_port, workers=workers, overload=overload,
-        keepalive_timeout=keepalive_timeout,
+        keepalive_timeout=keepalive_timeout, admission_enabled=GATEWAYS[name],
     ))
     argv = [sys.executable, "-m", "gateway", "run", "--config", str(conf)]
-    return stack.start("gateway", argv, port, ready_timeout=30.0)
+    return stack.start(name, argv, port, ready_timeout=30.0)
 
 
 def start_slow_upstream(stack: Stack, *, capacity: int, service_time: float) -> Service:
@@ -315,6 +321,8 @@ def start_proxies(
 ) -> dict[str, Service]:
     """The named systems in front of `upstream`; "direct" is the upstream itself.
 
+    "gateway-noadm" is the gateway with admission switched off.
+
     `workers` is nginx's worker_processes, HAProxy's nbthread and the
     gateway's workers. `max_clients` sizes nginx's worker_connections and
     HAProxy's maxconn, which refuse clients past them; the gateway has no
@@ -325,8 +333,10 @@ def start_proxies(
     for name in names:
         if name == "direct":
             started[name] = upstream
-        elif name == "gateway":
-            started[name] = start_gateway(stack, upstream.port, workers=workers, **common)
+        elif name in GATEWAYS:
+            started[name] = start_gateway(
+                stack, upstream.port, workers=workers, name=name, **common
+            )
         elif name == "nginx":
             started[name] = start_nginx(
                 stack, upstream.port, workers=workers, max_clients=max_clients, **common
@@ -340,14 +350,32 @@ def start_proxies(
     return started
 
 
-def resolve_systems(requested: Sequence[str], known: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split the requested systems into runnable ones and notes on skipped ones."""
+# The programs a system (or the harness, under the key "wrk") runs.
+BINARIES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk"}
+
+
+def resolve_systems(
+    requested: Sequence[str], known: Sequence[str], extra_binaries: Sequence[str] = (),
+) -> tuple[list[str], list[str]]:
+    """Split the requested systems into runnable ones and notes on skipped ones.
+
+    Raises BenchError naming every program that is needed but missing: the
+    chosen proxies' own, and `extra_binaries` ("wrk", or "nginx" for an
+    nginx origin).
+    """
     chosen, notes = [], []
     for name in requested:
         if name not in known:
             raise BenchError(f"unknown system {name!r}; choose from {', '.join(known)}")
-        if name == "gateway" and (reason := gateway_unavailable()):
-            notes.append(f"gateway skipped: {reason}")
+        if name in GATEWAYS and (reason := gateway_unavailable()):
+            notes.append(f"{name} skipped: {reason}")
             continue
         chosen.append(name)
+    needed = {BINARIES[n] for n in [*chosen, *extra_binaries] if n in BINARIES}
+    missing = sorted(b for b in needed if shutil.which(b) is None)
+    if missing:
+        raise BenchError(
+            f"not on PATH: {', '.join(missing)} (Debian packages of the same names;"
+            " `scripts/bootstrap --test` installs them)"
+        )
     return chosen, notes

@@ -14,7 +14,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bench import configs, report, wrk
+from bench import configs, report, systems, wrk
+from gateway.config import parse_config
 from gateway.config.schema import Config
 
 WRK_STDOUT = """\
@@ -119,6 +120,73 @@ class TestLoadSummary:
         assert cells == ["small", "nginx", "48,962", "1.28", "2.97", "1.00x", "0", "0", "13.5"]
 
 
+class TestAdmissionCost:
+    def test_median_of_paired_per_round_ratios(self):
+        cost = report.admission_cost({"small": {
+            "gateway": [result(900, 2, 8), result(500, 3, 9), result(1000, 2, 7)],
+            "gateway-noadm": [result(1000, 1, 5), result(1000, 1, 6), result(1000, 1, 4)],
+            "nginx": [result(2000)] * 3,
+        }})
+        (row,) = cost
+        # Rounds pair up: 0.9, 0.5, 1.0; the disturbed one does not decide.
+        assert row["ratio"] == pytest.approx(0.9)
+        assert (row["ratio_min"], row["ratio_max"]) == (pytest.approx(0.5), pytest.approx(1.0))
+        assert (row["rps_on"], row["rps_off"]) == (900, 1000)
+        assert (row["p99_ms_on"], row["p99_ms_off"]) == (8, 5)
+        assert row["rounds"] == 3
+
+    def test_cases_without_both_gateways_are_left_out(self):
+        assert report.admission_cost({"small": {"gateway": [result(5)]}}) == []
+        assert report.admission_cost({"small": {"gateway-noadm": [result(5)]}}) == []
+
+    def test_a_zero_round_is_skipped_not_divided_by(self):
+        cost = report.admission_cost({"64k": {
+            "gateway": [result(5), result(8)], "gateway-noadm": [result(0), result(10)],
+        }})
+        assert cost[0]["ratio"] == pytest.approx(0.8)
+        assert cost[0]["rounds"] == 1
+
+    def test_markdown(self):
+        cost = report.admission_cost({"small": {
+            "gateway": [result(9500, 1.25, 3.5)], "gateway-noadm": [result(10000, 1.0, 3.0)],
+        }})
+        line = report.admission_markdown(cost).splitlines()[2]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells == ["small", "9,500", "10,000", "0.950x", "0.950-0.950",
+                         "1.25 / 1.00", "3.50 / 3.00"]
+
+
+class TestEnvironment:
+    def test_cpu_model_from_cpuinfo(self, tmp_path: Path):
+        info = tmp_path / "cpuinfo"
+        info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example CPU 9000\n\n"
+                        "processor\t: 1\nmodel name\t: Example CPU 9000\n")
+        assert report.cpu_model(info) == "Example CPU 9000"
+
+    def test_cpu_model_without_cpuinfo_is_still_text(self, tmp_path: Path):
+        assert isinstance(report.cpu_model(tmp_path / "missing"), str)
+
+
+class TestResolveSystems:
+    def test_missing_programs_are_named_with_the_fix(self, monkeypatch):
+        monkeypatch.setattr(systems.shutil, "which",
+                            lambda name: None if name in ("haproxy", "wrk") else f"/x/{name}")
+        with pytest.raises(systems.BenchError, match=r"haproxy, wrk.*bootstrap --test"):
+            systems.resolve_systems(["nginx", "haproxy"], ["nginx", "haproxy"],
+                                    extra_binaries=("wrk",))
+
+    def test_gateways_and_direct_need_no_program(self, monkeypatch):
+        monkeypatch.setattr(systems.shutil, "which", lambda name: None)
+        names, notes = systems.resolve_systems(
+            ["gateway", "gateway-noadm", "direct"], ["gateway", "gateway-noadm", "direct"]
+        )
+        assert (names, notes) == (["gateway", "gateway-noadm", "direct"], [])
+
+    def test_unknown_system(self):
+        with pytest.raises(systems.BenchError, match="unknown system 'envoy'"):
+            systems.resolve_systems(["envoy"], ["gateway"])
+
+
 class TestTables:
     def test_numeric_columns_right_aligned_with_rule(self):
         table = report.markdown_table(["name", "n"], [["a", "1"], ["bbbb", "1,000"]],
@@ -181,6 +249,31 @@ class TestConfigs:
             bulk, interactive = cfg.classes
             assert bulk.match is not None and bulk.match.paths == ["/api/import"]
             assert interactive.priority > bulk.priority
+
+    @pytest.mark.parametrize("overload", [None, POLICY])
+    def test_gateway_noadm_is_the_same_config_with_admission_off(self, overload):
+        def config(enabled: bool) -> Config:
+            text = configs.gateway(port=8000, upstream_port=9000, workers=2, overload=overload,
+                                   keepalive_timeout=75, admission_enabled=enabled)
+            # The loader's semantic checks too, not just the schema.
+            return parse_config(text.encode(), "bench.toml")
+
+        on, off = config(True), config(False)
+        assert on.admission.enabled is True
+        assert off.admission.enabled is False
+        assert msgspec.structs.replace(off.admission, enabled=True) == on.admission
+        assert (off.schools, off.classes, off.server) == (on.schools, on.classes, on.server)
+
+    def test_gateway_plain_load_runs_every_limit_without_refusing(self):
+        cfg = parse_config(configs.gateway(
+            port=8000, upstream_port=9000, workers=1, overload=None, keepalive_timeout=75,
+        ).encode(), "bench.toml")
+        school = cfg.schools[0]
+        # Each limit is on (non-zero) yet far above anything wrk can send.
+        assert school.max_inflight >= 1_000_000
+        assert school.rate >= 1e7 and school.burst >= 1e7
+        assert school.client_rate >= 1e7 and school.client_burst >= 1e7
+        assert cfg.admission.enabled
 
     def test_nginx_overload_limits_key_on_a_named_server(self, tmp_path: Path):
         text = configs.nginx_proxy(port=1, upstream_port=2, workers=1, prefix=tmp_path,
