@@ -9,6 +9,11 @@ falls behind inflates latency instead of hiding it. The schedule lag is
 reported too; when its p99 exceeds a few milliseconds the generator, not the
 system under test, was the bottleneck and the run should be read as such.
 
+Requests look like a school's traffic: pages ask for HTML the way a browser
+does, `/api/...` calls for JSON the way a page's scripts do. Each answer is
+classified by who made it and what it tells the client (`answer_kind`), so
+a proxy's waiting page is told apart from its error page.
+
 Parsing is httptools (C), the loop is uvloop; a few thousand requests per
 second cost well under one core, which covers 10x the slow upstream's
 capacity (4,000 req/s).
@@ -26,6 +31,39 @@ import httptools
 HOST = "127.0.0.1"
 BULK_PATHS = ("/api/import/users?batch={n}", "/api/import/grades?batch={n}")
 INTERACTIVE_PATHS = ("/", "/courses/{n}", "/api/grades?student={n}", "/timetable?week={n}")
+ACCEPT_HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+ACCEPT_JSON = "application/json"
+
+# What an answer told the client (see answer_kind).
+OK, ORIGIN, WAITING, BACK_OFF, ERROR, OTHER = (
+    "ok", "origin", "waiting", "back-off", "error", "other"
+)
+# Enough of a proxy-made body to recognise a waiting page.
+_BODY_KEEP = 65536
+_WAITING_MARKERS = (b'id="sg-position"', b'"error":"busy"')
+
+
+def answer_kind(status: int, from_origin: bool, retry_after: bool, body: bytes) -> str:
+    """Who made a response and what it tells the client.
+
+    - "ok": a 2xx from the origin;
+    - "origin": any other status from the origin: the proxy let through more
+      than the origin could take;
+    - "waiting": a proxy-made 503 with Retry-After whose body is a waiting
+      page (the gateway's HTML page showing the place in line, or its JSON
+      `{"error": "busy", "position": ...}`);
+    - "back-off": a proxy-made 429 with Retry-After (bulk told to come back);
+    - "error": any other proxy-made 4xx/5xx: nginx's 503/502 error page,
+      HAProxy's 503/504, the gateway's "server is not answering" page;
+    - "other": anything else the proxy made itself (should not happen).
+    """
+    if from_origin:
+        return OK if 200 <= status < 300 else ORIGIN
+    if status == 503 and retry_after and any(m in body for m in _WAITING_MARKERS):
+        return WAITING
+    if status == 429 and retry_after:
+        return BACK_OFF
+    return ERROR if status >= 400 else OTHER
 
 
 class _Conn(asyncio.Protocol):
@@ -34,8 +72,10 @@ class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[tuple[int, bool, bool]] | None = None
+        self.waiter: asyncio.Future[tuple[int, bool, bool, str]] | None = None
         self.from_origin = False
+        self.retry_after = False
+        self.body = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -54,19 +94,30 @@ class _Conn(asyncio.Protocol):
             self.close()
 
     def on_message_begin(self) -> None:
-        self.from_origin = False
+        self.from_origin = self.retry_after = False
+        self.body.clear()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"x-origin":
+        name = name.lower()
+        if name == b"x-origin":
             self.from_origin = True
+        elif name == b"retry-after":
+            self.retry_after = True
+
+    def on_body(self, body: bytes) -> None:
+        # Only proxy-made answers are classified by their body.
+        if not self.from_origin and len(self.body) < _BODY_KEEP:
+            self.body += body
 
     def on_message_complete(self) -> None:
         if self.waiter is not None and not self.waiter.done():
+            status = self.parser.get_status_code()
+            kind = answer_kind(status, self.from_origin, self.retry_after, bytes(self.body))
             self.waiter.set_result(
-                (self.parser.get_status_code(), self.from_origin, self.parser.should_keep_alive())
+                (status, self.from_origin, self.parser.should_keep_alive(), kind)
             )
 
-    def request(self, raw: bytes) -> asyncio.Future[tuple[int, bool, bool]]:
+    def request(self, raw: bytes) -> asyncio.Future[tuple[int, bool, bool, str]]:
         self.waiter = asyncio.get_running_loop().create_future()
         assert self.transport is not None
         self.transport.write(raw)
@@ -81,11 +132,16 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
-def request_bytes(path: str) -> bytes:
+def request_bytes(path: str, accept: str = "*/*") -> bytes:
     return (
         f"GET {path} HTTP/1.1\r\nHost: bench.school\r\nUser-Agent: schoolgate-bench\r\n"
-        "Accept: */*\r\n\r\n"
+        f"Accept: {accept}\r\n\r\n"
     ).encode()
+
+
+def accept_for(path: str) -> str:
+    """What a browser (pages) or a page's script / import tool (`/api/`) asks for."""
+    return ACCEPT_JSON if path.startswith("/api/") else ACCEPT_HTML
 
 
 @dataclass
@@ -100,6 +156,8 @@ class ClassResult:
     statuses: Counter[int] = field(default_factory=Counter)
     # Non-2xx answers produced by the origin itself: load the proxy let through.
     origin_errors: Counter[int] = field(default_factory=Counter)
+    # Every answer by (answer_kind, status).
+    answers: Counter[tuple[str, int]] = field(default_factory=Counter)
     # Requests that got no HTTP answer: timeout, reset, connect, client-limit.
     failures: Counter[str] = field(default_factory=Counter)
 
@@ -151,7 +209,7 @@ async def open_loop(
                         open_conns -= 1
                         result.failures["connect"] += 1
                         return
-                status, from_origin, keep_alive = await conn.request(raw)
+                status, from_origin, keep_alive, answer = await conn.request(raw)
         except TimeoutError:
             result.failures["timeout"] += 1
         except (OSError, httptools.HttpParserError):
@@ -160,6 +218,7 @@ async def open_loop(
             elapsed = loop.time() - due
             result.answer_latency.append(elapsed)
             result.statuses[status] += 1
+            result.answers[answer, status] += 1
             if 200 <= status < 300 and from_origin:
                 result.ok_latency.append(elapsed)
             elif from_origin:
@@ -184,7 +243,7 @@ async def open_loop(
             templates = BULK_PATHS if kind == "bulk" else INTERACTIVE_PATHS
             path = rng.choice(templates).format(n=rng.randrange(1, 10_000))
             classes[kind].sent += 1
-            task = loop.create_task(one(kind, request_bytes(path), due))
+            task = loop.create_task(one(kind, request_bytes(path, accept_for(path)), due))
             pending.add(task)
             task.add_done_callback(pending.discard)
             sent += 1
@@ -219,7 +278,7 @@ async def hold_idle(
             try:
                 async with asyncio.timeout(timeout):
                     _, conn = await loop.create_connection(_Conn, HOST, port)
-                    status, _, keep_alive = await conn.request(raw)
+                    status, _, keep_alive, _ = await conn.request(raw)
             except TimeoutError:
                 failures["timeout"] += 1
             except OSError:

@@ -14,11 +14,17 @@ the same traffic to the origin with no proxy, as the do-nothing baseline.
 Traffic is open-loop (bench.loadgen) at 2x, 5x and 10x the origin's
 throughput, --bulk-share of it bulk. For each system and load the table
 shows interactive latency of admitted requests, the bulk share of what was
-admitted, statuses as clients saw them, and the origin's own refusals (load
-the proxy let through although the origin was full).
+admitted, statuses as clients saw them, split into waiting pages (a 503
+with Retry-After and the place in line, or a 429 with Retry-After for bulk)
+and error pages (any other status the proxy made: nginx's 503/502,
+HAProxy's 503/504), and the origin's own refusals (load the proxy let
+through although the origin was full).
 
-Refusing is the point here, so statuses never fail the run; exit 1 means a
-system answered with no HTTP response at all (reset, timeout) or died.
+Refusing is the point here, so statuses never fail the run for nginx,
+HAProxy or direct; exit 1 means a system answered with no HTTP response at
+all (reset, timeout), or the gateway, whose promise is a waiting page
+instead of an error, served an error page or let the origin refuse a
+request. Exit 2: a system failed to start or died.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from bench import configs, loadgen, report, systems
+from bench.loadgen import BACK_OFF, ERROR, OTHER, WAITING
 from bench.report import fmt, percentile
 from bench.systems import HOST, BenchError, Service, Stack
 
@@ -80,6 +87,17 @@ def summarize(system: str, load: float, run: loadgen.RunResult) -> dict[str, obj
     statuses: Counter[int] = inter.statuses + bulk.statuses
     origin_errors: Counter[int] = inter.origin_errors + bulk.origin_errors
     failures: Counter[str] = inter.failures + bulk.failures
+    answers: Counter[tuple[str, int]] = inter.answers + bulk.answers
+
+    def by_status(kinds: tuple[str, ...]) -> dict[int, int]:
+        found: Counter[int] = Counter()
+        for (kind, status), n in answers.items():
+            if kind in kinds:
+                found[status] += n
+        return dict(found)
+
+    def named(counter: Counter[tuple[str, int]]) -> dict[str, int]:
+        return {f"{kind} {status}": n for (kind, status), n in sorted(counter.items())}
 
     def ms(values: list[float], q: float) -> float | None:
         value = percentile(values, q)
@@ -103,6 +121,12 @@ def summarize(system: str, load: float, run: loadgen.RunResult) -> dict[str, obj
             "interactive": dict(inter.statuses), "bulk": dict(bulk.statuses),
         },
         "origin_errors": dict(origin_errors),
+        # Proxy-made answers that tell the client when to come back.
+        "waiting_pages": by_status((WAITING, BACK_OFF)),
+        # Proxy-made answers that are just errors.
+        "error_pages": by_status((ERROR, OTHER)),
+        "answers": named(answers),
+        "answers_by_class": {"interactive": named(inter.answers), "bulk": named(bulk.answers)},
         "failures": dict(failures),
         "lag_p99_ms": ms(run.lag, 99),
     }
@@ -110,8 +134,8 @@ def summarize(system: str, load: float, run: loadgen.RunResult) -> dict[str, obj
 
 def markdown(rows: Sequence[dict[str, object]]) -> str:
     headers = ["system", "load", "offered/s", "admitted/s", "inter p50 ms", "inter p99 ms",
-               "inter answer p99 ms", "bulk % of 2xx", "statuses", "origin non-2xx",
-               "no answer", "gen lag p99 ms"]
+               "inter answer p99 ms", "bulk % of 2xx", "statuses", "waiting pages",
+               "error pages", "origin non-2xx", "no answer", "gen lag p99 ms"]
     cells = []
     for row in rows:
         share = row["bulk_share_admitted"]
@@ -120,11 +144,30 @@ def markdown(rows: Sequence[dict[str, object]]) -> str:
             fmt(row["admitted_rps"]), fmt(row["interactive_ok_p50_ms"], 1),  # type: ignore[arg-type]
             fmt(row["interactive_ok_p99_ms"], 1), fmt(row["interactive_answer_p99_ms"], 1),  # type: ignore[arg-type]
             "-" if share is None else f"{share * 100:.1f}",  # type: ignore[operator]
-            report.counts(row["statuses"]), report.counts(row["origin_errors"]),  # type: ignore[arg-type]
+            report.counts(row["statuses"]), report.counts(row["waiting_pages"]),  # type: ignore[arg-type]
+            report.counts(row["error_pages"]), report.counts(row["origin_errors"]),  # type: ignore[arg-type]
             report.counts(row["failures"]), fmt(row["lag_p99_ms"], 1),  # type: ignore[arg-type]
         ])
-    numeric = [False, True, True, True, True, True, True, True, False, False, False, True]
+    numeric = [False, True, True, True, True, True, True, True, False, False, False, False,
+               False, True]
     return report.markdown_table(headers, cells, numeric)
+
+
+def row_problems(row: dict[str, object]) -> list[str]:
+    """What in one row fails the run (see the module docstring)."""
+    where = f"{row['system']} at {row['load']:g}x"
+    found = []
+    bad = {k: v for k, v in row["failures"].items() if k != "client-limit"}  # type: ignore[attr-defined]
+    if bad:
+        found.append(f"{where}: no HTTP answer {bad}")
+    if row["system"] == "gateway":
+        if row["error_pages"]:
+            found.append(f"{where}: error pages {report.counts(row['error_pages'])}"  # type: ignore[arg-type]
+                         " instead of waiting pages")
+        if row["origin_errors"]:
+            found.append(f"{where}: the origin refused {report.counts(row['origin_errors'])}"  # type: ignore[arg-type]
+                         " (more let through than max_inflight)")
+    return found
 
 
 def measure(
@@ -175,9 +218,7 @@ def measure(
                     f"  statuses {report.counts(row['statuses'])}",  # type: ignore[arg-type]
                     flush=True,
                 )
-                bad = {k: v for k, v in row["failures"].items() if k != "client-limit"}  # type: ignore[attr-defined]
-                if bad:
-                    problems.append(f"{name} at {load:g}x: no HTTP answer {bad}")
+                problems.extend(row_problems(row))
                 if not service.alive():
                     raise BenchError(f"{name} died at {load:g}x; log:\n{service.log_tail()}")
                 # Let queues and pooled connections settle before the next system.
@@ -197,15 +238,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"origin: {args.capacity} workers x {args.service_time * 1000:g} ms"
         f" ({args.capacity / args.service_time:g} req/s max), no queue; proxies: at most"
         f" {args.capacity} upstream, queue <= {args.max_wait:g} s; {args.duration:g} s per run,"
-        f" open loop, {args.bulk_share * 100:g}% bulk; {env['cpus']} CPUs, load average at"
-        f" start {env['loadavg_at_start'][0]:.2f}"  # type: ignore[index]
+        f" open loop, {args.bulk_share * 100:g}% bulk;"
+        f" {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {env['cpus']} CPUs"
+        f" ({env['cpu_model']}), load average at start {env['loadavg_at_start'][0]:.2f}"  # type: ignore[index]
     )
     legend = (
         "inter p50/p99: interactive requests the origin answered 2xx, timed from when they"
-        " were due; inter answer p99: any answer at all; origin non-2xx: refusals the origin"
-        " itself had to make; gen lag: how late the generator sent (large = generator-bound)."
+        " were due; inter answer p99: any answer at all; waiting pages: answers the proxy made"
+        " with Retry-After telling the client when to come back (503 with the place in line,"
+        " 429 for bulk); error pages: any other answer the proxy made itself (nginx 503/502,"
+        " HAProxy 503/504); origin non-2xx: refusals the origin itself had to make; gen lag:"
+        " how late the generator sent (large = generator-bound)."
     )
-    md = "\n\n".join(["# Overload: protecting a 20-worker upstream", settings,
+    md = "\n\n".join([f"# Overload: protecting a {args.capacity}-worker upstream", settings,
                       markdown(rows), legend, *notes, *problems])
     out = report.results_dir()
     report.write(out, "overload", md, {
