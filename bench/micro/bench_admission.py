@@ -1,7 +1,7 @@
 """Admission hot path, native vs plain-Python reference.
 
-Run: python -m pytest bench/micro/bench_admission.py --benchmark-only \
-         -p no:cacheprovider -o python_files='bench_*.py'
+Run: `python -m bench.micro` (every micro-benchmark, native beside reference);
+`python -m bench.micro -k bench_admission` for this file only.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Head processing hot path, native vs plain-Python reference.
 
-Run: python -m pytest bench/micro/bench_head.py --benchmark-only \
-         -p no:cacheprovider -o python_files='bench_*.py'
+Run: `python -m bench.micro` (every micro-benchmark, native beside reference);
+`python -m bench.micro -k bench_head` for this file only.
 """
 
 from __future__ import annotations
@@ -62,3 +62,18 @@ def test_response_parse_serialize(benchmark, m):
         return m.serialize_response_head(head, 11, False, True, b"schoolgate")
 
     assert benchmark(run).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+@IMPLS
+def test_request_serialize(benchmark, m):
+    """Serialization alone: the head as sent upstream, with forwarding headers."""
+    head = m.parse_request_head(b"GET", b"/course/view.php?id=42", "1.1", BROWSER, False)
+    out = benchmark(m.serialize_request_head, head, b"203.0.113.9", b"https", b"schoolgate")
+    assert out.startswith(b"GET /course/view.php?id=42 HTTP/1.1\r\n")
+
+
+@IMPLS
+def test_response_serialize(benchmark, m):
+    head = m.parse_response_head(200, b"OK", "1.1", UPSTREAM)
+    out = benchmark(m.serialize_response_head, head, 11, False, True, b"schoolgate")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
