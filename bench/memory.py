@@ -125,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   flush=True)
     settings = (
         f"{args.connections:,} idle keep-alive clients, one request each;"
-        f" {args.workers} worker(s) per proxy; RSS summed over each process tree"
+        f" {args.workers} worker(s) per proxy; RSS summed over each process tree;"
+        f" {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {env['cpus']} CPUs"
+        f" ({env['cpu_model']})"
     )
     md = "\n\n".join(["# Memory: idle keep-alive clients", settings, markdown(rows), *notes])
     out = report.results_dir()
