@@ -9,9 +9,12 @@ Ownership of a scheduler ticket (exchange.ticket):
   controller hands out later (from release() or poll()) find their request.
   An exchange whose ticket is no longer its own (client gone) is skipped.
 
-While a request is queued its client connection is not read
+While a request with a body is queued its client connection is not read
 (PAUSE_ADMISSION): an upload's body stays with the client, and
-`Expect: 100-continue` is answered only once the request is admitted.
+`Expect: 100-continue` is answered only once the request is admitted. A
+bodiless request's connection keeps being read, so that a client who
+leaves while queued (a reset) gives its place back at once; whatever it
+pipelines meanwhile waits behind it, bounded by max_pipeline.
 
 Clock: time.time(), because class windows are wall-clock times and a
 returning visitor's arrival comes from a cookie another worker may have
@@ -79,6 +82,10 @@ class Admission:
         self.signer = TicketSigner(secret)
         self.ttl = cfg.admission.ticket_ttl
         self.secure_cookie = cfg.server.tls_cert is not None
+        # A request that fits no class (the config may name no catch-all
+        # class) is judged as the least urgent one rather than not at all.
+        prio = [c.priority for c in self.controller.classes]
+        self.fallback_class = max(range(len(prio)), key=lambda k: (-prio[k], k))
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
 
@@ -99,7 +106,8 @@ class Admission:
         now = time.time()
         visitor = self._read_ticket(ex, now)
         arrived = visitor[1] if visitor is not None else None
-        t = self.controller.request(school.index, ex.klass,  # type: ignore[union-attr]
+        klass = ex.klass if ex.klass >= 0 else self.fallback_class
+        t = self.controller.request(school.index, klass,  # type: ignore[union-attr]
                                     ex.client.client_key, now, arrived)
         state = t.state
         if state == ADMITTED:
@@ -112,7 +120,9 @@ class Admission:
             t.user = ex
             if visitor is not None:
                 self.room.leave(school.index, visitor[0])  # type: ignore[union-attr]
-            ex.client.pause_reading_for(PAUSE_ADMISSION)
+            head = ex.head
+            if head.content_length > 0 or head.chunked:  # type: ignore[union-attr]
+                ex.client.pause_reading_for(PAUSE_ADMISSION)
         else:
             self._reject(ex, t, now, visitor)
         self._rearm()
@@ -194,9 +204,14 @@ class Admission:
 
     # -- the waiting room ---------------------------------------------------------
     def _read_ticket(self, ex: Exchange, now: float) -> tuple[bytes, float] | None:
-        cookie = ex.head.header(b"cookie")  # type: ignore[union-attr]
+        head = ex.head
+        cookie = head.header(b"cookie")  # type: ignore[union-attr]
         if not cookie:
             return None
+        cookies = [v for k, v in head.headers if k.lower() == b"cookie"]  # type: ignore[union-attr]
+        if len(cookies) > 1:
+            # Split across several Cookie headers (as HTTP/2 front ends may).
+            cookie = b"; ".join(cookies)
         value = read_cookie(cookie, COOKIE)
         if value is None:
             return None
@@ -245,6 +260,10 @@ class Admission:
         )
         page.headers.extend(extra)
         school.rejected += 1  # type: ignore[union-attr]
+        if head.upgrade is not None:  # type: ignore[union-attr]
+            # The parser is spent after an upgrade request: the connection
+            # cannot carry another request, so it ends after this answer.
+            ex.keep_alive = False
         ex.settle_keep_alive()
         ex.rejected(self.app.page_response(page, ex))
 
