@@ -72,6 +72,16 @@ def test_max_inflight_is_never_exceeded_and_nothing_is_dropped(make_gateway, gat
     assert gate.peak == 3
 
 
+def test_max_inflight_holds_across_worker_processes(make_gateway, gate):
+    # Each worker enforces its share (2 + 2); connections land on either.
+    gw = gateway_for(make_gateway, gate.addr, school={"max_inflight": 4},
+                     server={"workers": 2})
+    conns = [send(gw.port, "GET", f"/sleep/30?i={i}") for i in range(40)]
+    assert [r.status for r in read_all(conns)] == [200] * 40
+    assert gate.count("/sleep/") == 40
+    assert gate.peak <= 4
+
+
 def test_queued_requests_wait_for_a_slot_then_all_complete(make_gateway, gate):
     gw = gateway_for(make_gateway, gate.addr)
     holder = hold(gw.port, gate, "a")

@@ -1,0 +1,388 @@
+"""The admission shell (gateway/proxy/admission.py) without sockets.
+
+A real App and real ClientProtocols over mock transports, inside an asyncio
+loop (the shell arms its poll timer on it). Exchange._connect is replaced by
+a recorder, so "admitted" means "would now connect upstream", and an
+admitted exchange is finished by hand with a canned response, which is
+what gives its slot back. Everything observable is what the shell decided:
+which exchanges connect, in what order, what the clients were sent, and
+whether their connections are being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gateway.admission import QUEUED
+from gateway.config import parse_config
+from gateway.proxy.app import App
+from gateway.proxy.client import ClientProtocol
+from gateway.proxy.exchange import Exchange
+from gateway.waiting import TicketSigner, new_visitor_id
+
+SECRET = "unit-test-secret-0123456789"
+
+BASE = f"""
+[server]
+listen = "127.0.0.1:1"
+
+[admission]
+secret = "{SECRET}"
+{{admission}}
+
+[[schools]]
+name = "school"
+hosts = ["school.test"]
+upstreams = ["127.0.0.1:9"]
+max_inflight = 1
+"""
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+class MockTransport:
+    def __init__(self, peer: str = "192.0.2.7") -> None:
+        self.peer = peer
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": (self.peer, 40000)}.get(name, default)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def writelines(self, parts: list[bytes]) -> None:
+        for part in parts:
+            self.write(part)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+class Shell:
+    """An App with recorded admissions and helpers to drive clients."""
+
+    def __init__(self, extra: str = "", admission: str = "") -> None:
+        config = BASE.format(admission=admission) + extra
+        self.app = App(parse_config(config.encode(), "test.toml"))
+        self.admission = self.app.admission
+        self.connected: list[Exchange] = []
+
+    def client(self, peer: str = "192.0.2.7") -> tuple[ClientProtocol, MockTransport]:
+        proto = ClientProtocol(self.app)
+        transport = MockTransport(peer)
+        proto.connection_made(transport)  # type: ignore[arg-type]
+        return proto, transport
+
+    def send(self, raw: bytes, peer: str = "192.0.2.7"
+             ) -> tuple[ClientProtocol, MockTransport, Exchange]:
+        proto, transport = self.client(peer)
+        proto.data_received(raw)
+        return proto, transport, proto.queue[0] if proto.queue else None  # type: ignore[return-value]
+
+    def get(self, target: str = "/page", *headers: str, peer: str = "192.0.2.7"
+            ) -> tuple[ClientProtocol, MockTransport, Exchange]:
+        return self.send(req("GET", target, *headers), peer)
+
+    def paths(self) -> list[str]:
+        return [ex.head.target.decode() for ex in self.connected]  # type: ignore[union-attr]
+
+    def queued(self) -> int:
+        return self.admission.controller.queued(0)
+
+
+def req(method: str, target: str, *headers: str, body: bytes = b"") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: school.test", *headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def finish(ex: Exchange) -> None:
+    """The upstream answered and the response ended."""
+    ex.rejected(OK)
+
+
+def status_of(transport: MockTransport) -> int:
+    return int(bytes(transport.written).split(b" ", 2)[1])
+
+
+def header(transport: MockTransport, name: bytes) -> bytes | None:
+    head = bytes(transport.written).split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+@pytest.fixture
+def run(monkeypatch) -> Iterator[Callable[..., Any]]:
+    """run(test_body, extra=..., admission=...) executes test_body(shell) in
+    a loop; extra is appended to the config, admission goes into [admission]."""
+
+    def execute(body: Callable[[Shell], Any], extra: str = "", admission: str = "") -> Any:
+        async def main() -> Any:
+            shell = Shell(extra, admission)
+            monkeypatch.setattr(Exchange, "_connect",
+                                lambda ex, exclude: shell.connected.append(ex))
+            try:
+                result = body(shell)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                return result
+            finally:
+                shell.admission.close()
+        return asyncio.run(main())
+
+    yield execute
+
+
+# -- admit, queue, release ------------------------------------------------------------
+
+
+def test_second_request_waits_for_the_first_to_finish(run):
+    def body(s: Shell) -> None:
+        _, t1, first = s.get("/one")
+        _, t2, second = s.get("/two")
+        assert s.paths() == ["/one"]
+        assert second.ticket is not None and second.ticket.state == QUEUED
+        # A bodiless request has nothing to hold back: its connection is read
+        # on (so a reset is noticed), unlike an upload's.
+        assert t2.reading
+        finish(first)
+        assert s.paths() == ["/one", "/two"]
+        assert status_of(t1) == 200
+        assert first.ticket is None  # given back exactly once
+    run(body)
+
+
+def test_queued_upload_is_not_read_until_admitted(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        _, t2, _ = s.send(req("POST", "/upload", "Content-Length: 100000"))
+        assert not t2.reading
+        assert t2.written == b""  # no 100 Continue, no answer
+        finish(first)
+        assert s.paths() == ["/one", "/upload"]
+        assert t2.reading
+    run(body)
+
+
+def test_priority_and_arrival_order_of_the_queue(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/hold")
+        exchanges = {}
+        for target in ("/import/a", "/page/b", "/export/c", "/page/d"):
+            exchanges[target] = s.get(target)[2]
+        _, _, post = s.send(req("POST", "/homework", body=b"x"))
+        finish(first)
+        order = ["/homework", "/page/b", "/page/d", "/import/a", "/export/c"]
+        for target in order:
+            assert s.paths()[-1] == target
+            finish(post if target == "/homework" else exchanges[target])
+        assert s.paths()[1:] == order
+    run(body)
+
+
+def test_admission_disabled_admits_everything_at_once(run):
+    def body(s: Shell) -> None:
+        for i in range(5):
+            s.get(f"/p{i}")
+        assert s.paths() == [f"/p{i}" for i in range(5)]
+        assert s.admission._timer is None
+    run(body, admission="enabled = false")
+
+
+# -- clients leaving ----------------------------------------------------------------------
+
+
+def test_client_lost_while_queued_gives_back_its_place(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        gone, _, _ = s.get("/gone")
+        s.get("/stays")
+        assert s.queued() == 2
+        gone.connection_lost(ConnectionResetError())
+        assert s.queued() == 1
+        finish(first)
+        assert s.paths() == ["/one", "/stays"]
+    run(body)
+
+
+def test_client_lost_while_admitted_gives_back_its_slot(run):
+    def body(s: Shell) -> None:
+        holder, _, _ = s.get("/one")
+        s.get("/next")
+        holder.connection_lost(ConnectionResetError())
+        assert s.paths() == ["/one", "/next"]
+    run(body)
+
+
+def test_a_ticket_whose_exchange_is_gone_does_not_keep_the_slot(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        # A ticket queued with nobody behind it (its exchange vanished
+        # without cancelling), then a real request after it.
+        orphan = s.admission.controller.request(0, 2, b"x", time.time())
+        assert orphan.state == QUEUED and orphan.user is None
+        s.get("/after")
+        finish(first)
+        # The orphan was admitted and its slot passed straight on.
+        assert s.paths() == ["/one", "/after"]
+    run(body)
+
+
+# -- expiry and rejections -------------------------------------------------------------------
+
+SHORT_WAIT = """
+[[classes]]
+name = "interactive"
+max_wait = 0.05
+"""
+
+
+def test_queued_request_past_max_wait_gets_the_waiting_page(run):
+    async def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        _, t2, late = s.get("/two", "Accept: application/json")
+        for _ in range(100):
+            if t2.written:
+                break
+            await asyncio.sleep(0.01)
+        assert status_of(t2) == 503
+        assert int(header(t2, b"retry-after") or b"0") >= 1
+        assert late.ticket is None
+        assert s.queued() == 0
+        # Nothing left to wait for: no timer keeps firing.
+        assert s.admission._timer is None
+        finish(first)
+        assert s.paths() == ["/one"]
+    run(body, extra=SHORT_WAIT)
+
+
+def test_refused_upgrade_closes_the_connection(run):
+    def body(s: Shell) -> None:
+        s.get("/one")
+        s.get("/queued")  # the queue is full from here on
+        _, t, _ = s.get("/ws", "Upgrade: websocket", "Connection: Upgrade",
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                        "Sec-WebSocket-Version: 13")
+        assert status_of(t) == 503
+        assert header(t, b"connection") == b"close"
+    run(body, admission="max_queue = 1")
+
+
+def test_request_fitting_no_class_is_judged_as_the_least_urgent(run):
+    classes = """
+[[classes]]
+name = "urgent"
+priority = 5
+match = {paths = ["/urgent"]}
+
+[[classes]]
+name = "slow"
+priority = -5
+match = {paths = ["/slow"]}
+"""
+
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        _, _, other = s.get("/other")  # fits no class
+        s.get("/slow/x")
+        _, _, urgent = s.get("/urgent/x")
+        finish(first)
+        assert s.paths()[-1] == "/urgent/x"
+        finish(urgent)
+        # Same class as the least urgent ("slow"), first come first served.
+        assert s.paths()[-1] == "/other"
+        finish(other)
+        assert s.paths()[-1] == "/slow/x"
+    run(body, extra=classes)
+
+
+# -- the status endpoint ----------------------------------------------------------------------
+
+
+def _cookie(arrived_ago: float = 5.0, school: str = "school") -> str:
+    now = time.time()
+    value = TicketSigner(SECRET.encode()).issue(school, new_visitor_id(), now - arrived_ago, now)
+    return f"Cookie: schoolgate_ticket={value}"
+
+
+def test_status_without_ticket_says_go_without_a_cookie(run):
+    def body(s: Shell) -> None:
+        s.get("/one")
+        _, t, _ = s.get("/.schoolgate/status")
+        assert status_of(t) == 200
+        assert b'"state":"go"' in t.written
+        assert header(t, b"set-cookie") is None
+        assert s.queued() == 0  # the poll itself is never queued
+    run(body)
+
+
+def test_waiting_page_then_status_wait_then_go(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        s.get("/queued")
+        # Queue full: the browser gets the page and a place in the room.
+        _, t, _ = s.get("/lesson", "Accept: text/html")
+        assert status_of(t) == 503
+        cookie = (header(t, b"set-cookie") or b"").split(b";")[0].decode()
+        assert cookie.startswith("schoolgate_ticket=")
+        _, poll, _ = s.get("/.schoolgate/status", f"Cookie: {cookie}")
+        assert b'"state":"wait"' in poll.written
+        assert b'"position":2' in poll.written  # one queued request ahead
+        finish(first)
+        finish(s.connected[-1])
+        _, poll, _ = s.get("/.schoolgate/status", f"Cookie: {cookie}")
+        assert b'"state":"go"' in poll.written
+    run(body, admission="max_queue = 1")
+
+
+def test_genuine_ticket_orders_the_request_by_its_arrival(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        s.get("/a")
+        s.get("/b")
+        s.get("/visitor", _cookie(60))  # arrived a minute ago, by our signature
+        s.get("/forged", _cookie(120, school="elsewhere"))  # signed for another school
+        finish(first)
+        order = []
+        for _ in range(4):
+            ex = s.connected[-1]
+            order.append(ex.head.target.decode())  # type: ignore[union-attr]
+            finish(ex)
+        assert order == ["/visitor", "/a", "/b", "/forged"]
+    run(body)
