@@ -302,26 +302,26 @@ def send(port: int, method: str = "GET", target: str = "/", headers: Iterable[tu
     return conn
 
 
-def probe(port: int) -> Response:
+def probe(port: int, host: str = HOST) -> Response:
     with RawConn(port) as conn:
-        conn.send(build_request("GET", "/probe", [(PROBE_HEADER, "1"), JSON_ACCEPT]))
+        conn.send(build_request("GET", "/probe", [(PROBE_HEADER, "1"), JSON_ACCEPT], host=host))
         return conn.recv_response()
 
 
-def probe_queued(port: int) -> int | None:
+def probe_queued(port: int, host: str = HOST) -> int | None:
     """Requests queued for the school, or None if it is not full."""
-    resp = probe(port)
+    resp = probe(port, host)
     if resp.status != 503:
         return None
     return int(resp.json()["position"]) - 1
 
 
-def wait_queued(port: int, n: int, timeout: float = 5.0) -> None:
+def wait_queued(port: int, n: int, timeout: float = 5.0, host: str = HOST) -> None:
     """Block until the school has exactly n requests queued."""
     seen: list[int | None] = []
 
     def check() -> bool:
-        seen.append(probe_queued(port))
+        seen.append(probe_queued(port, host))
         return seen[-1] == n
 
     assert wait_until(check, timeout, 0.02), f"queue never reached {n}: probes saw {seen[-5:]}"
@@ -358,12 +358,12 @@ def hold(port: int, gate: Gate, name: str, headers: Iterable[tuple[str, str]] = 
 
 
 def queue(port: int, method: str, target: str, headers: Iterable[tuple[str, str]] = (),
-          body: bytes = b"") -> RawConn:
+          body: bytes = b"", host: str = HOST) -> RawConn:
     """Send a request that must be queued, and wait until it is."""
-    before = probe_queued(port)
+    before = probe_queued(port, host)
     assert before is not None, "the school is not full: nothing would queue"
-    conn = send(port, method, target, headers, body)
-    wait_queued(port, before + 1)
+    conn = send(port, method, target, headers, body, host=host)
+    wait_queued(port, before + 1, host=host)
     return conn
 
 
