@@ -25,6 +25,7 @@ difference.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from typing import TYPE_CHECKING
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.proxy.app import App, SchoolRuntime
     from gateway.proxy.exchange import Exchange
+
+# How soon to look again at a deadline the controller still reports although
+# the last poll was at or after it (see _rearm).
+_STALE_RETRY = 0.05
 
 # Served by the gateway on every school's host name, so the waiting page can
 # poll it same-origin and the ticket cookie (Path=/) comes along.
@@ -88,6 +93,7 @@ class Admission:
         self.fallback_class = max(range(len(prio)), key=lambda k: (-prio[k], k))
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
+        self._polled_at = -math.inf
 
     # -- connections -------------------------------------------------------------
     def connection_open(self, school: int) -> bool:
@@ -176,6 +182,7 @@ class Admission:
     def _poll(self) -> None:
         self._timer = None
         now = time.time()
+        self._polled_at = now
         admitted, expired = self.controller.poll(now)
         self._dispatch(admitted)
         self._expire(expired, now)
@@ -189,6 +196,13 @@ class Admission:
                 timer.cancel()
                 self._timer = None
             return
+        if due <= self._polled_at:
+            # A poll at or after this deadline acted on everything due then,
+            # yet it is still reported: time alone changes nothing there (a
+            # school that is full and also rate limited reports its bucket's
+            # refill time until a slot frees). Looking again at once would
+            # spin the loop; look again shortly, for the deadlines behind it.
+            due = self._polled_at + _STALE_RETRY
         if timer is not None:
             if self._timer_due <= due:
                 return

@@ -8,7 +8,10 @@ client), which makes "exactly burst requests pass" exact.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from test_admission_support import (
@@ -20,6 +23,7 @@ from test_admission_support import (
     close_all,
     connect_from,
     gateway_for,
+    hold,
     queue,
     read_all,
     retry_after,
@@ -73,6 +77,34 @@ def test_school_bucket_queues_what_can_wait_and_admits_at_its_rate(make_gateway,
     waiting = [queue(gw.port, "GET", f"/page/{i}") for i in range(1, 4)]
     assert [r.status for r in read_all(waiting)] == [200] * 3
     assert gate.paths() == [f"/page/{i}" for i in range(4)]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_full_rate_limited_school_waits_without_burning_cpu(make_gateway, gate):
+    # Full (max_inflight) and rate limited, with a request queued: nothing can
+    # happen until the slot frees, and the worker must idle meanwhile, not
+    # poll its admission timer in a busy loop.
+    gw = gateway_for(make_gateway, gate.addr,
+                     school={"max_inflight": 1, "rate": 5.0, "burst": 1})
+    holder = hold(gw.port, gate, "a")
+    waiting = queue(gw.port, "GET", "/page")
+    pids = gw.pids()
+    before = cpu_seconds(pids)
+    time.sleep(1.0)
+    used = cpu_seconds(pids) - before
+    assert used < 0.5, f"gateway used {used:.2f} s of CPU in 1 s while idle"
+    gate.release("a")
+    assert [r.status for r in read_all([holder, waiting])] == [200, 200]
 
 
 # -- per-client buckets -------------------------------------------------------------

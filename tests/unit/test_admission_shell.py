@@ -386,3 +386,47 @@ def test_genuine_ticket_orders_the_request_by_its_arrival(run):
             finish(ex)
         assert order == ["/visitor", "/a", "/b", "/forged"]
     run(body)
+
+
+# -- the poll timer ----------------------------------------------------------------------------
+
+# Appended right after BASE, so the first lines still belong to the school.
+RATE_LIMITED = """rate = 5.0
+burst = 1
+
+[[classes]]
+name = "interactive"
+max_wait = 0.4
+"""
+
+
+def test_full_rate_limited_school_does_not_spin_the_poll_timer(run, monkeypatch):
+    # A school at max_inflight that also has a token bucket: the controller
+    # keeps reporting the bucket's refill time, which nothing but a freed
+    # slot can act on (the native scheduler's next_deadline stays in the
+    # past). The shell must not poll in a busy loop meanwhile, and must
+    # still expire the queued request on time.
+    async def body(s: Shell) -> None:
+        polls = 0
+        original = s.admission._poll
+
+        def counting() -> None:
+            nonlocal polls
+            polls += 1
+            original()
+
+        monkeypatch.setattr(s.admission, "_poll", counting)
+        _, _, first = s.get("/one")
+        _, t, _ = s.get("/two", "Accept: application/json")
+        for _ in range(100):
+            if t.written:
+                break
+            await asyncio.sleep(0.01)
+        assert status_of(t) == 503  # expired at max_wait, as without a bucket
+        await asyncio.sleep(0.3)
+        # About one poll per 50 ms at most; a busy loop makes tens of thousands.
+        assert polls < 40, polls
+        finish(first)
+        assert s.paths() == ["/one"]
+
+    run(body, extra=RATE_LIMITED)
