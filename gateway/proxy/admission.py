@@ -302,6 +302,8 @@ class Admission:
             body = render_status_json(state, position, eta, retry)
             # Re-issued on every poll: an active visitor's ticket never lapses.
             headers.append(self._cookie(school, vid, arrived, now))  # type: ignore[arg-type]
+        if ex.head.upgrade is not None:  # type: ignore[union-attr]
+            ex.keep_alive = False  # a spent parser, as in _reject
         return self.app.local_response(200, headers, body, ex.keep_alive, head_only=ex.is_head)
 
 

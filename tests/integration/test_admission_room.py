@@ -246,3 +246,16 @@ def test_ticket_counts_in_any_cookie_header(make_gateway, gate):
     gate.release("a")
     assert [r.status for r in read_all([holder, other, back])] == [200] * 3
     assert gate.paths()[1:] == ["/visitor", "/other"]
+
+
+def test_status_poll_asking_for_an_upgrade_ends_its_connection(make_gateway, gate):
+    # The parser is spent after an upgrade request; answering it keep-alive
+    # left the connection open with nobody reading what came next.
+    gw = gateway_for(make_gateway, gate.addr)
+    with RawConn(gw.port, timeout=5) as conn:
+        conn.send(build_request("GET", STATUS_PATH, [("Upgrade", "websocket"),
+                                                     ("Connection", "Upgrade")]))
+        resp = conn.recv_response()
+        assert resp.status == 200
+        assert resp.has_token("Connection", "close")
+        assert conn.closed()
