@@ -11,6 +11,7 @@ requests wait, so no test sleeps to "let a request get queued".
 from __future__ import annotations
 
 import datetime
+import signal
 import socket
 import struct
 import time
@@ -307,6 +308,16 @@ def test_client_half_closing_while_queued_is_still_answered(make_gateway, gate):
     assert conn.closed()
     conn.close()
     holder.close()
+
+
+def test_drain_still_answers_queued_requests(make_gateway, gate):
+    gw = gateway_for(make_gateway, gate.addr)
+    holder = hold(gw.port, gate, "a")
+    waiting = queue(gw.port, "GET", "/page")
+    gw.signal(signal.SIGTERM)
+    gate.release("a")
+    assert [r.status for r in read_all([holder, waiting])] == [200, 200]
+    assert gw.wait(10) == 0
 
 
 def test_unavailable_upstream_gives_back_the_slot(make_gateway):
