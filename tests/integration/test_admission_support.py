@@ -5,10 +5,11 @@ basename: tests/ has no __init__.py, so pytest imports test modules by
 basename, and tests/unit/test_admission.py already takes "test_admission".)
 
 - `Gate`: an upstream living in the test process that records every request
-  head in arrival order, counts requests in flight (and the peak), and holds
-  `/hold/<name>` requests until the test releases <name> (or the gateway
-  drops the connection). With max_inflight = 1 the arrival order at the Gate
-  *is* the admission order, with no timing involved.
+  head in arrival order, counts requests in flight (and the peak), holds
+  `<any prefix>/hold/<name>` requests until the test releases <name> (or the
+  gateway drops the connection), and answers `/sleep/<ms>` after ms. With
+  max_inflight = 1 the arrival order at the Gate *is* the admission order,
+  with no timing involved.
 - `probe_queued()`: how many requests the gateway has queued for the school,
   read from the position in a 503 given to a request of the "probe" class
   (max_wait 0: never queued, so it is answered at once with position =
