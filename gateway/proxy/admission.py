@@ -129,9 +129,12 @@ class Admission:
             head = ex.head
             if head.content_length > 0 or head.chunked:  # type: ignore[union-attr]
                 ex.client.pause_reading_for(PAUSE_ADMISSION)
+            self._rearm()
         else:
             self._reject(ex, t, now, visitor)
-        self._rearm()
+            self._rearm()
+        # Admitting at once adds no deadline: the timer (armed whenever a
+        # request queues) stays right, and the hot path skips the lookup.
 
     def release(self, ex: Exchange) -> None:
         """The exchange no longer needs its slot (finished, or tunnelled)."""
@@ -242,8 +245,16 @@ class Admission:
         eta = self.controller.queue_eta(school.index, position, now)  # type: ignore[union-attr]
         retry = t.retry_after
         status_url = None
-        if t.reject_status == 429:
+        # A client over its own rate gets 429 whatever its class; only the
+        # classes configured for 429 (bulk tools) get the terse bulk answer,
+        # a pupil's browser the waiting page (no place in line to keep: the
+        # limit is the client's own).
+        over_own_rate = t.reason == "client_rate" and \
+            self.controller.classes[t.klass].reject_status != 429
+        if t.reject_status == 429 and not over_own_rate:
             kind = "bulk"
+        elif over_own_rate:
+            kind = "wait"
         else:
             kind = "wait"
             requested_with = head.header(b"x-requested-with") or b""  # type: ignore[union-attr]
@@ -273,6 +284,8 @@ class Admission:
             requested_with=head.header(b"x-requested-with") or b"",  # type: ignore[union-attr]
         )
         page.headers.extend(extra)
+        if over_own_rate:
+            page.status = 429
         school.rejected += 1  # type: ignore[union-attr]
         if head.upgrade is not None:  # type: ignore[union-attr]
             # The parser is spent after an upgrade request: the connection

@@ -23,6 +23,7 @@ import httptools
 from gateway.http import HeadError, parse_request_head
 from gateway.proxy.chunks import ChunkLimiter
 from gateway.proxy.exchange import (
+    ADMITTING,
     PAUSE_PIPELINE,
     PAUSE_TUNNEL,
     RESPONDING,
@@ -164,9 +165,17 @@ class ClientProtocol(asyncio.Protocol):
         if self.phase == UPGRADED and self.tunnel is not None:
             self.tunnel.on_tunnel_client_eof()
             return True
+        queue = self.queue
+        if queue and queue[0].state == ADMITTING:
+            # Hung up while waiting in line (a closed tab sends just this
+            # FIN): the request is not sent to the school's server, and its
+            # place goes to the next (like HAProxy's abortonclose). Closing
+            # leads to connection_lost, which gives the place back.
+            return False
         # With nothing owed, let the transport close; otherwise finish
-        # answering what was asked, then close.
-        return bool(self.queue)
+        # answering what was asked (the client may only have half-closed),
+        # then close.
+        return bool(queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = CLOSED
@@ -258,8 +267,11 @@ class ClientProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.current
         self.current = None
-        self.phase = IDLE
-        self.since = time.monotonic()
+        if self.phase < BROKEN:
+            # (Not when a gateway answer already ended the connection while
+            # this message was being parsed: nothing more is read then.)
+            self.phase = IDLE
+            self.since = time.monotonic()
         if ex is not None:
             ex.on_request_end()
 
@@ -431,7 +443,9 @@ class ClientProtocol(asyncio.Protocol):
             # so the connection ends after that answer.
             self.phase = BROKEN
             if ex is not None:
-                ex.keep_alive = False
+                ex.keep_alive = False  # closes once its answer is out
+            else:
+                self._linger()  # the answer is out already
             return False
         # The parser is spent either way: without a 101 the connection ends
         # after this response. Until then, hold (a bounded amount of) what
@@ -452,16 +466,23 @@ class ClientProtocol(asyncio.Protocol):
             # The client may still be sending; closing with unread data would
             # reset the connection and could destroy the response in flight.
             # Half-close, drop what arrives, then close.
-            self.phase = LINGER
-            self.since = time.monotonic()
-            self.pause_mask = 0
-            t.resume_reading()
-            if t.can_write_eof():
-                t.write_eof()
-            else:
-                t.close()
+            self._linger()
             return
         t.close()
+
+    def _linger(self) -> None:
+        t = self.transport
+        if t is None or self.phase == CLOSED:
+            return
+        self.flush()
+        self.phase = LINGER
+        self.since = time.monotonic()
+        self.pause_mask = 0
+        t.resume_reading()
+        if t.can_write_eof():
+            t.write_eof()
+        else:
+            t.close()
 
 
 def _parser_error(exc: Exception) -> HeadError:

@@ -123,6 +123,21 @@ def test_per_client_bucket_limits_one_address_not_the_others(make_gateway, gate)
     assert gate.count("/page") == 5
 
 
+def test_browser_over_its_own_rate_gets_a_429_waiting_page(make_gateway, gate):
+    # The limit is the client's own: 429 (not "the school is full"), but a
+    # browser still gets a page that comes back by itself, not plain text.
+    gw = gateway_for(make_gateway, gate.addr, school=CLIENT_LIMIT)
+    for _ in range(2):
+        assert get_from("127.0.0.4", gw.port).status == 200
+    conn = connect_from("127.0.0.4", gw.port)
+    conn.send(build_request("GET", "/page", [HTML_ACCEPT]))
+    resp = conn.recv_response()
+    assert resp.status == 429
+    assert resp.header("Content-Type").startswith("text/html")
+    assert retry_after(resp) > 1
+    assert b'http-equiv="refresh"' in resp.body
+
+
 def test_forwarded_for_from_an_untrusted_peer_is_ignored(make_gateway, gate):
     gw = gateway_for(make_gateway, gate.addr, school=CLIENT_LIMIT)
     statuses = [get_from("127.0.0.1", gw.port,

@@ -297,16 +297,32 @@ def test_client_resetting_while_queued_gives_back_its_place(make_gateway, gate):
     assert gate.paths() == ["/hold/a", "/stays"]
 
 
-def test_client_half_closing_while_queued_is_still_answered(make_gateway, gate):
+def test_client_hanging_up_while_queued_gives_back_its_place(make_gateway, gate):
+    # A closed browser tab sends a FIN, nothing more. A request still waiting
+    # in line is then not sent upstream, and its place goes to the next.
     gw = gateway_for(make_gateway, gate.addr)
     holder = hold(gw.port, gate, "a")
-    conn = queue(gw.port, "GET", "/page")
-    conn.shutdown_write()  # "I have said all I will say", still listening
+    gone = queue(gw.port, "GET", "/gone")
+    stays = queue(gw.port, "GET", "/stays")
+    gone.shutdown_write()
+    assert gone.closed()
+    wait_queued(gw.port, 1)
+    gate.release("a")
+    assert [r.status for r in read_all([holder, stays])] == [200, 200]
+    assert gate.paths() == ["/hold/a", "/stays"]
+    for conn in (gone, holder, stays):
+        conn.close()
+
+
+def test_client_half_closing_after_forwarding_is_still_answered(make_gateway, gate):
+    # Once forwarded, the request is the upstream's: a half-close only says
+    # the client has nothing more to send, and the answer still reaches it.
+    gw = gateway_for(make_gateway, gate.addr)
+    holder = hold(gw.port, gate, "a")
+    holder.shutdown_write()
     gate.release("a")
     assert holder.recv_response().status == 200
-    assert conn.recv_response().status == 200
-    assert conn.closed()
-    conn.close()
+    assert holder.closed()
     holder.close()
 
 

@@ -247,3 +247,29 @@ def test_arbitrary_bytes_never_raise_and_get_at_most_one_refusal(data, step):
         assert 400 <= status < 600
         assert headers["connection"] == "close"
         assert transport.done
+
+
+def test_upgrade_answered_by_the_gateway_ends_the_connection():
+    # The parser is spent after an upgrade request; once the gateway's own
+    # answer (421: no such school) is out, the connection must end rather
+    # than sit open with nothing reading it.
+    proto, transport = connect()
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: unknown.example\r\n"
+                        b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    assert bytes(transport.written).startswith(b"HTTP/1.1 421 ")
+    assert transport.eof_written or transport.closed
+    proto.check_timeouts(time.monotonic() + 60)
+    assert transport.closed
+
+
+def test_bodiless_request_refused_at_its_head_lingers_not_idles():
+    # A 421 ends the connection; the same read's end of message must not put
+    # the connection back to IDLE (where it would wait for the keep-alive
+    # timeout and parse on).
+    proto, transport = connect()
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: unknown.example\r\n\r\n")
+    assert bytes(transport.written).startswith(b"HTTP/1.1 421 ")
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: school.test\r\n\r\n")
+    assert bytes(transport.written).count(b"HTTP/1.1") == 1
+    proto.check_timeouts(time.monotonic() + 5)
+    assert transport.closed
