@@ -372,6 +372,11 @@ cdef class Scheduler:
             b = s.bucket
             if b is not None and s.queued and b.level < 1.0:
                 due = b.stamp + (1.0 - b.level) / b.rate
+                # A token due by the last call is not what holds the school
+                # back (a slot or the pool is); a release dispatches it, so
+                # reporting it would only make the shell poll in vain.
+                if due <= self.last_now:
+                    continue
                 if due < when:
                     when = due
         if self.has_clients and self.next_sweep < when:

@@ -295,7 +295,10 @@ class Scheduler:
         for s in self.waiting:
             b = s.bucket
             if b is not None and s.queued and b.level < 1.0:
-                when.append(b.stamp + (1.0 - b.level) / b.rate)
+                due = b.stamp + (1.0 - b.level) / b.rate
+                # Due already: not the bucket holding the school back.
+                if due > self.last_now:
+                    when.append(due)
         if self.has_clients:
             when.append(self.next_sweep)
         return min(when, default=None)

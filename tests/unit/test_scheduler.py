@@ -112,6 +112,22 @@ def test_queue_bound_and_max_wait_expiry(impl):
 
 
 @IMPLS
+def test_refilled_bucket_is_no_deadline_while_slots_hold_the_school(impl):
+    # Full on max_inflight and rate limited: once the bucket has its token,
+    # time alone changes nothing until a slot frees, so the next deadline is
+    # the queued ticket's max_wait, not a refill time already past (which
+    # made the shell poll in a busy loop).
+    s = impl([school(1, rate=5.0, burst=1)], CLASSES)
+    held = s.request(0, BULK, None, 0.0)
+    s.request(0, BULK, None, 0.0)
+    assert s.next_deadline() == pytest.approx(0.2)
+    for now in (0.2, 1.0, 5.0):
+        assert s.poll(now) == ([], [])
+        assert s.next_deadline() == 30.0
+    assert [t.state for t in s.release(held, 6.0)] == [ADMITTED]
+
+
+@IMPLS
 def test_zero_max_wait_rejects_instead_of_queueing(impl):
     s = impl([school(1)], [(0, 0.0, 503)])
     s.request(0, 0, None, 0.0)
