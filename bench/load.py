@@ -4,8 +4,9 @@
                          [--threads T] [--workers W] [--systems a,b,...] [--quick]
 
 All systems are started once, in front of one nginx origin, and then measured
-in alternating rounds (A B C D, A B C D, ...) so that a slow minute on a
-shared machine hurts every system alike instead of whichever ran then. Each
+in alternating rounds (A B C D, B C D A, ...) so that a slow minute on a
+shared machine hurts every system alike instead of whichever ran then, and
+no system always runs first. Each
 round runs wrk with keep-alive for every case (a 2-byte answer, a 64 KiB one).
 
 "gateway" runs with admission on (limits sized so that every request goes
@@ -78,8 +79,12 @@ def measure(args: argparse.Namespace, names: list[str], stack: Stack) -> tuple[
             for path in CASES.values():
                 run(name, path, args.warmup)
     for round_no in range(1, args.rounds + 1):
+        # Each round starts one system later (A B C D, B C D A, ...), so no
+        # system always runs first, right after the previous case's load.
+        shift = (round_no - 1) % len(names)
+        order = names[shift:] + names[:shift]
         for case, path in CASES.items():
-            for name in names:
+            for name in order:
                 result = run(name, path, args.duration)
                 results[case][name].append(result)
                 print(
