@@ -1,4 +1,4 @@
-"""Request/response head validation and serialization (native/head.pyx).
+"""Request/response head validation (native/head.pyx).
 
 Import through `gateway.http`; `gateway.http.reference` is the plain-Python
 model with the same behaviour.
@@ -82,24 +82,3 @@ def parse_request_head(method: bytes, target: bytes, version: str,
 def parse_response_head(status: int, reason: bytes, version: str,
                         raw_headers: Iterable[tuple[bytes, bytes]]) -> ResponseHead:
     """Validate an upstream head; every refusal is HeadError(502, ...)."""
-
-def serialize_request_head(head: RequestHead, client_ip: bytes, proto: bytes,
-                           via: bytes) -> bytes:
-    """The HTTP/1.1 head to send upstream.
-
-    Appends `client_ip` to X-Forwarded-For, sets X-Forwarded-Proto/Host, adds
-    this hop to Via, and re-adds Transfer-Encoding and Connection/Upgrade.
-    """
-
-def serialize_response_head(head: ResponseHead, client_version: int, chunked: bool,
-                            keep_alive: bool, via: bytes) -> bytes:
-    """The head to send to the client.
-
-    A 101 with an upgrade gets `Connection: upgrade` + `Upgrade`; otherwise
-    `Connection: close` when not `keep_alive`, `Connection: keep-alive` for
-    HTTP/1.0 clients.
-    """
-
-def serialize_simple_response(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                              body: bytes, keep_alive: bool) -> bytes:
-    """A whole gateway-generated response (errors, pages) with Content-Length and Connection."""

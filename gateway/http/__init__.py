@@ -1,6 +1,7 @@
 """Request/response head validation and serialization for the proxy core.
 
-Re-exports the compiled implementation (`native/head.pyx`);
+Re-exports the compiled implementation (`native/head.pyx` parses and
+validates, `native/serialize.pyx` writes heads out);
 `gateway.http.reference` is the plain-Python model it is tested against.
 """
 
@@ -11,6 +12,8 @@ from gateway._native.head import (
     ResponseHead,
     parse_request_head,
     parse_response_head,
+)
+from gateway._native.serialize import (
     serialize_request_head,
     serialize_response_head,
     serialize_simple_response,

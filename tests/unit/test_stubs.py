@@ -13,7 +13,7 @@ import pytest
 
 import gateway._native
 
-MODULES = ["head", "router"]
+MODULES = ["head", "router", "serialize"]
 
 STUBS = Path(gateway._native.__file__).parent
 

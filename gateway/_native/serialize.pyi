@@ -1,0 +1,28 @@
+"""Request/response head serialization (native/serialize.pyx).
+
+Import through `gateway.http`; `gateway.http.reference` is the plain-Python
+model with the same behaviour.
+"""
+
+from gateway._native.head import RequestHead, ResponseHead
+
+def serialize_request_head(head: RequestHead, client_ip: bytes, proto: bytes,
+                           via: bytes) -> bytes:
+    """The HTTP/1.1 head to send upstream.
+
+    Appends `client_ip` to X-Forwarded-For, sets X-Forwarded-Proto/Host, adds
+    this hop to Via, and re-adds Transfer-Encoding and Connection/Upgrade.
+    """
+
+def serialize_response_head(head: ResponseHead, client_version: int, chunked: bool,
+                            keep_alive: bool, via: bytes) -> bytes:
+    """The head to send to the client.
+
+    A 101 with an upgrade gets `Connection: upgrade` + `Upgrade`; otherwise
+    `Connection: close` when not `keep_alive`, `Connection: keep-alive` for
+    HTTP/1.0 clients.
+    """
+
+def serialize_simple_response(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                              body: bytes, keep_alive: bool) -> bytes:
+    """A whole gateway-generated response (errors, pages) with Content-Length and Connection."""
