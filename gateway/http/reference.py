@@ -1,7 +1,8 @@
 """Plain-Python model of request/response head processing.
 
-This is the executable specification of `native/head.pyx` and `native/serialize.pyx`: the tests run every
-case against both and hypothesis checks that they agree, and the micro
+This is the executable specification of `native/head.pyx` and
+`native/serialize.pyx`: the tests run every case against both and
+hypothesis checks that they agree, and the micro
 benchmarks compare them. Both check things in the same order, so that a head
 with several faults gets the same `HeadError` from either.
 
