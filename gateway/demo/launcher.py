@@ -156,7 +156,8 @@ def demo_config(port: int, admin_port: int, ports: dict[str, list[int]]) -> str:
         "[[classes]]",
         "name = \"interactive\"",
         "priority = 10",
-        "max_wait = 20.0",
+        "# Short, so the waiting page shows up soon when the demo school is full.",
+        "max_wait = 5.0",
         "",
     ]
     return "\n".join(parts)
@@ -210,6 +211,12 @@ def _banner(port: int, admin_port: int, ports: dict[str, list[int]], path: Path)
         f"  config: {path}",
         "  Browsers (and curl) resolve *.localhost to this machine, e.g.",
         f"  curl -T homework.pdf http://berg.localhost:{port}/upload",
+        "",
+        "  To see the waiting room, fill Lindenschule (6 requests at once) with slow",
+        "  requests, then open it in a browser; it lets you in when they finish:",
+        f"  for i in $(seq 40); do curl -s -o /dev/null "
+        f"'http://linden.localhost:{port}/slow?ms=30000' & done",
+        "",
         "  Stop with Ctrl-C.",
         "",
     ]
