@@ -404,6 +404,20 @@ cdef class Scheduler:
         """QUEUED tickets of the school (delayed ones included)."""
         return self._school(school).queued
 
+    def ahead(self, int school, int klass, double arrived_at):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        self._check_class(klass)
+        # A probe in the queue order, after every ticket with the same key.
+        cdef Ticket probe = Ticket.__new__(Ticket)
+        probe.key = arrived_at - self.priority[klass] * self.aging
+        probe.arrived_at = arrived_at
+        probe.seq = 0x7FFFFFFFFFFFFFFF
+        cdef Py_ssize_t n = 0
+        for q in s.queues:
+            n += count_before(<list>q, probe)
+        return n
+
     def free_slots(self, int school, double now):
         """Requests the school could admit right now with nobody queued."""
         cdef _School s = self._school(school)

@@ -90,6 +90,9 @@ class Scheduler:
         """position / measured admission rate (max_retry when nothing was admitted)."""
     def queue_eta(self, school: int, ahead: int, now: float) -> float: ...
     def queued(self, school: int) -> int: ...
+    def ahead(self, school: int, klass: int, arrived_at: float) -> int:
+        """Listed tickets of the school that a request of `klass` arriving at
+        `arrived_at` would line up behind (for a visitor outside the queue)."""
     def free_slots(self, school: int, now: float) -> int:
         """Admissions possible now beyond the queue (-1: unlimited)."""
     def connection_open(self, school: int) -> bool: ...

@@ -132,6 +132,11 @@ class AdmissionController:
         """Requests of the school waiting in the queue."""
         return self._scheduler.queued(school)
 
+    def ahead(self, school: int, klass: int, arrived_at: float) -> int:
+        """Queued requests that a request of `klass` arriving at `arrived_at`
+        would line up behind: a waiting-room visitor's place in the queue."""
+        return self._scheduler.ahead(school, klass, arrived_at)
+
     def free_slots(self, school: int, now: float) -> int:
         """Requests the school could take now beyond its queue (-1: unlimited)."""
         return self._scheduler.free_slots(school, now)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 
 QUEUED, ADMITTED, REJECTED, CANCELLED = 0, 1, 2, 3
 RATE_TAU = 10.0
@@ -319,6 +320,15 @@ class Scheduler:
 
     def queued(self, school):
         return self.schools[school].queued
+
+    def ahead(self, school, klass, arrived_at):
+        s = self.schools[school]
+        if not 0 <= klass < len(self.priority):
+            raise IndexError(f"no class {klass}")
+        probe = Ticket(school, klass, sys.maxsize)
+        probe.arrived_at = arrived_at
+        probe.key = arrived_at - self.priority[klass] * self.aging
+        return sum(_count_before(q, probe) for q in s.queues)
 
     def connection_open(self, school):
         s = self.schools[school]

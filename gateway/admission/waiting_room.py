@@ -29,6 +29,8 @@ class _Visitor:
     last_seen: float
     # When the visitor was told to go (None: still waiting).
     go_at: float | None = None
+    # The class of the visitor's request (None: unknown, count every queued one).
+    klass: int | None = None
 
 
 class _Line:
@@ -80,8 +82,13 @@ class WaitingRoom:
     def __len__(self) -> int:
         return self._count
 
-    def join(self, school: int, visitor_id: bytes, arrived_at: float, now: float) -> bool:
-        """Register a visitor (idempotent); False when the room is full."""
+    def join(self, school: int, visitor_id: bytes, arrived_at: float, now: float,
+             klass: int | None = None) -> bool:
+        """Register a visitor (idempotent); False when the room is full.
+
+        `klass` is the class of the visitor's request: their position then
+        counts only the queued requests they would line up behind.
+        """
         self._maybe_sweep(now)
         line = self._lines.setdefault(school, _Line())
         visitor = line.by_id.get(visitor_id)
@@ -90,7 +97,7 @@ class WaitingRoom:
             return True
         if self._count >= self.max_visitors:
             return False
-        line.add(visitor_id, _Visitor(min(arrived_at, now), now))
+        line.add(visitor_id, _Visitor(min(arrived_at, now), now, klass=klass))
         self._count += 1
         return True
 
@@ -113,10 +120,11 @@ class WaitingRoom:
     def status(self, school: int, visitor_id: bytes, now: float) -> tuple[State, int, float]:
         """(state, position, eta_seconds) for a polling visitor.
 
-        position counts the school's queued requests plus the visitors who
-        arrived earlier, this one included. A visitor unknown here (forgotten,
-        or served by another worker) gets 'go': its reload is then judged by
-        the queue itself, with its original arrived_at.
+        position counts the school's queued requests this visitor would line
+        up behind, plus the visitors who arrived earlier, this one included.
+        A visitor unknown here (forgotten, or served by another worker) gets
+        'go': its reload is then judged by the queue itself, with its original
+        arrived_at.
         """
         self._maybe_sweep(now)
         line = self._lines.get(school)
@@ -132,7 +140,13 @@ class WaitingRoom:
             visitor.go_at = now
             line.going += 1
             return "go", 0, 0.0
-        position = self.controller.queued(school) + rank + 1
+        if visitor.klass is None:
+            queued = self.controller.queued(school)
+        else:
+            # Requests that came later (or matter less) queue behind the
+            # visitor's return, so they do not count against its place.
+            queued = self.controller.ahead(school, visitor.klass, visitor.arrived_at)
+        position = queued + rank + 1
         return "wait", position, self.controller.queue_eta(school, position, now)
 
     def _maybe_sweep(self, now: float) -> None:

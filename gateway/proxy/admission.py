@@ -264,7 +264,8 @@ class Admission:
                 # Keep (or take) a place in the waiting room; the page polls
                 # STATUS_PATH and reloads the URL when the visitor's turn comes.
                 vid, arrived = visitor if visitor is not None else (new_visitor_id(), t.arrived_at)
-                if self.room.join(school.index, vid, arrived, now):  # type: ignore[union-attr]
+                if self.room.join(school.index, vid, arrived, now,  # type: ignore[union-attr]
+                                  klass=t.klass):
                     state, pos, wait = self.room.status(school.index, vid, now)  # type: ignore[union-attr]
                     if state == "wait":
                         position, eta = pos, wait

@@ -171,6 +171,19 @@ def test_waiting_room_counts_the_live_queue_ahead():
     assert (state, position) == ("wait", 2) and eta > 0
 
 
+def test_waiting_room_position_ignores_later_arrivals_of_its_class():
+    c, _ = full_school()
+    interactive = c.class_index("interactive")
+    before = c.request(0, interactive, None, MONDAY_NOON - 5)
+    later = c.request(0, interactive, None, MONDAY_NOON)
+    assert before.state == later.state == QUEUED
+    room = WaitingRoom(c)
+    room.join(0, b"v", MONDAY_NOON - 2, MONDAY_NOON, klass=interactive)
+    state, position, _ = room.status(0, b"v", MONDAY_NOON)
+    # Behind the request from five seconds earlier, not the one after it.
+    assert (state, position) == ("wait", 2)
+
+
 def test_waiting_room_forgets_silent_visitors_and_bounds_size():
     c, _ = full_school()
     room = WaitingRoom(c, forget_after=10.0, max_visitors=2)

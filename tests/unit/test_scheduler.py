@@ -112,6 +112,39 @@ def test_queue_bound_and_max_wait_expiry(impl):
 
 
 @IMPLS
+def test_ahead_counts_only_what_a_returning_request_lines_up_behind(impl):
+    s = impl([school(1)], CLASSES, aging=1e9)
+    s.request(0, BULK, None, 0.0)  # holds the slot
+    s.request(0, INTERACTIVE, None, 1.0)
+    s.request(0, INTERACTIVE, None, 3.0)
+    s.request(0, SUBMIT, None, 4.0)
+    s.request(0, BULK, None, 0.5)
+    # An interactive visitor who first came at 2.0: behind the submit and the
+    # interactive from 1.0, ahead of the later interactive and of bulk.
+    assert s.ahead(0, INTERACTIVE, 2.0) == 2
+    assert s.ahead(0, SUBMIT, 0.0) == 0
+    assert s.ahead(0, BULK, 10.0) == 4
+    with pytest.raises(IndexError):
+        s.ahead(0, 7, 0.0)
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.floats(0, 100)), max_size=30),
+       st.integers(0, 2), st.floats(0, 100))
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+def test_ahead_agrees_with_position_and_the_model(arrivals, klass, at):
+    counts = []
+    for impl in (Scheduler, reference.Scheduler):
+        s = impl([school(1)], CLASSES, aging=5.0)
+        s.request(0, BULK, None, 0.0)
+        for k, t in arrivals:
+            s.request(0, k, None, 100.0, arrived_at=t)
+        counts.append(s.ahead(0, klass, at))
+        # The same request actually made lines up exactly there.
+        assert s.position(s.request(0, klass, None, 100.0, arrived_at=at)) == counts[-1] + 1
+    assert counts[0] == counts[1]
+
+
+@IMPLS
 def test_refilled_bucket_is_no_deadline_while_slots_hold_the_school(impl):
     # Full on max_inflight and rate limited: once the bucket has its token,
     # time alone changes nothing until a slot frees, so the next deadline is
