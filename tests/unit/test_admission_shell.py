@@ -1,8 +1,9 @@
 """The admission shell (gateway/proxy/admission.py) without sockets.
 
 A real App and real ClientProtocols over mock transports, inside an asyncio
-loop (the shell arms its poll timer on it). Exchange._connect is replaced by
-a recorder, so "admitted" means "would now connect upstream", and an
+loop (the shell arms its poll timer on it). App.route makes a recording
+Exchange subclass whose admitted() notes the exchange instead of picking an
+upstream, so "admitted" means "would now connect upstream", and an
 admitted exchange is finished by hand with a canned response, which is
 what gives its slot back. Everything observable is what the shell decided:
 which exchanges connect, in what order, what the clients were sent, and
@@ -22,7 +23,7 @@ from gateway.admission import QUEUED
 from gateway.config import parse_config
 from gateway.proxy.app import App
 from gateway.proxy.client import ClientProtocol
-from gateway.proxy.exchange import Exchange
+from gateway.proxy.exchange import ADMITTING, CONNECTING, Exchange
 from gateway.waiting import TicketSigner, new_visitor_id
 
 SECRET = "unit-test-secret-0123456789"
@@ -155,8 +156,16 @@ def run(monkeypatch) -> Iterator[Callable[..., Any]]:
     def execute(body: Callable[[Shell], Any], extra: str = "", admission: str = "") -> Any:
         async def main() -> Any:
             shell = Shell(extra, admission)
-            monkeypatch.setattr(Exchange, "_connect",
-                                lambda ex, exclude: shell.connected.append(ex))
+
+            class Recorded(Exchange):
+                # Exchange is a cdef class; admitted() is cpdef, so this
+                # override is what the shell's Python calls reach.
+                def admitted(self) -> None:
+                    if self.state == ADMITTING:
+                        self.state = CONNECTING
+                        shell.connected.append(self)
+
+            monkeypatch.setattr("gateway.proxy.app.Exchange", Recorded)
             try:
                 result = body(shell)
                 if asyncio.iscoroutine(result):

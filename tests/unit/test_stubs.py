@@ -13,7 +13,7 @@ import pytest
 
 import gateway._native
 
-MODULES = ["head", "router", "serialize"]
+MODULES = ["head", "proxy", "router", "serialize"]
 
 STUBS = Path(gateway._native.__file__).parent
 
