@@ -1,5 +1,10 @@
-# cython: wraparound=True
-# (Python index semantics here: queue[-1], piece[-3:], where speed does not matter.)
+# cython: wraparound=True, nonecheck=True
+# wraparound: Python index semantics here (queue[-1], piece[-3:]), where speed
+# does not matter. nonecheck: a typed attribute that is unexpectedly None
+# (say self.server on a path the state machine was thought to exclude) raises
+# AttributeError in one connection's callback instead of crashing the worker
+# with every connection on it; measured at no cost within noise (bench.load
+# --quick, alternating builds: 35.5k/34.4k req/s without, 38.8k/37.7k with).
 """The proxy's per-request protocol objects: client connection, exchange,
 upstream connection, upstream server pool and balancer.
 
