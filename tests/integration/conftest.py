@@ -92,3 +92,28 @@ def client(gateway: Gateway) -> Iterator[httpx.Client]:
     """httpx client for `gateway`, sending Host: school.test."""
     with http_client(gateway.url) as c:
         yield c
+
+
+# -- admission tests (helpers in test_admission_support.py) -------------------------
+
+
+@pytest.fixture
+def gate() -> Iterator[Any]:
+    """An upstream in this process that holds requests until released."""
+    from test_admission_support import start_gate, stop_gate
+
+    g = start_gate()
+    yield g
+    stop_gate(g)
+
+
+@pytest.fixture
+def admission_connections(procs: list[ManagedProcess]) -> Iterator[None]:
+    """Closes the connections the admission helpers opened. Depends on procs
+    so that it is torn down first: the gateway then stops with no client
+    connection left to drain."""
+    from test_admission_support import close_all
+
+    yield
+    close_all()
+

@@ -12,15 +12,12 @@ import hashlib
 import os
 import select
 import socket
-from collections.abc import Iterator
 
 import pytest
 from test_admission_support import (
     JSON_ACCEPT,
-    Gate,
     assert_closed_cleanly,
     classes,
-    close_all,
     connect,
     gateway_for,
     hold,
@@ -29,27 +26,14 @@ from test_admission_support import (
     read_all,
     retry_after,
     send,
-    start_gate,
-    stop_gate,
     wait_queued,
 )
 
 from tests.support.clients import build_request
 
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = start_gate()
-    yield g
-    stop_gate(g)
+pytestmark = pytest.mark.usefixtures("admission_connections")
 
 
-@pytest.fixture(autouse=True)
-def _close_connections(procs) -> Iterator[None]:
-    # Depends on procs so that it is torn down first: the gateway then stops
-    # with no client connection left to drain.
-    yield
-    close_all()
 
 
 def upload_head(target: str, length: int, *, expect: bool = True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,7 @@ from test_admission_support import (
     HTML_ACCEPT,
     JSON_ACCEPT,
     STATUS_PATH,
-    Gate,
     classes,
-    close_all,
     connect_from,
     gateway_for,
     hold,
@@ -28,24 +25,13 @@ from test_admission_support import (
     read_all,
     retry_after,
     send,
-    start_gate,
-    stop_gate,
 )
 
 from tests.support.clients import RawConn, Response, build_request, request, wait_until
 
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = start_gate()
-    yield g
-    stop_gate(g)
+pytestmark = pytest.mark.usefixtures("admission_connections")
 
 
-@pytest.fixture(autouse=True)
-def _close_connections(procs) -> Iterator[None]:
-    yield
-    close_all()
 
 
 def get_from(source_ip: str, port: int, target: str = "/page",

@@ -15,7 +15,6 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 from test_admission_support import (
@@ -26,10 +25,8 @@ from test_admission_support import (
     PROBE,
     PROBE_HEADER,
     SUBMIT,
-    Gate,
     assert_waiting_page,
     classes,
-    close_all,
     gateway_for,
     hold,
     probe_queued,
@@ -37,27 +34,14 @@ from test_admission_support import (
     read_all,
     retry_after,
     send,
-    start_gate,
-    stop_gate,
     wait_queued,
 )
 
 from tests.support.clients import FORBIDDEN_STATUSES, request, wait_until
 
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = start_gate()
-    yield g
-    stop_gate(g)
+pytestmark = pytest.mark.usefixtures("admission_connections")
 
 
-@pytest.fixture(autouse=True)
-def _close_connections(procs) -> Iterator[None]:
-    # Depends on procs so that it is torn down first: the gateway then stops
-    # with no client connection left to drain.
-    yield
-    close_all()
 
 
 # -- max_inflight ---------------------------------------------------------------

@@ -21,7 +21,6 @@ import json
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,10 @@ from test_admission_support import (
     HTML_ACCEPT,
     JSON_ACCEPT,
     STATUS_PATH,
-    Gate,
-    close_all,
     gateway_for,
     read_all,
     retry_after,
     send,
-    start_gate,
-    stop_gate,
 )
 
 from bench import loadgen
@@ -49,6 +44,8 @@ CAPACITY = 20
 SERVICE_TIME = 0.05
 ORIGIN_RATE = CAPACITY / SERVICE_TIME  # 400 requests/s
 LOADGEN_HOST = "bench.school"  # the Host bench.loadgen sends
+
+pytestmark = pytest.mark.usefixtures("admission_connections")
 
 
 class SlowOrigin(ManagedProcess):
@@ -80,11 +77,6 @@ def origin(procs, tmp_path) -> SlowOrigin:
     procs.append(proc)
     return proc.start()
 
-
-@pytest.fixture(autouse=True)
-def _close_connections(procs) -> Iterator[None]:
-    yield
-    close_all()
 
 
 # -- a sampler keeping whole answers, next to the load --------------------------------
@@ -242,12 +234,6 @@ def test_without_admission_the_origin_sheds_load_itself(make_gateway, origin):
 
 # -- admission off ----------------------------------------------------------------------
 
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = start_gate()
-    yield g
-    stop_gate(g)
 
 
 def test_admission_disabled_forwards_everything(make_gateway, gate):

@@ -8,32 +8,18 @@ the pool full until the test lets go.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from test_admission_support import (
     Gate,
     classes,
-    close_all,
     hold,
     queue,
     read_all,
-    start_gate,
-    stop_gate,
 )
 
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = start_gate()
-    yield g
-    stop_gate(g)
+pytestmark = pytest.mark.usefixtures("admission_connections")
 
 
-@pytest.fixture(autouse=True)
-def _close_connections(procs) -> Iterator[None]:
-    yield
-    close_all()
 
 
 def pooled_gateway(make_gateway, gate: Gate, pool: int, weights: tuple[float, float]):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 from test_admission_support import (
@@ -22,15 +21,11 @@ from test_admission_support import (
     PROBE_HEADER,
     SECRET,
     STATUS_PATH,
-    Gate,
     assert_waiting_page,
-    close_all,
     gateway_for,
     hold,
     queue,
     read_all,
-    start_gate,
-    stop_gate,
     ticket_cookie,
 )
 
@@ -39,18 +34,9 @@ from tests.support.clients import HOST, RawConn, Response, build_request, reques
 
 TTL = 600.0
 
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = start_gate()
-    yield g
-    stop_gate(g)
+pytestmark = pytest.mark.usefixtures("admission_connections")
 
 
-@pytest.fixture(autouse=True)
-def _close_connections(procs) -> Iterator[None]:
-    yield
-    close_all()
 
 
 def turned_away(port: int, target: str = "/lesson", language: str | None = None,

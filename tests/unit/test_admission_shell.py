@@ -25,6 +25,7 @@ from gateway.proxy.app import App
 from gateway.proxy.client import ClientProtocol
 from gateway.proxy.exchange import ADMITTING, CONNECTING, Exchange
 from gateway.waiting import TicketSigner, new_visitor_id
+from tests.support.transport import MockTransport
 
 SECRET = "unit-test-secret-0123456789"
 
@@ -44,51 +45,6 @@ max_inflight = 1
 """
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-
-
-class MockTransport:
-    def __init__(self, peer: str = "192.0.2.7") -> None:
-        self.peer = peer
-        self.written = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return {"peername": (self.peer, 40000)}.get(name, default)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, parts: list[bytes]) -> None:
-        for part in parts:
-            self.write(part)
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
 
 
 class Shell:
