@@ -155,11 +155,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, wrk.WrkError) as exc:
-        print(f"bench.load: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench.load: interrupted; every system was stopped", file=sys.stderr)
-        sys.exit(130)
+    systems.run_main("load", main, (wrk.WrkError,))

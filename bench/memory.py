@@ -144,11 +144,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench.memory: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench.memory: interrupted; every system was stopped", file=sys.stderr)
-        sys.exit(130)
+    systems.run_main("memory", main)

@@ -265,11 +265,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench.overload: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench.overload: interrupted; every system was stopped", file=sys.stderr)
-        sys.exit(130)
+    systems.run_main("overload", main)

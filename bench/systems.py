@@ -37,6 +37,20 @@ class BenchError(RuntimeError):
     """A system could not be started or misbehaved in a way that voids a run."""
 
 
+def run_main(name: str, main, errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Run a bench's main() as a command: its return value is the exit status;
+    2 when a system could not be set up or measured, 130 on Ctrl-C (every
+    process was stopped by then)."""
+    try:
+        sys.exit(main())
+    except (BenchError, *errors) as exc:
+        print(f"bench.{name}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"bench.{name}: interrupted; every system was stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 def free_port() -> int:
     """A port nothing listens on right now (the kernel's pick, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -61,7 +61,8 @@ cdef enum:
     C_LINGER = 5
     C_UPGRADED = 6
     C_CLOSED = 7
-IDLE, HEAD, BODY, UPGRADE_WAIT, BROKEN, LINGER, UPGRADED, CLOSED = range(8)
+IDLE, HEAD, BODY, UPGRADE_WAIT, BROKEN, LINGER, UPGRADED, CLOSED = (
+    C_IDLE, C_HEAD, C_BODY, C_UPGRADE_WAIT, C_BROKEN, C_LINGER, C_UPGRADED, C_CLOSED)
 LINGER_SECONDS = 2.0
 
 # Exchange states (see gateway/proxy/exchange.py for the lifecycle).
@@ -73,7 +74,8 @@ cdef enum:
     S_RESPONDING = 4
     S_TUNNEL = 5
     S_DONE = 6
-WAITING, ADMITTING, CONNECTING, SENT, RESPONDING, TUNNEL, DONE = range(7)
+WAITING, ADMITTING, CONNECTING, SENT, RESPONDING, TUNNEL, DONE = (
+    S_WAITING, S_ADMITTING, S_CONNECTING, S_SENT, S_RESPONDING, S_TUNNEL, S_DONE)
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -87,24 +89,24 @@ cdef enum:
     P_PIPELINE = 4
     P_ADMISSION = 8
     P_TUNNEL = 16
-PAUSE_BUFFER = 1      # body bytes buffered for an exchange without upstream
-PAUSE_UPSTREAM = 2    # the upstream transport's write buffer is full
-PAUSE_PIPELINE = 4    # too many pipelined requests waiting
-PAUSE_ADMISSION = 8   # waiting for admission: do not read the upload yet
-PAUSE_TUNNEL = 16     # upgrade requested, 101 not yet received
+PAUSE_BUFFER = P_BUFFER        # body bytes buffered for an exchange without upstream
+PAUSE_UPSTREAM = P_UPSTREAM    # the upstream transport's write buffer is full
+PAUSE_PIPELINE = P_PIPELINE    # too many pipelined requests waiting
+PAUSE_ADMISSION = P_ADMISSION  # waiting for admission: do not read the upload yet
+PAUSE_TUNNEL = P_TUNNEL        # upgrade requested, 101 not yet received
 
 cdef enum:
     T_CLIENT_EOF = 1
     T_UPSTREAM_EOF = 2
-TUNNEL_CLIENT_EOF = 1
-TUNNEL_UPSTREAM_EOF = 2
+TUNNEL_CLIENT_EOF = T_CLIENT_EOF
+TUNNEL_UPSTREAM_EOF = T_UPSTREAM_EOF
 
 # Consecutive connect failures before a server is taken out of rotation, and
 # how long it stays out before one request is let through as a probe.
-FAIL_THRESHOLD = 3
-FAIL_COOLDOWN = 5.0
 cdef enum:
     FAIL_THRESHOLD_C = 3
+FAIL_THRESHOLD = FAIL_THRESHOLD_C
+FAIL_COOLDOWN = 5.0
 
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
@@ -152,7 +154,7 @@ cdef class ClientProtocol:
         self._tail = b""
         self.chunks = _ChunkLimiter(app.limits.max_chunk_ext)
 
-    # -- _asyncio.Protocol -------------------------------------------------
+    # -- asyncio protocol -------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
         peer = transport.get_extra_info("peername")
@@ -161,9 +163,7 @@ cdef class ClientProtocol:
         limit = self.app.limits.max_buffer
         transport.set_write_buffer_limits(high=limit, low=limit // 4)
         self.since = monotonic()
-        if not self.app.connection_opened(self):
-            return
-        self.app.connections.add(self)
+        self.app.connection_opened(self)
 
     def data_received(self, bytes data):
         cdef int phase = self.phase
@@ -205,7 +205,7 @@ cdef class ClientProtocol:
                     end += 4 - len(tail)
                     if end < cut:
                         cut = end
-                # _httptools holds a header line internally until it ends, so
+                # httptools holds a header line internally until it ends, so
                 # a line that never ends is bounded here, by the raw bytes of
                 # the current head (reset when a head completes).
                 raw = self._raw_head + cut
@@ -282,7 +282,7 @@ cdef class ClientProtocol:
         if ex is not None and ex.upstream is not None:
             ex.upstream.resume_reading()
 
-    # -- _httptools callbacks ------------------------------------------------
+    # -- httptools callbacks ------------------------------------------------
     def on_message_begin(self):
         self.phase = C_HEAD
         self.since = monotonic()
@@ -491,7 +491,7 @@ cdef class ClientProtocol:
 
     # -- internals ---------------------------------------------------------
     cdef _fail(self, object err):
-        # Raised inside an _httptools callback; data_received picks it up.
+        # Raised inside an httptools callback; data_received picks it up.
         self.error = err
         raise err
 
@@ -654,7 +654,7 @@ cdef class Exchange:
             self._write_local()
             return
         self.state = S_ADMITTING
-        self.client.app.admit(self)
+        self.client.app.admission.admit(self)
 
     cpdef admitted(self):
         if self.state != S_ADMITTING:
@@ -845,7 +845,8 @@ cdef class Exchange:
         client = self.client
         # A tunnel may stay open for hours: it counts against the school's
         # connections, not its request slots.
-        client.app.release(self)
+        if self.ticket is not None:
+            client.app.admission.release(self)
         client.writelines(self.tunnel_buf)
         self.tunnel_buf = None
         if rest:
@@ -900,7 +901,7 @@ cdef class Exchange:
             self.server.inflight -= 1
             conn.abort()  # mid-exchange: the upstream's framing state is unknown
         if self.ticket is not None:
-            self.client.app.admission_cancel(self)
+            self.client.app.admission.cancel(self)
 
     # -- endings -----------------------------------------------------------
     cdef _unavailable(self):
@@ -914,7 +915,8 @@ cdef class Exchange:
 
     cdef _finish(self):
         self.state = S_DONE
-        self.client.app.release(self)
+        if self.ticket is not None:  # no Python call for unticketed exchanges
+            self.client.app.admission.release(self)
         self.client.exchange_done(self)
 
 
@@ -945,10 +947,10 @@ cdef class UpstreamConnection:
         # the end of the exchange.
         self._interim = False
 
-    # -- _asyncio.Protocol -------------------------------------------------
+    # -- asyncio protocol -------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
-        sock = transport.get_extra_info("_socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
@@ -1019,7 +1021,7 @@ cdef class UpstreamConnection:
         if self.exchange is not None:
             self.exchange.on_upstream_write_resumed()
 
-    # -- _httptools callbacks ----------------------------------------------
+    # -- httptools callbacks ----------------------------------------------
     def on_status(self, bytes reason):
         self._reason += reason
 

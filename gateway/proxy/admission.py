@@ -37,7 +37,6 @@ from gateway.waiting import (
     cookie_header,
     new_visitor_id,
     read_cookie,
-    render,
     render_status_json,
 )
 from gateway.waiting.negotiate import wants_json
@@ -45,6 +44,7 @@ from gateway.waiting.negotiate import wants_json
 if TYPE_CHECKING:
     from gateway.admission import Ticket
     from gateway.config import Config
+    from gateway.http import RequestHead
     from gateway.proxy.app import App, SchoolRuntime
     from gateway.proxy.exchange import Exchange
 
@@ -87,10 +87,6 @@ class Admission:
         self.signer = TicketSigner(secret)
         self.ttl = cfg.admission.ticket_ttl
         self.secure_cookie = cfg.server.tls_cert is not None
-        # A request that fits no class (the config may name no catch-all
-        # class) is judged as the least urgent one rather than not at all.
-        prio = [c.priority for c in self.controller.classes]
-        self.fallback_class = max(range(len(prio)), key=lambda k: (-prio[k], k))
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
         self._polled_at = -math.inf
@@ -112,8 +108,7 @@ class Admission:
         now = time.time()
         visitor = self._read_ticket(ex, now)
         arrived = visitor[1] if visitor is not None else None
-        klass = ex.klass if ex.klass >= 0 else self.fallback_class
-        t = self.controller.request(school.index, klass,  # type: ignore[union-attr]
+        t = self.controller.request(school.index, ex.klass,  # type: ignore[union-attr]
                                     ex.client.client_key, now, arrived)
         state = t.state
         if state == ADMITTED:
@@ -221,15 +216,7 @@ class Admission:
 
     # -- the waiting room ---------------------------------------------------------
     def _read_ticket(self, ex: Exchange, now: float) -> tuple[bytes, float] | None:
-        head = ex.head
-        cookie = head.header(b"cookie")  # type: ignore[union-attr]
-        if not cookie:
-            return None
-        cookies = [v for k, v in head.headers if k.lower() == b"cookie"]  # type: ignore[union-attr]
-        if len(cookies) > 1:
-            # Split across several Cookie headers (as HTTP/2 front ends may).
-            cookie = b"; ".join(cookies)
-        value = read_cookie(cookie, COOKIE)
+        value = _ticket_cookie(ex.head)  # type: ignore[arg-type]
         if value is None:
             return None
         ticket = self.signer.verify(value, ex.school.name, now, self.ttl)  # type: ignore[union-attr]
@@ -239,7 +226,7 @@ class Admission:
                 visitor: tuple[bytes, float] | None) -> None:
         school = ex.school
         head = ex.head
-        accept = head.header(b"accept") or b""  # type: ignore[union-attr]
+        requested_with = head.header(b"x-requested-with") or b""  # type: ignore[union-attr]
         extra: list[tuple[bytes, bytes]] = []
         position = t.position or self.controller.queued(school.index) + 1  # type: ignore[union-attr]
         eta = self.controller.queue_eta(school.index, position, now)  # type: ignore[union-attr]
@@ -257,7 +244,7 @@ class Admission:
             kind = "wait"
         else:
             kind = "wait"
-            requested_with = head.header(b"x-requested-with") or b""  # type: ignore[union-attr]
+            accept = head.header(b"accept") or b""  # type: ignore[union-attr]
             browser = head.method in (b"GET", b"HEAD") and not wants_json(  # type: ignore[union-attr]
                 accept, "text/html", requested_with)
             if browser:
@@ -271,19 +258,8 @@ class Admission:
                         position, eta = pos, wait
                     status_url = STATUS_PATH.decode()
                 extra.append(self._cookie(school, vid, arrived, now))  # type: ignore[arg-type]
-        page = render(
-            kind,  # type: ignore[arg-type]
-            school_title=school.title,  # type: ignore[union-attr]
-            accept=accept,
-            accept_language=head.header(b"accept-language") or b"",  # type: ignore[union-attr]
-            retry_after=retry,
-            position=position,
-            eta=eta,
-            original_url=head.target.decode("latin-1"),  # type: ignore[union-attr]
-            status_url=status_url,
-            templates_dir=school.templates,  # type: ignore[union-attr]
-            requested_with=head.header(b"x-requested-with") or b"",  # type: ignore[union-attr]
-        )
+        page = self.app.render_page(kind, ex, retry_after=retry, position=position, eta=eta,
+                                    status_url=status_url, requested_with=requested_with)
         page.headers.extend(extra)
         if over_own_rate:
             page.status = 429
@@ -319,6 +295,27 @@ class Admission:
         if ex.head.upgrade is not None:  # type: ignore[union-attr]
             ex.keep_alive = False  # a spent parser, as in _reject
         return self.app.local_response(200, headers, body, ex.keep_alive, head_only=ex.is_head)
+
+
+_COOKIE_NAME = COOKIE.encode()
+
+
+def _ticket_cookie(head: RequestHead) -> str | None:
+    """The ticket cookie's value, if the request carries one. Most requests
+    carry cookies but not this one, so the common case is one substring test."""
+    first = head.header(b"cookie")
+    if not first:
+        return None
+    if _COOKIE_NAME in first:
+        value = read_cookie(first, COOKIE)
+        if value is not None:
+            return value
+    # Split across several Cookie headers (as HTTP/2 front ends may).
+    cookies = [v for k, v in head.headers if len(k) == 6 and k.lower() == b"cookie"]
+    if len(cookies) < 2:
+        return None
+    joined = b"; ".join(cookies)
+    return read_cookie(joined, COOKIE) if _COOKIE_NAME in joined else None
 
 
 __all__ = ["COOKIE", "STATUS_PATH", "Admission"]

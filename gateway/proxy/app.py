@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.admission.shares import split_limits
 from gateway.config import Config, effective_classes, parse_hostport
@@ -91,6 +91,10 @@ class App:
                 templates=school.templates,
             ))
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.server.trusted_proxies]
+        # A request no class matches (the config may name no catch-all class)
+        # is judged as the least urgent class rather than not at all.
+        prio = [c.priority for c in self.classes]
+        self.fallback_class = max(range(len(prio)), key=lambda k: (-prio[k], k))
         # Each worker process enforces its share of the schools' limits.
         self.admission = Admission(self, split_limits(cfg, worker, workers))
 
@@ -106,6 +110,8 @@ class App:
         school = self.schools[idx]
         school.requests += 1
         klass = self.classifier.classify(head.method, head.path, head)
+        if klass < 0:
+            klass = self.fallback_class
         ex = Exchange(client, head, school, klass)
         if head.path == STATUS_PATH:
             ex.local = self.admission.status_response(ex)
@@ -121,20 +127,11 @@ class App:
             client.client_key = _forwarded_client(head.xff, self.trusted) or client.client_ip
         return ex
 
-    def admit(self, ex: Exchange) -> None:
-        self.admission.admit(ex)
-
-    def release(self, ex: Exchange) -> None:
-        self.admission.release(ex)
-
-    def admission_cancel(self, ex: Exchange) -> None:
-        self.admission.cancel(ex)
-
-    def connection_opened(self, client: ClientProtocol) -> bool:
+    def connection_opened(self, client: ClientProtocol) -> None:
         self.metrics.connections_total += 1
+        self.connections.add(client)
         if self.trusted:
             client.trusted_peer = _in_networks(client.client_ip, self.trusted)
-        return True
 
     def connection_closed(self, client: ClientProtocol) -> None:
         if client.school >= 0:
@@ -146,10 +143,9 @@ class App:
     def error_response(self, err: HeadError) -> bytes:
         """A protocol error: short plain-text reason, then close."""
         status = err.status
-        self.metrics.responses_local[status] = self.metrics.responses_local.get(status, 0) + 1
         body = f"{status} {_phrase(status)}: {err.reason}\n".encode()
-        return serialize_simple_response(
-            status, _phrase(status).encode(),
+        return self.local_response(
+            status,
             [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Cache-Control", b"no-store")],
             body, False,
         )
@@ -157,36 +153,31 @@ class App:
     def unavailable_page(self, ex: Exchange) -> bytes:
         """The school's server is not answering: 503 with Retry-After and a
         friendly page, never a bare 502."""
-        school = ex.school
-        head = ex.head
-        if school is not None:
-            school.unavailable += 1
-        retry = max(self.cfg.admission.min_retry, 5)
-        page = render(
-            "down",
-            school_title=school.title if school is not None else "",
-            accept=(head.header(b"accept") or b"") if head is not None else b"",
-            accept_language=(head.header(b"accept-language") or b"") if head is not None else b"",
-            retry_after=retry,
-            original_url=head.target.decode("latin-1") if head is not None else "/",
-            templates_dir=school.templates if school is not None else None,
-        )
+        # Only routed exchanges reach an upstream, so school and head are set.
+        ex.school.unavailable += 1  # type: ignore[union-attr]
+        page = self.render_page("down", ex, retry_after=max(self.cfg.admission.min_retry, 5))
         return self.page_response(page, ex)
 
     def _busy_page(self, ex: Exchange) -> Page:
         """The school is at max_connections: a waiting page, then close."""
+        ex.school.rejected += 1  # type: ignore[union-attr]
+        requested_with = ex.head.header(b"x-requested-with") or b""  # type: ignore[union-attr]
+        return self.render_page("wait", ex, requested_with=requested_with,
+                                retry_after=max(self.cfg.admission.min_retry, 2))
+
+    def render_page(self, kind: str, ex: Exchange, **fields: Any) -> Page:
+        """A page for a routed request, in the language and form it asks for,
+        with its school's name and templates; `fields` are the rest."""
         school = ex.school
         head = ex.head
-        school.rejected += 1  # type: ignore[union-attr]
         return render(
-            "wait",
+            kind,  # type: ignore[arg-type]
             school_title=school.title,  # type: ignore[union-attr]
             accept=head.header(b"accept") or b"",  # type: ignore[union-attr]
             accept_language=head.header(b"accept-language") or b"",  # type: ignore[union-attr]
-            retry_after=max(self.cfg.admission.min_retry, 2),
             original_url=head.target.decode("latin-1"),  # type: ignore[union-attr]
             templates_dir=school.templates,  # type: ignore[union-attr]
-            requested_with=head.header(b"x-requested-with") or b"",  # type: ignore[union-attr]
+            **fields,
         )
 
     def page_response(self, page: Page, ex: Exchange) -> bytes:
