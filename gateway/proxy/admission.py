@@ -25,7 +25,6 @@ difference.
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 import time
 from typing import TYPE_CHECKING
@@ -47,10 +46,6 @@ if TYPE_CHECKING:
     from gateway.http import RequestHead
     from gateway.proxy.app import App, SchoolRuntime
     from gateway.proxy.exchange import Exchange
-
-# How soon to look again at a deadline the controller still reports although
-# the last poll was at or after it (see _rearm).
-_STALE_RETRY = 0.05
 
 # Served by the gateway on every school's host name, so the waiting page can
 # poll it same-origin and the ticket cookie (Path=/) comes along.
@@ -89,7 +84,6 @@ class Admission:
         self.secure_cookie = cfg.server.tls_cert is not None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
-        self._polled_at = -math.inf
 
     # -- connections -------------------------------------------------------------
     def connection_open(self, school: int) -> bool:
@@ -180,7 +174,6 @@ class Admission:
     def _poll(self) -> None:
         self._timer = None
         now = time.time()
-        self._polled_at = now
         admitted, expired = self.controller.poll(now)
         self._dispatch(admitted)
         self._expire(expired, now)
@@ -194,13 +187,6 @@ class Admission:
                 timer.cancel()
                 self._timer = None
             return
-        if due <= self._polled_at:
-            # A poll at or after this deadline acted on everything due then,
-            # yet it is still reported: time alone changes nothing there (a
-            # school that is full and also rate limited reports its bucket's
-            # refill time until a slot frees). Looking again at once would
-            # spin the loop; look again shortly, for the deadlines behind it.
-            due = self._polled_at + _STALE_RETRY
         if timer is not None:
             if self._timer_due <= due:
                 return

@@ -366,11 +366,11 @@ max_wait = 0.4
 
 
 def test_full_rate_limited_school_does_not_spin_the_poll_timer(run, monkeypatch):
-    # A school at max_inflight that also has a token bucket: the controller
-    # keeps reporting the bucket's refill time, which nothing but a freed
-    # slot can act on (the native scheduler's next_deadline stays in the
-    # past). The shell must not poll in a busy loop meanwhile, and must
-    # still expire the queued request on time.
+    # A school at max_inflight that also has a token bucket: its bucket
+    # refills while only a freed slot can admit anything, so that refill is
+    # no deadline (the scheduler used to report it, in the past, forever).
+    # The shell must not poll in a busy loop meanwhile, and must still
+    # expire the queued request on time.
     async def body(s: Shell) -> None:
         polls = 0
         original = s.admission._poll
