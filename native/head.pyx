@@ -323,7 +323,8 @@ cdef struct _Seen:
     bint expect_bad
     bint close
     bint keep_alive
-    bint upgrade
+    bint upgrade            # the `upgrade` connection option
+    bint upgrade_field      # an Upgrade header field, whatever its value
 
 
 cdef bytes _CLOSE = b"close"
@@ -444,6 +445,7 @@ cdef list _scan(_Head head, RequestHead req, tuple raw, bint reject_underscore,
         elif kind == K_CONN:
             named = _connection_tokens(value, named, seen)
         elif kind == K_UPGRADE:
+            seen.upgrade_field = True
             if head.upgrade is None:
                 head.upgrade = _trim(value)
         elif kind == K_EXPECT:
@@ -484,7 +486,7 @@ def parse_request_head(bytes method not None, bytes target not None, str version
     cdef RequestHead head = RequestHead.__new__(RequestHead)
     seen.hosts = seen.te_count = 0
     seen.te_chunked = seen.expect_seen = seen.expect_bad = False
-    seen.close = seen.keep_alive = seen.upgrade = False
+    seen.close = seen.keep_alive = seen.upgrade = seen.upgrade_field = False
     head._raw = raw_headers if type(raw_headers) is tuple else tuple(raw_headers)
     named = _scan(head, head, head._raw, reject_underscore, &seen)
 
@@ -504,6 +506,15 @@ def parse_request_head(bytes method not None, bytes target not None, str version
             raise HeadError(400, "Transfer-Encoding in HTTP/1.0")
         if seen.te_count > 1 or not seen.te_chunked:
             raise HeadError(400, "unsupported Transfer-Encoding")
+    if head.content_length > 0 or seen.te_count:
+        # llhttp hands what follows the head of CONNECT, and of a request
+        # asking for an upgrade, to the new protocol (httptools skips their
+        # body); the request's framing says it is the body. Two readings of
+        # one message: refused. CONNECT has no content (RFC 9110 9.3.6).
+        if PyBytes_GET_SIZE(method) == 7 and memcmp(PyBytes_AS_STRING(method), b"CONNECT", 7) == 0:
+            raise HeadError(400, "CONNECT request with a body")
+        if seen.upgrade and seen.upgrade_field:
+            raise HeadError(400, "request body with Upgrade")
     if seen.expect_bad:
         raise HeadError(417, "unsupported expectation")
     if named is not None:
@@ -542,7 +553,7 @@ def parse_response_head(int status, bytes reason not None, str version, raw_head
     head = ResponseHead.__new__(ResponseHead)
     seen.hosts = seen.te_count = 0
     seen.te_chunked = seen.expect_seen = seen.expect_bad = False
-    seen.close = seen.keep_alive = seen.upgrade = False
+    seen.close = seen.keep_alive = seen.upgrade = seen.upgrade_field = False
     head._raw = raw_headers if type(raw_headers) is tuple else tuple(raw_headers)
     named = _scan(head, None, head._raw, False, &seen)
 

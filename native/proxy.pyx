@@ -37,7 +37,8 @@ from gateway._native.serialize import serialize_response_head as _serialize_resp
 
 from gateway._native.head cimport RequestHead, ResponseHead
 
-from gateway.proxy.chunks import ChunkLimiter as _ChunkLimiter
+from gateway.proxy.chunks import ChunkError as _ChunkError
+from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -151,8 +152,9 @@ cdef class ClientProtocol:
         self._raw_head = 0
         self._hdr_bytes = 0
         self._body_left = -1
+        self._cl_left = 0
         self._tail = b""
-        self.chunks = _ChunkLimiter(app.limits.max_chunk_ext)
+        self.chunks = _ChunkedFraming(app.limits.max_chunk_ext, app.limits.max_header_bytes)
 
     # -- asyncio protocol -------------------------------------------------
     def connection_made(self, transport):
@@ -186,12 +188,23 @@ cdef class ClientProtocol:
             phase = self.phase
             cut = len(data)
             if phase == C_BODY:
-                cur = self.current
-                if cur is not None and cur.head.chunked:
-                    cut = self.chunks.feed(data)
-                    if cut < 0:
-                        self._protocol_error(_HeadError(400, "chunk extension too long"))
+                # The gateway's verdict says where the body ends; llhttp gets
+                # exactly that much and must end the message there too.
+                if self._chunked:
+                    try:
+                        cut = self.chunks.feed(data)
+                    except _ChunkError as err:
+                        self._protocol_error(_HeadError(400, err.reason))
                         return
+                elif self._cl_left < cut:
+                    cut = <Py_ssize_t>self._cl_left
+                if cut == 0:
+                    # The verdict ended the body but llhttp did not end the
+                    # message: the two read these bytes differently.
+                    self._protocol_error(_HeadError(400, "ambiguous message framing"))
+                    return
+                if not self._chunked:
+                    self._cl_left -= cut
             else:  # IDLE or HEAD
                 # Feed a head on its own when more follows it, so that a
                 # chunked body is measured before llhttp consumes it. The
@@ -236,6 +249,10 @@ cdef class ClientProtocol:
                 return
             self._tail = piece[-3:] if self.phase == C_HEAD else b""
             if self.phase >= C_BROKEN:
+                return
+            if self.phase == C_BODY and self._body_framed():
+                # The verdict's body ended with this piece; llhttp did not.
+                self._protocol_error(_HeadError(400, "ambiguous message framing"))
                 return
 
     def eof_received(self):
@@ -325,8 +342,13 @@ cdef class ClientProtocol:
             self._fail(_HeadError(413, "request body too large"))
         self._body_left = max_body or -1
         self.phase = C_BODY
+        # The framing verdict for this message, taken once from its head.
+        self._chunked = head.chunked
         if head.chunked:
             self.chunks.reset()
+            self._cl_left = 0
+        else:
+            self._cl_left = head.content_length if head.content_length > 0 else 0
         ex = app.route(self, head)
         self.current = ex
         queue = self.queue
@@ -339,6 +361,8 @@ cdef class ClientProtocol:
 
     def on_body(self, bytes data):
         cdef long long left = self._body_left
+        if not data:
+            return  # nothing to pass on (an empty piece is never a last-chunk)
         if left >= 0:
             # Only a chunked body can get here past max_body; a declared
             # Content-Length was checked at the head.
@@ -351,6 +375,9 @@ cdef class ClientProtocol:
             ex.on_request_body(data)
 
     def on_message_complete(self):
+        if self.phase == C_BODY and not self._body_framed():
+            # llhttp ended the message before the gateway's verdict did.
+            self._fail(_HeadError(400, "ambiguous message framing"))
         ex = self.current
         self.current = None
         if self.phase < C_BROKEN:
@@ -490,6 +517,10 @@ cdef class ClientProtocol:
             self.close()
 
     # -- internals ---------------------------------------------------------
+    cdef bint _body_framed(self):
+        """Whether the framing verdict has read the current body to its end."""
+        return self.chunks.done if self._chunked else self._cl_left == 0
+
     cdef _fail(self, object err):
         # Raised inside an httptools callback; data_received picks it up.
         self.error = err
@@ -620,6 +651,8 @@ cdef class Exchange:
     # -- request side (driven by ClientProtocol) ----------------------------
     cpdef on_request_body(self, bytes data):
         cdef list parts
+        if not data:
+            return  # framed as a chunk, an empty piece would end the body
         if self.local is not None or self.state == S_DONE:
             return  # the answer is already decided; drain and drop
         if self.head.chunked:
@@ -774,6 +807,8 @@ cdef class Exchange:
 
     cpdef on_response_body(self, bytes data):
         self.touched = monotonic()
+        if not data:
+            return  # framed as a chunk, an empty piece would end the body
         if self.out_chunked:
             self.client.corklines([b"%x\r\n" % len(data), data, CRLF])
         else:

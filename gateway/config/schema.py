@@ -129,6 +129,10 @@ class School(_Section):
     templates: str | None = None
     # Display name on pages; defaults to name.
     title: str | None = None
+    # Pass CONNECT requests on (a tunnel once the upstream answers 2xx).
+    # Off by default: a school's web server has no use for them, and a
+    # tunnel carries bytes past routing and admission.
+    allow_connect: bool = False
 
 
 class Pool(_Section):

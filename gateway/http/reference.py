@@ -195,6 +195,7 @@ def parse_request_head(method: bytes, target: bytes, version: str,
     te_count = 0
     tokens: list[bytes] = []
     upgrade = None
+    upgrade_fields = 0
     expect_seen = False
     expect_bad = False
     xff: list[bytes] = []
@@ -225,6 +226,7 @@ def parse_request_head(method: bytes, target: bytes, version: str,
             _connection_tokens(value, tokens)
             continue
         elif lname == b"upgrade":
+            upgrade_fields += 1
             if upgrade is None:
                 upgrade = _trim(value)
             continue
@@ -263,6 +265,8 @@ def parse_request_head(method: bytes, target: bytes, version: str,
             raise HeadError(400, "Transfer-Encoding in HTTP/1.0")
         if te_count > 1 or _trim(te_value).lower() != b"chunked":
             raise HeadError(400, "unsupported Transfer-Encoding")
+    if length > 0 or te_count:
+        _check_body_allowed(method, upgrade_fields > 0 and b"upgrade" in tokens)
     if expect_bad:
         raise HeadError(417, "unsupported expectation")
     _drop_named(headers, tokens)
@@ -284,6 +288,21 @@ def parse_request_head(method: bytes, target: bytes, version: str,
         via=b", ".join(via) if via else None,
     )
     return head
+
+
+def _check_body_allowed(method: bytes, upgrade_asked: bool) -> None:
+    """Refuse a body that llhttp would hand to another protocol.
+
+    llhttp treats the bytes after the head of CONNECT, and of any request
+    with an Upgrade field and the `upgrade` connection option, as the
+    tunnel's (httptools skips their body), while the request's own framing
+    says they are its body: two readings of one message, so it is refused.
+    A CONNECT request has no content anyway (RFC 9110 section 9.3.6).
+    """
+    if method == b"CONNECT":
+        raise HeadError(400, "CONNECT request with a body")
+    if upgrade_asked:
+        raise HeadError(400, "request body with Upgrade")
 
 
 def parse_response_head(status: int, reason: bytes, version: str,

@@ -35,6 +35,7 @@ class SchoolRuntime:
     title: str
     balancer: Balancer
     templates: str | None
+    allow_connect: bool = False
     # Counters exported on /metrics.
     requests: int = 0
     unavailable: int = 0
@@ -88,7 +89,7 @@ class App:
             self.schools.append(SchoolRuntime(
                 index=i, name=school.name, title=school.title or school.name,
                 balancer=Balancer(members, school.balance == "least_inflight"),
-                templates=school.templates,
+                templates=school.templates, allow_connect=school.allow_connect,
             ))
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.server.trusted_proxies]
         # A request no class matches (the config may name no catch-all class)
@@ -113,6 +114,14 @@ class App:
         if klass < 0:
             klass = self.fallback_class
         ex = Exchange(client, head, school, klass)
+        if head.method == b"CONNECT" and not school.allow_connect:
+            # Refused before admission: nothing of it reaches the upstream,
+            # and llhttp hands what follows to a tunnel, so the connection
+            # ends with the answer.
+            ex.keep_alive = False
+            ex.local = self.error_response(
+                HeadError(501, "CONNECT is not enabled for this school"))
+            return ex
         if head.path == STATUS_PATH:
             ex.local = self.admission.status_response(ex)
             return ex

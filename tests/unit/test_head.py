@@ -345,12 +345,56 @@ def test_serialize_appends_to_forwarding_chain(m):
                     b"X-Forwarded-Host: School.Example:8443\r\nVia: 1.1 cdn, 1.1 sg\r\n\r\n")
 
 
-def test_serialize_chunked_upgrade(m):
-    headers = [(b"Host", b"a"), (b"Transfer-Encoding", b"chunked"), (b"Upgrade", b"websocket"),
-               (b"Connection", b"Upgrade")]
-    wire = m.serialize_request_head(req(m, headers), b"127.0.0.1", b"http", b"sg")
-    assert wire.endswith(b"Via: 1.1 sg\r\nTransfer-Encoding: chunked\r\n"
-                         b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+def test_serialize_chunked_then_upgrade_lines(m):
+    # A chunked upgrade request is refused (see test_body_on_upgrade_is_refused),
+    # so the two framing lines are checked on their own, each after Via.
+    chunked = [(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")]
+    wire = m.serialize_request_head(req(m, chunked), b"127.0.0.1", b"http", b"sg")
+    assert wire.endswith(b"Via: 1.1 sg\r\nTransfer-Encoding: chunked\r\n\r\n")
+    upgrade = [(b"Host", b"a"), (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
+    wire = m.serialize_request_head(req(m, upgrade), b"127.0.0.1", b"http", b"sg")
+    assert wire.endswith(b"Via: 1.1 sg\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+
+
+@pytest.mark.parametrize("framing", [(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")])
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+@pytest.mark.parametrize("upgrade", [b"websocket", b"h2c"])
+def test_body_on_upgrade_is_refused(m, framing, version, upgrade):
+    # llhttp hands the bytes after such a head to the new protocol while the
+    # head's framing says they are its body: refused, whatever the version or
+    # protocol (h2c is not passed on, but llhttp still stops parsing).
+    headers = [(b"Host", b"a"), framing, (b"Upgrade", upgrade),
+               (b"Connection", b"keep-alive, Upgrade")]
+    if version == "1.0" and framing[0] == b"Transfer-Encoding":
+        expected = "Transfer-Encoding in HTTP/1.0"
+    else:
+        expected = "request body with Upgrade"
+    with pytest.raises(m.HeadError) as err:
+        req(m, headers, method=b"POST", version=version)
+    assert (err.value.status, err.value.reason) == (400, expected)
+
+
+def test_upgrade_without_body_or_option_keeps_its_body(m):
+    # No `upgrade` option, or Content-Length: 0: llhttp reads the message as
+    # usual, so nothing is ambiguous.
+    head = req(m, [(b"Host", b"a"), (b"Content-Length", b"5"), (b"Upgrade", b"websocket")],
+               method=b"POST")
+    assert head.content_length == 5 and head.upgrade is None
+    head = req(m, [(b"Host", b"a"), (b"Content-Length", b"0"), (b"Upgrade", b"websocket"),
+                   (b"Connection", b"upgrade")])
+    assert head.upgrade == b"websocket"
+
+
+@pytest.mark.parametrize("framing", [(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")])
+def test_connect_with_body_is_refused(m, framing):
+    # RFC 9110 9.3.6: CONNECT has no content; llhttp treats what follows its
+    # head as the tunnel's.
+    with pytest.raises(m.HeadError) as err:
+        req(m, [(b"Host", b"a:443"), framing], method=b"CONNECT", target=b"a:443")
+    assert (err.value.status, err.value.reason) == (400, "CONNECT request with a body")
+    head = req(m, [(b"Host", b"a:443"), (b"Content-Length", b"0")], method=b"CONNECT",
+               target=b"a:443")
+    assert head.method == b"CONNECT" and head.content_length == 0
 
 
 def test_serialize_includes_headers_added_after_parsing(m):

@@ -36,6 +36,8 @@ cdef class ClientProtocol:
     cdef Py_ssize_t _raw_head
     cdef Py_ssize_t _hdr_bytes
     cdef long long _body_left
+    cdef long long _cl_left           # Content-Length bytes of the body still to come
+    cdef bint _chunked                # the current body's verdict: chunked framing
     cdef bytes _tail
 
     cpdef write(self, bytes data)
@@ -50,6 +52,7 @@ cdef class ClientProtocol:
     cpdef list enter_tunnel(self, Exchange ex)
     cpdef close(self)
     cpdef abort(self)
+    cdef bint _body_framed(self)
     cdef _fail(self, object err)
     cdef _protocol_error(self, object err)
     cdef bint _upgrade(self, bytes rest) except -1
