@@ -551,13 +551,15 @@ cdef class ClientProtocol:
         """llhttp stopped after a request asking for an upgrade; `rest` is
         what followed it. True: go on parsing `rest` as HTTP/1.1."""
         cdef Exchange ex = self.queue[-1] if self.queue else None
-        if ex is not None and ex.head is not None and ex.head.upgrade is None \
+        cdef bint tunnel = ex is not None and ex.head is not None and (
+            ex.head.upgrade is not None or ex.is_connect)
+        if ex is not None and ex.head is not None and not tunnel \
                 and ex.local is None and self.phase == C_IDLE:
             # An upgrade the gateway does not pass on (h2c): the request was
             # forwarded as plain HTTP/1.1, and a fresh parser reads on.
             self.parser = HttpRequestParser(self)
             return True
-        if ex is None or ex.head is None or ex.head.upgrade is None or ex.local is not None:
+        if not tunnel or ex.local is not None:
             # Upgrade on a request we answer ourselves: the parser is spent,
             # so the connection ends after that answer.
             self.phase = C_BROKEN
@@ -632,6 +634,8 @@ cdef class Exchange:
         self.request_done = False
         self.keep_alive = head.keep_alive if head is not None else False
         self.is_head = head is not None and head.method == b"HEAD"
+        # Only reaches here for a school with allow_connect (App.route).
+        self.is_connect = head is not None and head.method == b"CONNECT"
         self.out_chunked = False
         self.continue_sent = False
         self.attempts = 0
@@ -819,7 +823,7 @@ cdef class Exchange:
         server.inflight -= 1
         server.record_success()
         self.upstream = None
-        if reusable and self.request_done:
+        if reusable and self.request_done and not self.is_connect:
             server.release(conn, monotonic())
         else:
             conn.close()
@@ -889,6 +893,14 @@ cdef class Exchange:
         pending = client.enter_tunnel(self)
         if pending:
             conn.writelines(pending)
+
+    cpdef on_tunnel_established(self, UpstreamConnection conn, ResponseHead head):
+        """A 2xx answer to CONNECT: the tunnel starts right after its head
+        (RFC 9110 section 9.3.6), exactly as after a 101."""
+        self.touched = monotonic()
+        self.tunnel_buf = [_serialize_response_head(
+            head, self.head.version, False, True, self.client.app.via)]
+        self.on_upstream_upgraded(b"")
 
     cpdef on_tunnel_client_data(self, bytes data):
         if self.upstream is not None:
@@ -1081,6 +1093,14 @@ cdef class UpstreamConnection:
             self._interim = True
             ex.on_interim_response(self, head)
             return
+        if ex.is_connect and status < 300:
+            if head.content_length >= 0 or head.chunked:
+                # A 2xx to CONNECT has no framing (RFC 9110 9.3.6): one that
+                # claims some would be read two ways.
+                self._fail(_HeadError(502, "upstream framed its answer to CONNECT"))
+                return
+            ex.on_tunnel_established(self, head)
+            return
         if status != 204 and status != 304:
             if ex.is_head:
                 self._head_only = True
@@ -1091,6 +1111,12 @@ cdef class UpstreamConnection:
             self._head_seen = True
 
     def on_body(self, bytes data):
+        if self.tunnel:
+            # The rest of the read after a 2xx to CONNECT: llhttp takes it
+            # for a body read to the close, but it is the tunnel's.
+            if self.exchange is not None and data:
+                self.exchange.on_tunnel_upstream_data(data)
+            return
         if self._head_only:
             if data:
                 # A body after a HEAD response: never reuse this connection.

@@ -11,6 +11,7 @@ from collections import deque
 from typing import Any
 
 from gateway._native.head import RequestHead, ResponseHead
+from gateway.proxy.chunks import ChunkedFraming
 
 # Client connection phases (ClientProtocol.phase); every phase from BROKEN on
 # means "stop parsing".
@@ -75,7 +76,8 @@ class ClientProtocol:
     client_key: bytes
     school: int
     trusted_peer: bool
-    chunks: Any
+    chunks: ChunkedFraming
+    """The verdict on where the current chunked request body ends."""
     def __init__(self, app: Any, proto: bytes = b"http") -> None: ...
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def data_received(self, data: bytes) -> None: ...
@@ -118,6 +120,7 @@ class Exchange:
     request_done: bool
     keep_alive: bool
     is_head: bool
+    is_connect: bool
     out_chunked: bool
     continue_sent: bool
     attempts: int
@@ -145,6 +148,8 @@ class Exchange:
     def on_upstream_write_resumed(self) -> None: ...
     def timed_out(self) -> None: ...
     def on_upstream_upgraded(self, rest: bytes) -> None: ...
+    def on_tunnel_established(self, conn: UpstreamConnection, head: ResponseHead) -> None:
+        """A 2xx answer to CONNECT: the tunnel starts after its head (RFC 9110 9.3.6)."""
     def on_tunnel_client_data(self, data: bytes) -> None: ...
     def on_tunnel_upstream_data(self, data: bytes) -> None: ...
     def on_tunnel_upstream_eof(self) -> None: ...

@@ -12,6 +12,8 @@ the follow-up.
 from __future__ import annotations
 
 import os
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -206,3 +208,89 @@ def test_upstream_never_sees_an_endless_run_of_last_chunks(gateway, recorder):
     assert wait_until(lambda: recorder.targets() == ["/pieces"])
     [seen] = recorder.snapshot()
     assert seen.body == b"abcdef"
+
+
+# -- CONNECT where a school enables it --------------------------------------------
+
+class _ConnectUpstream(socketserver.ThreadingTCPServer):
+    """Answers CONNECT to port 443 with 200 and then echoes the tunnel's bytes
+    upper-cased; any other CONNECT gets 403 with a small body."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ConnectHandler)
+        self.heads: list[bytes] = []
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _ConnectHandler(socketserver.BaseRequestHandler):
+    server: _ConnectUpstream
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = sock.recv(4096)
+            if not more:
+                return
+            data += more
+        head, _, rest = data.partition(b"\r\n\r\n")
+        self.server.heads.append(head)
+        if not head.startswith(b"CONNECT school.test:443 "):
+            sock.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno\n")
+            return
+        sock.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n" + rest.upper())
+        try:
+            while more := sock.recv(4096):
+                sock.sendall(more.upper())
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def connect_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    upstream = _ConnectUpstream()
+    thread = threading.Thread(target=upstream.serve_forever, name="connect-up", daemon=True)
+    thread.start()
+    gw = Gateway(gateway_config([upstream.addr], school={"allow_connect": True}),
+                 tmp_path_factory.mktemp("connect"), name="gateway").start()
+    yield gw, upstream
+    gw.stop()
+    upstream.shutdown()
+    upstream.server_close()
+    thread.join()
+
+
+def test_enabled_connect_becomes_a_tunnel(connect_gateway):
+    gw, upstream = connect_gateway
+    with RawConn(gw.port) as conn:
+        conn.send(b"CONNECT school.test:443 HTTP/1.1\r\nHost: school.test:443\r\n\r\nhello ")
+        # A 2xx to CONNECT has no body: read its head only ("HEAD" framing).
+        resp = conn.recv_response("HEAD")
+        assert resp.status == 200, f"{resp}\n{log_tail(gw)}"
+        assert resp.header("Content-Length") is None
+        assert resp.header("Transfer-Encoding") is None
+        conn.send(b"tunnel")
+        got = b""
+        for _ in range(50):
+            got += conn.recv_available(0.1)
+            if got == b"HELLO TUNNEL":
+                break
+        assert got == b"HELLO TUNNEL"
+    assert upstream.heads[-1].startswith(b"CONNECT school.test:443 HTTP/1.1\r\n")
+
+
+def test_refused_connect_ends_the_connection(connect_gateway):
+    gw, upstream = connect_gateway
+    with RawConn(gw.port) as conn:
+        conn.send(b"CONNECT school.test:25 HTTP/1.1\r\nHost: school.test:25\r\n\r\n")
+        resp = conn.recv_response("CONNECT")
+        assert resp.status == 403 and resp.body == b"no\n"
+        assert conn.closed()
+    assert upstream.heads[-1].startswith(b"CONNECT school.test:25 HTTP/1.1\r\n")

@@ -73,6 +73,7 @@ cdef class Exchange:
     cdef public bint request_done
     cdef public bint keep_alive
     cdef public bint is_head
+    cdef public bint is_connect
     cdef public bint out_chunked
     cdef public bint continue_sent
     cdef public int attempts
@@ -99,6 +100,7 @@ cdef class Exchange:
     cpdef on_upstream_write_resumed(self)
     cpdef timed_out(self)
     cpdef on_upstream_upgraded(self, bytes rest)
+    cpdef on_tunnel_established(self, UpstreamConnection conn, ResponseHead head)
     cpdef on_tunnel_client_data(self, bytes data)
     cpdef on_tunnel_upstream_data(self, bytes data)
     cpdef on_tunnel_upstream_eof(self)
