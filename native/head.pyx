@@ -228,28 +228,89 @@ cdef bytes _normalize_host(bytes value):
     return _lower(PyBytes_FromStringAndSize(<const char*>p, end))
 
 
-cdef bytes _path(bytes target):
+cdef bytes _split_target(RequestHead head, bytes method, bytes target):
+    """Set head.target (what to forward) and head.path; return the target's
+    authority, or None when the Host header names the host (origin- and
+    asterisk-form). The forms and refusals are those of reference._split_target
+    (RFC 9112 3.2)."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(target)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(target), start = 0, end, i, scheme = -1
-    if n == 0 or p[0] != 47:  # not origin-form: look for "scheme://"
-        for i in range(n - 2):
-            if p[i] == 58 and p[i + 1] == 47 and p[i + 2] == 47:
-                scheme = i
-                break
-            if not _CLASS[p[i]] & C_SCHEME:
-                break
-        if scheme > 0:
-            start = scheme + 3
-            while start < n and p[start] != 47 and p[start] != 63:
-                start += 1
-            if start == n or p[start] == 63:
-                return b"/"
-    end = start
-    while end < n and p[end] != 63:
-        end += 1
-    if start == 0 and end == n:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(target), i, start, end
+    cdef const unsigned char* q
+    cdef bytes authority, origin
+    if memchr(p, 35, n) != NULL:  # "#"
+        raise HeadError(400, "fragment in request target")
+    if n and p[0] == 47:  # "/": origin-form, the common case
+        if method == b"CONNECT":
+            raise HeadError(400, "CONNECT needs an authority-form target")
+        head.target = target
+        q = <const unsigned char*>memchr(p, 63, n)  # "?"
+        head.path = target if q == NULL else PyBytes_FromStringAndSize(<const char*>p, q - p)
+        return None
+    if n == 1 and p[0] == 42:  # "*"
+        if method != b"OPTIONS":
+            raise HeadError(400, "asterisk-form target only with OPTIONS")
+        head.target = head.path = target
+        return None
+    if method == b"CONNECT":
+        i = n
+        while i > 0 and p[i - 1] != 58:  # the port after the last ":"
+            i -= 1
+        end = i
+        while end < n and _CLASS[p[end]] & C_DIGIT:
+            end += 1
+        if i == 0 or i == n or end != n or _normalize_host(target) is None:
+            raise HeadError(400, "invalid CONNECT target")
+        head.target = target
+        head.path = b""
         return target
-    return PyBytes_FromStringAndSize(<const char*>p + start, end - start)
+    # absolute-form: scheme "://" authority [path] ["?" query]
+    i = 0
+    while i < n and _CLASS[p[i]] & C_SCHEME:
+        i += 1
+    if (i == 0 or i + 3 > n or p[i] != 58 or p[i + 1] != 47 or p[i + 2] != 47
+            or not 97 <= _LOWER[p[0]] <= 122):  # a scheme starts with a letter
+        raise HeadError(400, "invalid request target")
+    if not (i == 4 and _is(p, b"http", 4) or i == 5 and _is(p, b"https", 5)):
+        raise HeadError(400, "request target scheme is not http or https")
+    start = end = i + 3
+    while end < n and p[end] != 47 and p[end] != 63:  # "/", "?"
+        end += 1
+    if end == start:
+        raise HeadError(400, "empty authority in request target")
+    if memchr(p + start, 64, end - start) != NULL:  # "@"
+        raise HeadError(400, "userinfo in request target")
+    authority = PyBytes_FromStringAndSize(<const char*>p + start, end - start)
+    if _normalize_host(authority) is None:
+        raise HeadError(400, "invalid authority in request target")
+    if end == n and method == b"OPTIONS":
+        head.target = head.path = b"*"  # the server as a whole (RFC 9112 3.2.4)
+        return authority
+    if end < n and p[end] == 47:
+        origin = PyBytes_FromStringAndSize(<const char*>p + end, n - end)
+    else:  # empty path: "/" (RFC 9112 3.2.1)
+        origin = b"/" + PyBytes_FromStringAndSize(<const char*>p + end, n - end)
+    head.target = origin
+    p = <const unsigned char*>PyBytes_AS_STRING(origin)
+    n = PyBytes_GET_SIZE(origin)
+    q = <const unsigned char*>memchr(p, 63, n)
+    head.path = origin if q == NULL else PyBytes_FromStringAndSize(<const char*>p, q - p)
+    return authority
+
+
+cdef list _with_host(items, bytes authority):
+    """`items` as a new list with the Host value replaced by `authority`
+    (added first if absent)."""
+    cdef list out = list(items)
+    cdef Py_ssize_t i
+    cdef bytes name
+    for i in range(len(out)):
+        name = <bytes>(<tuple>out[i])[0]
+        if PyBytes_GET_SIZE(name) == 4 and _is(
+                <const unsigned char*>PyBytes_AS_STRING(name), b"host", 4):
+            out[i] = (name, authority)
+            return out
+    out.insert(0, (b"Host", authority))
+    return out
 
 
 cdef bint _idempotent(bytes method) noexcept:
@@ -293,7 +354,8 @@ cdef class _Head:
         raise TypeError(f"{type(self).__name__} objects come from the parse functions")
 
     cpdef object header(self, bytes name):
-        """First value of header `name` as received, hop-by-hop ones included."""
+        """First value of header `name` as received, hop-by-hop ones included
+        (Host: the routed one, see parse_request_head)."""
         if name is None:
             raise TypeError("header name must be bytes")
         return _find(self._raw, name)
@@ -490,15 +552,20 @@ def parse_request_head(bytes method not None, bytes target not None, str version
     head._raw = raw_headers if type(raw_headers) is tuple else tuple(raw_headers)
     named = _scan(head, head, head._raw, reject_underscore, &seen)
 
+    authority = _split_target(head, method, target)
+    # RFC 9112 3.2: every HTTP/1.1 request has exactly one valid Host, even
+    # one whose target names the host; HTTP/1.0 may leave it out then.
     if seen.hosts == 0:
-        raise HeadError(400, "missing Host header")
-    if seen.hosts > 1:
-        raise HeadError(400, "multiple Host headers")
-    if PyBytes_GET_SIZE(head.host_header) == 0:
-        raise HeadError(400, "empty Host header")
-    head.host = _normalize_host(head.host_header)
-    if head.host is None:
-        raise HeadError(400, "invalid Host header")
+        if authority is None or v == 11:
+            raise HeadError(400, "missing Host header")
+    else:
+        if seen.hosts > 1:
+            raise HeadError(400, "multiple Host headers")
+        if PyBytes_GET_SIZE(head.host_header) == 0:
+            raise HeadError(400, "empty Host header")
+        head.host = _normalize_host(head.host_header)
+        if head.host is None:
+            raise HeadError(400, "invalid Host header")
     if seen.te_count:
         if head.content_length >= 0:
             raise HeadError(400, "Transfer-Encoding with Content-Length")
@@ -519,10 +586,15 @@ def parse_request_head(bytes method not None, bytes target not None, str version
         raise HeadError(417, "unsupported expectation")
     if named is not None:
         head.headers = _drop_named(head.headers, named)
+    if authority is not None:
+        # What is routed, admitted and forwarded is the target's authority:
+        # the one Host the head has from here on, header() included.
+        head.host = _normalize_host(authority)
+        head.host_header = authority
+        head.headers = _with_host(head.headers, authority)
+        head._raw = tuple(_with_host(head._raw, authority))
 
     head.method = method
-    head.target = target
-    head.path = _path(target)
     head.version = v
     head.chunked = seen.te_count > 0
     head.keep_alive = not seen.close and (v == 11 or seen.keep_alive)

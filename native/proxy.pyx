@@ -651,6 +651,9 @@ cdef class Exchange:
         # Client bytes sent after an upgrade request, held until the 101.
         self.pending = None
         self.ticket = None
+        # Headers the gateway adds to the upstream's response (the cookie of
+        # a waiting-room ticket this request used up, cleared).
+        self.response_headers = None
 
     # -- request side (driven by ClientProtocol) ----------------------------
     cpdef on_request_body(self, bytes data):
@@ -807,6 +810,8 @@ cdef class Exchange:
             keep = False  # HTTP/1.0 without a length: the close ends the body
         self.out_chunked = chunked
         self.keep_alive = keep
+        if self.response_headers is not None:
+            head.headers.extend(self.response_headers)
         client.cork(_serialize_response_head(head, req.version, chunked, keep, app.via))
 
     cpdef on_response_body(self, bytes data):

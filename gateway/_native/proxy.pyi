@@ -131,6 +131,8 @@ class Exchange:
     tunnel_eof: int
     pending: list[bytes] | None
     ticket: Any
+    response_headers: list[tuple[bytes, bytes]] | None
+    """Headers the gateway adds to the upstream's response head (None: none)."""
     def __init__(self, client: ClientProtocol, head: RequestHead | None, school: Any,
                  klass: int) -> None: ...
     def on_request_body(self, data: bytes) -> None: ...

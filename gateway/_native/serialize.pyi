@@ -10,6 +10,8 @@ def serialize_request_head(head: RequestHead, client_ip: bytes, proto: bytes,
                            via: bytes) -> bytes:
     """The HTTP/1.1 head to send upstream.
 
+    Writes `head.target` and `head.headers`, so an absolute-form request goes
+    out in origin-form with Host set to its authority (see parse_request_head).
     Appends `client_ip` to X-Forwarded-For, sets X-Forwarded-Proto/Host, adds
     this hop to Via, and re-adds Transfer-Encoding and Connection/Upgrade.
     """

@@ -153,6 +153,8 @@ class Admission(_Section):
     # HMAC key for waiting-room tickets; generated per process when empty
     # (tickets then do not survive restarts or span instances).
     secret: str = ""
+    # Seconds a ticket keeps its place after its last renewal (renewed only
+    # while the visitor waits; used up by the request that gets in).
     ticket_ttl: PositiveFloat = 600.0
     # Retry-After floor/ceiling in seconds.
     min_retry: PositiveInt = 1

@@ -133,7 +133,8 @@ class _Frozen:
             object.__setattr__(self, name, value)
 
     def header(self, name: bytes) -> bytes | None:
-        """First value of header `name` as received, hop-by-hop ones included."""
+        """First value of header `name` as received, hop-by-hop ones included
+        (Host: the routed one, see parse_request_head)."""
         return _find(self._raw, name)  # type: ignore[attr-defined]
 
 
@@ -168,23 +169,82 @@ def _version(version: str, status: int, reason: str) -> int:
     raise HeadError(status, reason)
 
 
-def _path(target: bytes) -> bytes:
-    if target[:1] != b"/":
-        scheme = target.find(b"://")
-        if scheme > 0 and _SCHEME.issuperset(target[:scheme]):
-            slash = target.find(b"/", scheme + 3)
-            query = target.find(b"?", scheme + 3)
-            if slash < 0 or 0 <= query < slash:
-                return b"/"
-            target = target[slash:]
-    query = target.find(b"?")
-    return target if query < 0 else target[:query]
+def _split_target(method: bytes, target: bytes) -> tuple[bytes | None, bytes, bytes]:
+    """(authority, target to forward, path) of a request target (RFC 9112 3.2).
+
+    - origin-form "/p?q": no authority; forwarded as is; path "/p".
+    - asterisk-form "*": OPTIONS only (RFC 9112 3.2.4); path "*".
+    - authority-form "host:port": CONNECT only, and CONNECT takes nothing
+      else (RFC 9112 3.2.3, RFC 9110 9.3.6); the authority is the target
+      itself; path empty (the target has none).
+    - absolute-form "http://authority/p?q": http or https only, no userinfo
+      (RFC 9110 4.2.4), a non-empty authority that is a valid Host. The
+      request is routed by that authority and forwarded in origin-form
+      (RFC 9112 3.2.2: a server MUST ignore Host then and use the target's
+      host); an empty path becomes "/" (RFC 9112 3.2.1), or "*" for an
+      OPTIONS without path and query (RFC 9112 3.2.4).
+    A fragment is part of no form (RFC 9112 3.2). Every refusal is a 400.
+    """
+    if b"#" in target:
+        raise HeadError(400, "fragment in request target")
+    if target[:1] == b"/":
+        if method == b"CONNECT":
+            raise HeadError(400, "CONNECT needs an authority-form target")
+        query = target.find(b"?")
+        return None, target, target if query < 0 else target[:query]
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise HeadError(400, "asterisk-form target only with OPTIONS")
+        return None, target, target
+    if method == b"CONNECT":
+        _, colon, port = target.rpartition(b":")
+        if not (colon and port and _DIGITS.issuperset(port)) or _normalize_host(target) is None:
+            raise HeadError(400, "invalid CONNECT target")
+        return target, target, b""
+    end = target.find(b"://")
+    scheme = target[:end]
+    if end <= 0 or not _SCHEME.issuperset(scheme) or not scheme[:1].isalpha():
+        raise HeadError(400, "invalid request target")
+    if scheme.lower() not in (b"http", b"https"):
+        raise HeadError(400, "request target scheme is not http or https")
+    start = end = end + 3
+    while end < len(target) and target[end] not in b"/?":
+        end += 1
+    authority = target[start:end]
+    if not authority:
+        raise HeadError(400, "empty authority in request target")
+    if b"@" in authority:
+        raise HeadError(400, "userinfo in request target")
+    if _normalize_host(authority) is None:
+        raise HeadError(400, "invalid authority in request target")
+    origin = target[end:]
+    if not origin and method == b"OPTIONS":
+        return authority, b"*", b"*"  # the server as a whole (RFC 9112 3.2.4)
+    if origin[:1] != b"/":
+        origin = b"/" + origin
+    query = origin.find(b"?")
+    return authority, origin, origin if query < 0 else origin[:query]
+
+
+def _with_host(items: Iterable[tuple[bytes, bytes]], authority: bytes) -> list[tuple[bytes, bytes]]:
+    """`items` with the Host value replaced by `authority` (added first if absent)."""
+    out = list(items)
+    for i, (name, _) in enumerate(out):
+        if name.lower() == b"host":
+            out[i] = (name, authority)
+            return out
+    out.insert(0, (b"Host", authority))
+    return out
 
 
 def parse_request_head(method: bytes, target: bytes, version: str,
                        raw_headers: Iterable[tuple[bytes, bytes]],
                        reject_underscore: bool) -> RequestHead:
-    """Validate a client head and split it into what the gateway needs."""
+    """Validate a client head and split it into what the gateway needs.
+
+    An absolute- or authority-form target names the host the request is
+    routed by and forwarded to (RFC 9112 3.2.2); see _split_target.
+    """
     v = _version(version, 505, "HTTP version not supported")
     raw = tuple(raw_headers)
     headers: list[tuple[bytes, bytes]] = []
@@ -249,15 +309,21 @@ def parse_request_head(method: bytes, target: bytes, version: str,
             continue
         headers.append((name, value))
 
+    authority, forward, path = _split_target(method, target)
+    # RFC 9112 3.2: every HTTP/1.1 request has exactly one valid Host, even
+    # one whose target names the host; HTTP/1.0 may leave it out then.
     if hosts == 0:
-        raise HeadError(400, "missing Host header")
-    if hosts > 1:
-        raise HeadError(400, "multiple Host headers")
-    if not host_value:
-        raise HeadError(400, "empty Host header")
-    host = _normalize_host(host_value)
-    if host is None:
-        raise HeadError(400, "invalid Host header")
+        if authority is None or v == 11:
+            raise HeadError(400, "missing Host header")
+        host = None
+    else:
+        if hosts > 1:
+            raise HeadError(400, "multiple Host headers")
+        if not host_value:
+            raise HeadError(400, "empty Host header")
+        host = _normalize_host(host_value)
+        if host is None:
+            raise HeadError(400, "invalid Host header")
     if te_count:
         if length >= 0:
             raise HeadError(400, "Transfer-Encoding with Content-Length")
@@ -270,11 +336,17 @@ def parse_request_head(method: bytes, target: bytes, version: str,
     if expect_bad:
         raise HeadError(417, "unsupported expectation")
     _drop_named(headers, tokens)
+    if authority is not None:
+        # What is routed, admitted and forwarded is the target's authority:
+        # the one Host the head has from here on, header() included.
+        host, host_value = _normalize_host(authority), authority
+        headers = _with_host(headers, authority)
+        raw = tuple(_with_host(raw, authority))
 
     close = b"close" in tokens
     head = RequestHead()
     head._set(
-        _raw=raw, method=method, target=target, path=_path(target), version=v, host=host,
+        _raw=raw, method=method, target=forward, path=path, version=v, host=host,
         host_header=host_value, content_length=length, chunked=te_count > 0,
         keep_alive=not close if v == 11 else not close and b"keep-alive" in tokens,
         # HTTP/1.0 has neither upgrades nor 100-continue (RFC 9110 7.8, 10.1.1).

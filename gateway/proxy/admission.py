@@ -16,6 +16,14 @@ bodiless request's connection keeps being read, so that a client who
 leaves while queued (a reset) gives its place back at once; whatever it
 pipelines meanwhile waits behind it, bounded by max_pipeline.
 
+A waiting-room ticket (the signed cookie, not the scheduler's Ticket) lines
+a returning visitor up by their first arrival, once: the request it gets in
+with (admitted, or queued by that arrival) spends it (spent_tickets(), per
+worker process), and the upstream's response clears the cookie. A spend is
+void if that queued request never gets in (its client leaves, its max_wait
+passes). The status endpoint renews a ticket only while its visitor waits in
+the room.
+
 Clock: time.time(), because class windows are wall-clock times and a
 returning visitor's arrival comes from a cookie another worker may have
 issued. The poll timer runs on the loop's monotonic clock, set from the
@@ -32,6 +40,7 @@ from typing import TYPE_CHECKING
 from gateway.admission import ADMITTED, QUEUED, AdmissionController, WaitingRoom
 from gateway.proxy.exchange import PAUSE_ADMISSION
 from gateway.waiting import (
+    SpentTickets,
     TicketSigner,
     cookie_header,
     new_visitor_id,
@@ -70,6 +79,23 @@ def process_secret() -> bytes:
     return _process_secret
 
 
+_spent: SpentTickets | None = None
+
+
+def spent_tickets() -> SpentTickets:
+    """The tickets spent in this worker process, shared by the Apps it runs
+    one after the other, so a reload forgets none.
+
+    Per worker process for now: a ticket spent at one worker (or instance)
+    can still be used once at another until it expires. Sharing the record
+    across workers and instances (shared memory, Redis) is a later step.
+    """
+    global _spent
+    if _spent is None:
+        _spent = SpentTickets()
+    return _spent
+
+
 class Admission:
     """One worker's admission state for one App (one config)."""
 
@@ -81,7 +107,11 @@ class Admission:
         secret = cfg.admission.secret.encode() or process_secret()
         self.signer = TicketSigner(secret)
         self.ttl = cfg.admission.ticket_ttl
+        self.spent = spent_tickets()
         self.secure_cookie = cfg.server.tls_cert is not None
+        # Sent with the response to a request that used its ticket up, so the
+        # browser drops the cookie.
+        self._cleared = [(b"Set-Cookie", cookie_header(COOKIE, "", 0, self.secure_cookie))]
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
 
@@ -108,13 +138,13 @@ class Admission:
         if state == ADMITTED:
             ex.ticket = t
             if visitor is not None:
-                self.room.leave(school.index, visitor[0])  # type: ignore[union-attr]
+                self._spend(ex, t, visitor[0], now)
             ex.admitted()
         elif state == QUEUED:
             ex.ticket = t
             t.user = ex
             if visitor is not None:
-                self.room.leave(school.index, visitor[0])  # type: ignore[union-attr]
+                self._spend(ex, t, visitor[0], now)
             head = ex.head
             if head.content_length > 0 or head.chunked:  # type: ignore[union-attr]
                 ex.client.pause_reading_for(PAUSE_ADMISSION)
@@ -202,11 +232,40 @@ class Admission:
 
     # -- the waiting room ---------------------------------------------------------
     def _read_ticket(self, ex: Exchange, now: float) -> tuple[bytes, float] | None:
+        """(visitor id, arrived_at) of the request's ticket, or None when it
+        carries none that is genuine, current and unspent (a new arrival)."""
         value = _ticket_cookie(ex.head)  # type: ignore[arg-type]
         if value is None:
             return None
-        ticket = self.signer.verify(value, ex.school.name, now, self.ttl)  # type: ignore[union-attr]
-        return None if ticket is None else (ticket.visitor_id, ticket.arrived_at)
+        name = ex.school.name  # type: ignore[union-attr]
+        ticket = self.signer.verify(value, name, now, self.ttl)
+        if ticket is None:
+            return None
+        spent, holder = self.spent.lookup(name, ticket.visitor_id, now)
+        if spent:
+            if holder is None or holder.state in (QUEUED, ADMITTED):  # type: ignore[attr-defined]
+                return None
+            # Spent by a request that left the queue without getting in (its
+            # client went away, or its max_wait passed): never used after all.
+            self.spent.refund(name, ticket.visitor_id)
+        elif self.spent.full(now):
+            return None  # nothing could be spent: honour none rather than any twice
+        return ticket.visitor_id, ticket.arrived_at
+
+    def _spend(self, ex: Exchange, t: Ticket, vid: bytes, now: float) -> None:
+        """The request carrying visitor `vid`'s ticket got in (ADMITTED) or
+        lined up by its arrival (QUEUED): the ticket is used up."""
+        school = ex.school
+        self.room.leave(school.index, vid)  # type: ignore[union-attr]
+        # Until every copy has expired: any was issued by now (give or take
+        # the leeway for other instances' clocks) and lives ttl from then.
+        until = now + self.ttl + self.signer.leeway
+        # A queued request may still leave without getting in; it holds the
+        # spend until then (see _read_ticket). The record has room: the
+        # ticket was honoured only because it had (_read_ticket, just before).
+        self.spent.spend(school.name, vid, until, now,  # type: ignore[union-attr]
+                         holder=t if t.state == QUEUED else None)
+        ex.response_headers = self._cleared
 
     def _reject(self, ex: Exchange, t: Ticket, now: float,
                 visitor: tuple[bytes, float] | None) -> None:
@@ -276,8 +335,12 @@ class Admission:
             # Poll sooner when the turn is near, rarely when it is far.
             retry = 1 if state == "go" else max(1, min(10, int(eta / 4)))
             body = render_status_json(state, position, eta, retry)
-            # Re-issued on every poll: an active visitor's ticket never lapses.
-            headers.append(self._cookie(school, vid, arrived, now))  # type: ignore[arg-type]
+            if state == "wait":
+                # Re-issued only while the visitor waits in this room, so a
+                # waiting visitor's ticket never lapses. "go" (their turn, or a
+                # visitor unknown here: served, forgotten, or another
+                # worker's) extends nothing: the ticket keeps its own expiry.
+                headers.append(self._cookie(school, vid, arrived, now))  # type: ignore[arg-type]
         if ex.head.upgrade is not None:  # type: ignore[union-attr]
             ex.keep_alive = False  # a spent parser, as in _reject
         return self.app.local_response(200, headers, body, ex.keep_alive, head_only=ex.is_head)

@@ -102,6 +102,10 @@ class App:
     # -- per request ----------------------------------------------------------
     def route(self, client: ClientProtocol, head: RequestHead) -> Exchange:
         self.metrics.requests_total += 1
+        # head.host is the authority the request is forwarded with (an
+        # absolute-form target's own, RFC 9112 3.2.2), and head.path/target
+        # are what the upstream receives: routing, classification, admission
+        # and the forwarded request all name the same school and resource.
         idx = self.router.route(head.host)
         if idx < 0:
             ex = Exchange(client, head, None, -1)

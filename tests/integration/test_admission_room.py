@@ -157,6 +157,34 @@ def test_returning_visitor_keeps_their_place(make_gateway, gate):
     assert gate.paths()[1:] == ["/visitor", "/other/0", "/other/1"]
 
 
+def test_ticket_is_spent_on_admission_and_a_replay_gains_nothing(make_gateway, gate):
+    # Issue 7 F: every status poll re-issued the ticket with its arrival,
+    # even after its holder was admitted and served, so an old cookie jumped
+    # the line forever.
+    gw = gateway_for(make_gateway, gate.addr)
+    holder = hold(gw.port, gate, "a")
+    cookie = ticket_cookie(turned_away(gw.port, "/visitor"))
+    gate.release("a")
+    assert holder.recv_response().status == 200
+    back = request(gw.port, "GET", "/visitor", headers=[HTML_ACCEPT, ("Cookie", cookie)])
+    assert back.status == 200
+    # Spent: the served response tells the browser to drop the cookie ...
+    [cleared] = [c for c in back.headers_named("Set-Cookie") if c.startswith(COOKIE + "=")]
+    assert cleared.startswith(COOKIE + "=;")
+    assert "max-age=0" in [a.strip().lower() for a in cleared.split(";")]
+    # ... the status endpoint renews nothing ...
+    after = poll(gw.port, cookie)
+    assert after.json()["state"] == "go"
+    assert after.header("Set-Cookie") is None
+    # ... and the cookie replayed later lines up by its own arrival: last.
+    holder = hold(gw.port, gate, "b")
+    others = [queue(gw.port, "GET", f"/other/{i}") for i in range(2)]
+    replay = queue(gw.port, "GET", "/replay", [("Cookie", cookie)])
+    gate.release("b")
+    assert [r.status for r in read_all([holder, *others, replay])] == [200] * 4
+    assert gate.paths()[-3:] == ["/other/0", "/other/1", "/replay"]
+
+
 def _mint(kind: str) -> str:
     now = time.time()
     signer = TicketSigner(SECRET.encode())

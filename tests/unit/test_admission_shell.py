@@ -24,7 +24,7 @@ from gateway.config import parse_config
 from gateway.proxy.app import App
 from gateway.proxy.client import ClientProtocol
 from gateway.proxy.exchange import ADMITTING, CONNECTING, Exchange
-from gateway.waiting import TicketSigner, new_visitor_id
+from gateway.waiting import SpentTickets, TicketSigner, new_visitor_id
 from tests.support.transport import MockTransport
 
 SECRET = "unit-test-secret-0123456789"
@@ -350,6 +350,173 @@ def test_genuine_ticket_orders_the_request_by_its_arrival(run):
             order.append(ex.head.target.decode())  # type: ignore[union-attr]
             finish(ex)
         assert order == ["/visitor", "/a", "/b", "/forged"]
+    run(body)
+
+
+# -- tickets are spent -------------------------------------------------------------------------
+# Issue 7 F: a status poll re-issued the ticket with its arrival forever, even
+# after its holder was admitted and served, so an old cookie jumped the line.
+
+# A probe request (max_wait 0) is turned away at once while the school is
+# full: that is how a visitor gets a ticket here.
+PROBE_CLASSES = """
+[[classes]]
+name = "probe"
+priority = 0
+match = {headers = {"X-Probe" = "*"}}
+max_wait = 0.0
+
+[[classes]]
+name = "interactive"
+priority = 10
+max_wait = 20.0
+"""
+CLEARED = b"schoolgate_ticket=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax"
+
+
+def _turned_away(s: Shell, target: str = "/lesson") -> str:
+    """The `Cookie: schoolgate_ticket=...` line a turned-away visitor sends back."""
+    _, t, _ = s.get(target, "Accept: text/html", "X-Probe: 1")
+    assert status_of(t) == 503
+    pair = (header(t, b"set-cookie") or b"").split(b";")[0].decode()
+    assert pair.startswith("schoolgate_ticket=")
+    return f"Cookie: {pair}"
+
+
+def _ticket(cookie_line: str):
+    value = cookie_line.split("=", 1)[1]
+    ticket = TicketSigner(SECRET.encode()).verify(value, "school", time.time(), 600.0)
+    assert ticket is not None
+    return ticket
+
+
+def _poll(s: Shell, *headers: str) -> MockTransport:
+    _, t, _ = s.get("/.schoolgate/status", "Accept: application/json", *headers)
+    assert status_of(t) == 200
+    return t
+
+
+def test_ticket_is_spent_by_the_request_that_gets_in(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        cookie = _turned_away(s)
+        finish(first)
+        _, _, back = s.get("/lesson", cookie)
+        assert s.paths()[-1] == "/lesson"
+        # The upstream's response clears the cookie.
+        assert back.response_headers == [(b"Set-Cookie", CLEARED)]
+        # Polling afterwards re-issues nothing.
+        poll = _poll(s, cookie)
+        assert b'"state":"go"' in poll.written
+        assert header(poll, b"set-cookie") is None
+        finish(back)
+        # Replayed later, the ticket lines up by its own arrival: last.
+        _, _, holder = s.get("/hold")
+        s.get("/a")
+        s.get("/b")
+        _, _, replay = s.get("/replay", cookie)
+        assert replay.response_headers is None
+        finish(holder)
+        for _ in range(3):
+            finish(s.connected[-1])
+        assert s.paths()[-3:] == ["/a", "/b", "/replay"]
+    run(body, extra=PROBE_CLASSES)
+
+
+def test_a_second_copy_gains_nothing_while_the_first_waits_in_the_queue(run):
+    def body(s: Shell) -> None:
+        _, _, holder = s.get("/one")
+        cookie = _turned_away(s)
+        s.get("/a")
+        s.get("/visitor", cookie)  # arrived before /a: ahead of it
+        s.get("/copy", cookie)  # the same ticket again: behind /a
+        finish(holder)
+        for _ in range(3):
+            finish(s.connected[-1])
+        assert s.paths()[1:] == ["/visitor", "/a", "/copy"]
+    run(body, extra=PROBE_CLASSES)
+
+
+def test_ticket_of_a_request_that_never_got_in_keeps_its_place(run):
+    def body(s: Shell) -> None:
+        _, _, holder = s.get("/one")
+        cookie = _turned_away(s)
+        s.get("/a")
+        gone, _, _ = s.get("/visitor", cookie)
+        # The visitor reloads: the queued request's client goes away, and
+        # the ticket it was holding is worth its place again.
+        gone.connection_lost(ConnectionResetError())
+        s.get("/reload", cookie)
+        finish(holder)
+        for _ in range(2):
+            finish(s.connected[-1])
+        assert s.paths()[1:] == ["/reload", "/a"]
+    run(body, extra=PROBE_CLASSES)
+
+
+def test_queued_past_max_wait_the_visitor_keeps_the_same_ticket(run):
+    async def body(s: Shell) -> None:
+        _, _, holder = s.get("/one")
+        cookie = _turned_away(s)
+        _, t, _ = s.get("/lesson", "Accept: text/html", cookie)
+        for _ in range(100):
+            if t.written:
+                break
+            await asyncio.sleep(0.01)
+        assert status_of(t) == 503
+        renewed = f"Cookie: {(header(t, b'set-cookie') or b'').split(b';')[0].decode()}"
+        # Never admitted: the same ticket (id and arrival), not a spent one.
+        first, again = _ticket(cookie), _ticket(renewed)
+        assert (again.visitor_id, again.arrived_at) == (first.visitor_id, first.arrived_at)
+        assert b'"state":"wait"' in _poll(s, renewed).written
+        finish(holder)
+    run(body, extra=PROBE_CLASSES.replace("max_wait = 20.0", "max_wait = 0.05"))
+
+
+def test_status_reissues_only_while_the_visitor_waits(run):
+    def body(s: Shell) -> None:
+        s.get("/one")
+        s.get("/queued")
+        cookie = _turned_away(s)
+        poll = _poll(s, cookie)
+        assert b'"state":"wait"' in poll.written
+        renewed = f"Cookie: {(header(poll, b'set-cookie') or b'').split(b';')[0].decode()}"
+        assert _ticket(renewed).arrived_at == _ticket(cookie).arrived_at
+        # A genuine ticket whose visitor is not in this room (served,
+        # forgotten, or another worker's) is told "go" and not renewed: it
+        # keeps its own expiry.
+        stranger = _poll(s, _cookie(60))
+        assert b'"state":"go"' in stranger.written
+        assert header(stranger, b"set-cookie") is None
+    run(body, extra=PROBE_CLASSES)
+
+
+def test_expired_ticket_is_a_new_arrival(run):
+    def body(s: Shell) -> None:
+        _, _, holder = s.get("/one")
+        signer = TicketSigner(SECRET.encode())
+        issued = time.time() - 600.0 - 5
+        stale = signer.issue("school", new_visitor_id(), issued - 60, issued)
+        s.get("/a")
+        s.get("/stale", f"Cookie: schoolgate_ticket={stale}")
+        finish(holder)
+        for _ in range(2):
+            finish(s.connected[-1])
+        assert s.paths()[1:] == ["/a", "/stale"]
+    run(body, extra=PROBE_CLASSES)
+
+
+def test_a_full_spent_record_honours_no_ticket(run):
+    def body(s: Shell) -> None:
+        s.admission.spent = SpentTickets(capacity=1)
+        _, _, holder = s.get("/one")
+        s.get("/a")
+        s.get("/first", _cookie(60))  # spent: the record is full from here on
+        s.get("/second", _cookie(60))  # cannot be spent, so not honoured
+        finish(holder)
+        for _ in range(3):
+            finish(s.connected[-1])
+        assert s.paths()[1:] == ["/first", "/a", "/second"]
     run(body)
 
 

@@ -110,25 +110,130 @@ def test_host_normalisation(m, value, key):
     assert head.host_header == value.strip()
 
 
-def test_absolute_form_keeps_host_header_and_extracts_path(m):
-    head = req(m, [(b"Host", b"school.example")], target=b"http://other.example/a/b?x=1")
-    assert head.host == b"school.example"
-    assert head.target == b"http://other.example/a/b?x=1"
-    assert head.path == b"/a/b"
-
-
-@pytest.mark.parametrize(("target", "path"), [
-    (b"/a/b?x=1", b"/a/b"),
-    (b"/a?", b"/a"),
-    (b"/?x=http://e/f", b"/"),
-    (b"http://e", b"/"),
-    (b"HTTPS://e?x=/y", b"/"),
-    (b"http://e:81/", b"/"),
-    (b"*", b"*"),
-    (b"school.example:443", b"school.example:443"),
+@pytest.mark.parametrize(("method", "target", "path"), [
+    (b"GET", b"/a/b?x=1", b"/a/b"),
+    (b"GET", b"/a?", b"/a"),
+    (b"GET", b"/?x=http://e/f", b"/"),
+    (b"GET", b"//x/y", b"//x/y"),
+    (b"GET", b"http://e", b"/"),
+    (b"GET", b"HTTPS://e?x=/y", b"/"),
+    (b"GET", b"http://e:81/", b"/"),
+    (b"OPTIONS", b"*", b"*"),
+    (b"CONNECT", b"school.example:443", b""),
 ])
-def test_path(m, target, path):
-    assert req(m, [(b"Host", b"a")], target=target).path == path
+def test_path(m, method, target, path):
+    assert req(m, [(b"Host", b"a")], method=method, target=target).path == path
+
+
+# --- request targets (RFC 9112 3.2) ------------------------------------------------
+# The example: routed and admitted by Host, forwarded with the target's
+# host, so another school's site answered on this school's account.
+
+def test_absolute_form_is_routed_and_forwarded_by_its_authority(m):
+    headers = [(b"Host", b"alpha.test"), (b"Accept", b"*/*")]
+    head = req(m, headers, target=b"http://beta.test/secret?x=1")
+    assert head.host == b"beta.test"
+    assert head.host_header == b"beta.test"
+    assert head.target == b"/secret?x=1"
+    assert head.path == b"/secret"
+    # The received Host is ignored (RFC 9112 3.2.2): the head has one Host.
+    assert head.headers == [(b"Host", b"beta.test"), (b"Accept", b"*/*")]
+    assert head.header(b"host") == b"beta.test"
+    wire = m.serialize_request_head(head, b"192.0.2.1", b"http", b"sg")
+    assert wire == (b"GET /secret?x=1 HTTP/1.1\r\nHost: beta.test\r\nAccept: */*\r\n"
+                    b"X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\n"
+                    b"X-Forwarded-Host: beta.test\r\nVia: 1.1 sg\r\n\r\n")
+    assert b"alpha" not in wire
+
+
+@pytest.mark.parametrize(("method", "target", "host", "host_header", "forward"), [
+    # Empty path: "/" (RFC 9112 3.2.1), the query kept.
+    (b"GET", b"http://beta.test", b"beta.test", b"beta.test", b"/"),
+    (b"GET", b"http://beta.test?x", b"beta.test", b"beta.test", b"/?x"),
+    (b"GET", b"https://beta.test/", b"beta.test", b"beta.test", b"/"),
+    # Scheme and host are case-insensitive; the authority is forwarded as sent.
+    (b"GET", b"HTTP://Beta.Test/a", b"beta.test", b"Beta.Test", b"/a"),
+    # A port stays in Host (the upstream may route by it), not in the key.
+    (b"GET", b"http://beta.test:8080/a?b=c", b"beta.test", b"beta.test:8080", b"/a?b=c"),
+    (b"GET", b"http://beta.test.:80/", b"beta.test", b"beta.test.:80", b"/"),
+    (b"GET", b"http://beta.test:/a", b"beta.test", b"beta.test:", b"/a"),
+    # IPv6 literals keep their brackets.
+    (b"GET", b"http://[::1]:8080/a", b"[::1]", b"[::1]:8080", b"/a"),
+    (b"GET", b"http://[FE80::1]/", b"[fe80::1]", b"[FE80::1]", b"/"),
+    (b"POST", b"http://10.0.0.1/up", b"10.0.0.1", b"10.0.0.1", b"/up"),
+    # OPTIONS for the server as a whole (RFC 9112 3.2.4).
+    (b"OPTIONS", b"http://beta.test", b"beta.test", b"beta.test", b"*"),
+    (b"OPTIONS", b"http://beta.test?x", b"beta.test", b"beta.test", b"/?x"),
+    (b"OPTIONS", b"http://beta.test/a", b"beta.test", b"beta.test", b"/a"),
+    (b"OPTIONS", b"*", b"alpha.test", b"alpha.test", b"*"),
+    # CONNECT: the authority is the target; nothing else is rewritten.
+    (b"CONNECT", b"beta.test:443", b"beta.test", b"beta.test:443", b"beta.test:443"),
+    (b"CONNECT", b"[::1]:443", b"[::1]", b"[::1]:443", b"[::1]:443"),
+])
+def test_request_target_forms(m, method, target, host, host_header, forward):
+    head = req(m, [(b"Host", b"alpha.test")], method=method, target=target)
+    assert (head.host, head.host_header, head.target) == (host, host_header, forward)
+    assert head.headers == [(b"Host", host_header)]
+    wire = m.serialize_request_head(head, b"1", b"http", b"sg")
+    assert wire.startswith(method + b" " + forward + b" HTTP/1.1\r\nHost: " + host_header + b"\r\n")
+    assert b"X-Forwarded-Host: " + host_header + b"\r\n" in wire
+
+
+@pytest.mark.parametrize(("method", "target", "reason"), [
+    (b"GET", b"ftp://beta.test/", "scheme"),
+    (b"GET", b"ws://beta.test/", "scheme"),
+    (b"GET", b"http://user@beta.test/", "userinfo"),
+    (b"GET", b"http://user:pw@beta.test/", "userinfo"),
+    (b"GET", b"http://@beta.test/", "userinfo"),
+    (b"GET", b"http:///x", "empty authority"),
+    (b"GET", b"http://", "empty authority"),
+    (b"GET", b"http://?x", "empty authority"),
+    (b"GET", b"http://beta.test:8o/", "authority"),
+    (b"GET", b"http://[::1/", "authority"),
+    (b"GET", b"http://be ta/", "authority"),
+    (b"GET", b"http:beta.test/", "target"),
+    (b"GET", b"1http://beta.test/", "target"),
+    (b"GET", b"beta.test/x", "target"),
+    (b"GET", b"", "target"),
+    (b"GET", b"/a#frag", "fragment"),
+    (b"GET", b"http://beta.test/a#frag", "fragment"),
+    (b"GET", b"*", "OPTIONS"),
+    (b"POST", b"*", "OPTIONS"),
+    (b"GET", b"beta.test:443", "target"),
+    (b"CONNECT", b"/", "authority-form"),
+    (b"CONNECT", b"*", "OPTIONS"),
+    (b"CONNECT", b"http://beta.test:443/", "CONNECT"),
+    (b"CONNECT", b"beta.test", "CONNECT"),
+    (b"CONNECT", b"beta.test:", "CONNECT"),
+    (b"CONNECT", b"[::1]", "CONNECT"),
+    (b"CONNECT", b"user@beta.test:443", "CONNECT"),
+])
+def test_bad_request_targets_are_400(m, method, target, reason):
+    assert reason in refused(m, [(b"Host", b"alpha.test")], 400, method=method, target=target)
+
+
+def test_absolute_form_still_needs_one_valid_host_on_http11(m):
+    # RFC 9112 3.2: the received Host is ignored, but a request without one,
+    # with two or with a malformed one is refused all the same.
+    target = b"http://beta.test/"
+    assert "missing" in refused(m, [], 400, target=target)
+    assert "multiple" in refused(m, [(b"Host", b"a"), (b"Host", b"b")], 400, target=target)
+    assert "Host" in refused(m, [(b"Host", b"a b")], 400, target=target)
+
+
+def test_http10_absolute_form_without_host_gets_one(m):
+    head = req(m, [(b"Accept", b"*/*")], target=b"http://beta.test/x", version="1.0")
+    assert head.host == b"beta.test"
+    assert head.headers == [(b"Host", b"beta.test"), (b"Accept", b"*/*")]
+    assert head.header(b"host") == b"beta.test"
+    # An origin-form 1.0 request still has to name its host.
+    assert "missing" in refused(m, [], 400, version="1.0")
+
+
+def test_host_name_keeps_its_case_and_position(m):
+    headers = [(b"Accept", b"*/*"), (b"hOST", b"alpha.test"), (b"X-Tag", b"1")]
+    head = req(m, headers, target=b"http://beta.test/")
+    assert head.headers == [(b"Accept", b"*/*"), (b"hOST", b"beta.test"), (b"X-Tag", b"1")]
 
 
 @pytest.mark.parametrize("headers", [
@@ -264,7 +369,8 @@ def test_h2c_upgrade_is_not_an_upgrade(m):
     (b"DELETE", True), (b"POST", False), (b"PATCH", False), (b"get", False), (b"CONNECT", False),
 ])
 def test_idempotent(m, method, idempotent):
-    assert req(m, [(b"Host", b"a")], method=method).idempotent is idempotent
+    target = b"a:443" if method == b"CONNECT" else b"/"
+    assert req(m, [(b"Host", b"a")], method=method, target=target).idempotent is idempotent
 
 
 def test_hop_by_hop_and_forwarding_headers_are_stripped(m):
@@ -538,8 +644,13 @@ def _request_headers(draw):
     return headers
 
 
-_TARGETS = st.sampled_from([b"/", b"/a?b", b"http://e/x?y", b"https://e", b"*", b"e:443",
-                            b"/?u=http://x/y"])
+_TARGETS = st.one_of(
+    st.sampled_from([b"/", b"/a?b", b"http://e/x?y", b"https://e", b"*", b"e:443",
+                     b"/?u=http://x/y", b"http://E.:80?q", b"http://[::1]:8/a", b"HTTP://e",
+                     b"http://u@e/", b"ftp://e/", b"http:///", b"/a#b", b"[::1]:443"]),
+    st.tuples(st.sampled_from([b"", b"/", b"http:", b"http://", b"https://", b"h1+.-://"]),
+              st.text(alphabet="aZ09.:/?@#[]*% ", max_size=10).map(str.encode)).map(b"".join),
+)
 
 
 def _outcome(mod, call, serialize):
@@ -553,7 +664,8 @@ def _outcome(mod, call, serialize):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from([b"GET", b"POST", b"PUT"]), _TARGETS, st.sampled_from(["1.0", "1.1"]),
+@given(st.sampled_from([b"GET", b"POST", b"PUT", b"OPTIONS", b"CONNECT"]), _TARGETS,
+       st.sampled_from(["1.0", "1.1"]),
        _request_headers(), st.booleans())
 def test_request_impls_agree(method, target, version, headers, reject):
     def call(mod):

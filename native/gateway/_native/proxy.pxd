@@ -84,6 +84,7 @@ cdef class Exchange:
     cdef public int tunnel_eof
     cdef public object pending        # list[bytes] or None
     cdef public object ticket
+    cdef public object response_headers  # list[(bytes, bytes)] or None
 
     cpdef on_request_body(self, bytes data)
     cpdef on_request_end(self)
