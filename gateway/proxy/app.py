@@ -204,17 +204,18 @@ class App:
     def _move(self, client: ClientProtocol) -> App:
         """The newest App; `client` moves into it unless an exchange of the
         connection is still in progress."""
-        app = self.successor
-        while app.successor is not None:  # type: ignore[union-attr]
-            app = app.successor  # type: ignore[union-attr]
+        app = self
+        while app.successor is not None:
+            app = app.successor
         if not client.queue and client in self.connections:
             self.connections.discard(client)
-            app.connections.add(client)  # type: ignore[union-attr]
+            app.connections.add(client)
             client.app = app
-            client.trusted_peer = bool(app.trusted) and _in_networks(  # type: ignore[union-attr]
-                client.client_ip, app.trusted)  # type: ignore[union-attr]
+            # As connection_opened would have judged it under the new config.
+            client.trusted_peer = bool(app.trusted) and _in_networks(client.client_ip,
+                                                                     app.trusted)
             client.client_key = client.client_ip
-        return app  # type: ignore[return-value]
+        return app
 
     def connection_opened(self, client: ClientProtocol) -> None:
         self.metrics.connections_total += 1
