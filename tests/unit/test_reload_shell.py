@@ -337,3 +337,17 @@ def test_failed_reload_changes_nothing(run):
         finish(a)
         assert w.paths() == ["/a", "/b"]
     run(body, config(school(max_inflight=1)))
+
+
+def test_servers_are_handed_over_retired_or_reconfigured(run):
+    def body(w: Worker) -> None:
+        old = w.app
+        kept, dropped = old.servers["127.0.0.1:9"], old.servers["127.0.0.1:8"]
+        new = w.reload(config(school("a", "a.test", "127.0.0.1:9"))
+                       + "\n[limits]\nupstream_keepalive = 7\n")
+        assert new.servers == {"127.0.0.1:9": kept}  # the same pool, by address
+        assert kept.keepalive == 7
+        # Dropped: nothing is pooled on it any more, what is in flight finishes.
+        assert dropped.keepalive == 0
+        assert new.metrics is old.metrics
+    run(body, config(school("a", "a.test", "127.0.0.1:9"), school("b", "b.test", "127.0.0.1:8")))
