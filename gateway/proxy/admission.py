@@ -26,9 +26,10 @@ reconfigure(), which moves the controller's state to the new config by
 school, class and pool name (AdmissionController.reconfigure): connections,
 requests in flight and queued tickets keep counting, so a reload never hands
 out slots a second time, and a ticket admitted before it gives its slot back
-into the state that holds it now. School indices may change; the callback
-given to reconfigure renumbers what the App side holds (SchoolRuntime.index,
-ClientProtocol.school) before anything is answered.
+into the state that holds it now. School and class indices may change; the
+callback given to reconfigure renumbers what the App side holds
+(SchoolRuntime.index, ClientProtocol.school, Exchange.klass) before anything
+is answered.
 """
 
 from __future__ import annotations
@@ -100,14 +101,15 @@ class Admission:
         self.secure_cookie = cfg.server.tls_cert is not None
 
     def reconfigure(self, app: App, cfg: Config,
-                    renumber: Callable[[list[int]], None]) -> None:
+                    renumber: Callable[[list[int], list[int]], None]) -> None:
         """Serve `app`, built from the reloaded `cfg` (this worker's share of
         its limits), keeping every count and ticket.
 
-        `renumber(schools)` is called once the state has moved, with
-        schools[i] = the new index of old school i (-1: removed); it must
-        bring every school index held outside (SchoolRuntime.index,
-        ClientProtocol.school) up to date. Then the consequences are acted
+        `renumber(schools, classes)` is called once the state has moved,
+        with schools[i] = the new index of old school i (-1: removed), and
+        classes likewise; it must bring every index held outside
+        (SchoolRuntime.index, ClientProtocol.school, Exchange.klass) up to
+        date. Then the consequences are acted
         on: queued requests the new limits admit go upstream; those whose
         school or class was removed get App.removed_response (503 with
         Retry-After: nothing was sent, a retry is routed by the new config);
@@ -119,8 +121,9 @@ class Admission:
         old_classes = self.controller.class_names
         admitted, rejected = self.controller.reconfigure(cfg, now)
         schools = _renumbering(old_schools, self.controller.school_names)
-        self.room.renumber(schools, _renumbering(old_classes, self.controller.class_names))
-        renumber(schools)
+        classes = _renumbering(old_classes, self.controller.class_names)
+        self.room.renumber(schools, classes)
+        renumber(schools, classes)
         self._configure(app, cfg)
         self._dispatch(admitted)
         self._removed([t for t in rejected if t.reason == "removed"])

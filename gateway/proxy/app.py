@@ -123,8 +123,9 @@ class App:
         the new pool settings, servers no longer configured finish what is in
         flight on them and then close; metrics continue.
         """
-        self.admission.reconfigure(self, self.admission_cfg,
-                                   lambda schools: self._follow(previous, schools))
+        self.admission.reconfigure(
+            self, self.admission_cfg,
+            lambda schools, classes: self._follow(previous, schools, classes))
         self.metrics = previous[0].metrics
         limits, timeouts = self.cfg.limits, self.cfg.timeouts
         for server in self.servers.values():
@@ -135,10 +136,10 @@ class App:
         for app in previous:
             app.close_servers_not_in(self.servers)
 
-    def _follow(self, previous: list[App], schools: list[int]) -> None:
-        """Point the previous Apps here and renumber the admission school
-        indices they hold: schools[i] is old index i's new one (-1: the
-        reload removed the school)."""
+    def _follow(self, previous: list[App], schools: list[int], classes: list[int]) -> None:
+        """Point the previous Apps here and renumber the admission indices
+        they hold: schools[i] is old school i's new index (-1: the reload
+        removed it), classes[k] old class k's."""
         renumbered: set[int] = set()
 
         def renumber(school: SchoolRuntime) -> None:
@@ -157,12 +158,16 @@ class App:
                 # Exchanges may hold a school of an App newer than their
                 # connection's (routed while their connection could not move).
                 for ex in client.queue:
-                    if ex.school is not None:
-                        renumber(ex.school)
-                        if ex.school.index < 0 and ex.state == WAITING and ex.local is None:
-                            # Not started yet, and its school is gone.
-                            ex.settle_keep_alive()
-                            ex.local = self.removed_response(ex)
+                    if ex.school is None:
+                        continue
+                    renumber(ex.school)
+                    if ex.klass >= 0:
+                        ex.klass = classes[ex.klass]
+                    if ex.state == WAITING and ex.local is None and (
+                            ex.school.index < 0 or ex.klass < 0):
+                        # Not started yet, and its school or class is gone.
+                        ex.settle_keep_alive()
+                        ex.local = self.removed_response(ex)
 
     # -- per request ----------------------------------------------------------
     def route(self, client: ClientProtocol, head: RequestHead) -> Exchange:

@@ -351,3 +351,33 @@ def test_servers_are_handed_over_retired_or_reconfigured(run):
         assert dropped.keepalive == 0
         assert new.metrics is old.metrics
     run(body, config(school("a", "a.test", "127.0.0.1:9"), school("b", "b.test", "127.0.0.1:8")))
+
+
+FIRST = '\n[[classes]]\nname = "first"\npriority = 5\nmatch = {paths = ["/a"]}\n'
+SECOND = '\n[[classes]]\nname = "second"\n'
+
+
+def test_pipelined_request_keeps_its_class_when_classes_are_renumbered(run):
+    def body(w: Worker) -> None:
+        conn = w.client()
+        _, _, running = w.get("/x", conn=conn)
+        _, _, waiting = w.get("/a/1", conn=conn)
+        assert waiting.klass == 0
+        w.reload(config(school(max_inflight=1), classes=SECOND + FIRST))
+        assert waiting.klass == 1
+        finish(running)
+        assert w.paths() == ["/x", "/a/1"]
+        assert w.stats()["admitted"] == {"second": 1, "first": 1}
+    run(body, config(school(max_inflight=1), classes=FIRST + SECOND))
+
+
+def test_pipelined_request_of_a_removed_class_is_answered(run):
+    def body(w: Worker) -> None:
+        conn = w.client()
+        _, t, running = w.get("/x", conn=conn)
+        _, _, waiting = w.get("/a/1", conn=conn)
+        w.reload(config(school(max_inflight=1), classes=SECOND))
+        finish(running)
+        assert waiting.state == DONE and w.paths() == ["/x"]
+        assert [a[:3] for a in bytes(t.written).split(b"HTTP/1.1 ")[1:]] == [b"200", b"503"]
+    run(body, config(school(max_inflight=1), classes=FIRST + SECOND))
