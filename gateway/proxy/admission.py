@@ -109,12 +109,11 @@ class Admission:
         with schools[i] = the new index of old school i (-1: removed), and
         classes likewise; it must bring every index held outside
         (SchoolRuntime.index, ClientProtocol.school, Exchange.klass) up to
-        date. Then the consequences are acted
-        on: queued requests the new limits admit go upstream; those whose
-        school or class was removed get App.removed_response (503 with
-        Retry-After: nothing was sent, a retry is routed by the new config);
-        the poll timer is re-armed. ValueError (a config the controller
-        refuses) leaves everything as it was.
+        date. Then the consequences are acted on: queued requests the new
+        limits admit go upstream; those whose school or class was removed get
+        App.removed_response (503 with Retry-After: nothing was sent, a retry
+        is routed by the new config); the poll timer is re-armed. ValueError
+        (a config the controller refuses) leaves everything as it was.
         """
         now = time.time()
         old_schools = self.controller.school_names
