@@ -2,7 +2,7 @@
 
 Pure state machine. Every call takes `now` (seconds, the caller's clock) and
 nothing here reads a clock, sleeps or does I/O. Schools, classes and pools are
-small integers fixed at construction.
+small integers, fixed at construction and renumbered only by `reconfigure`.
 
 Invariants (each call preserves them; the property tests check them):
 
@@ -31,6 +31,15 @@ Invariants (each call preserves them; the property tests check them):
    and waits (QUEUED, not yet listed) until the token is due, then joins its
    class queue at its (arrived_at, seq) place. A reservation due after the
    deadline rejects at once with 429.
+7. Reconfiguration keeps the state. `reconfigure` swaps in new limits while
+   schools, classes and pools continue by the caller's mapping: connections,
+   tokens, counters, queued tickets and held slots carry over, re-indexed.
+   Limits apply to the counts carried over (a lowered max_inflight admits
+   nothing until inflight is below it). A held ticket counts in exactly one
+   school, class and pool (those it records) and release undoes exactly
+   that, so nothing is counted twice, lost or driven negative; a ticket
+   whose school is gone keeps only its pool's slot, if the pool continues.
+   Queued tickets of a removed school or class end REJECTED ("removed").
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -77,6 +86,32 @@ cdef Py_ssize_t count_before(list q, Ticket t):
     return lo
 
 
+def _inverse(str name, list sources, Py_ssize_t n_new, Py_ssize_t n_old):
+    """Old index -> new index (-1: gone), from new -> old (-1: new)."""
+    if len(sources) != n_new:
+        raise ValueError(f"{name}: {len(sources)} entries for {n_new}")
+    out = [-1] * n_old
+    for new, old in enumerate(sources):
+        if old < 0:
+            continue
+        if old >= n_old or out[old] >= 0:
+            raise ValueError(f"{name}[{new}]: {old} is out of range or used twice")
+        out[old] = new
+    return out
+
+
+def _ticket_seq(Ticket t):
+    return t.seq
+
+
+cdef void _carry_level(TokenBucket old, TokenBucket new, double now) noexcept:
+    """new takes over old's tokens (and debt), capped at its own capacity;
+    its stamp never moves back, so no clock step mints tokens."""
+    old.refill(now)
+    new.level = old.level if old.level < new.capacity else new.capacity
+    new.stamp = now if now > old.stamp else old.stamp
+
+
 cdef class Ticket:
 
     def __repr__(self):
@@ -88,8 +123,9 @@ cdef class Ticket:
 
 cdef class _Pool:
 
-    def __init__(self, int max_inflight):
+    def __init__(self, int max_inflight, int index=-1):
         self.max_inflight = max_inflight
+        self.index = index
         self.inflight = 0
         self.members = []
 
@@ -177,7 +213,7 @@ cdef class Scheduler:
         self.aging = aging
         self.min_retry = min_retry
         self.max_retry = max_retry
-        self.pools = [_Pool(int(m)) for m in pools]
+        self.pools = [_Pool(int(m), p) for p, m in enumerate(pools)]
         self.schools = []
         for i, (max_inflight, max_connections, rate, burst, weight, pool, max_queue,
                 client_rate, client_burst) in enumerate(schools):
@@ -200,6 +236,7 @@ cdef class Scheduler:
         self.deadlines = []
         self.delayed = []
         self.outbox = []
+        self.held = set()
         self.last_now = now
         self.next_sweep = now + SWEEP_EVERY
 
@@ -294,15 +331,27 @@ cdef class Scheduler:
 
     def release(self, Ticket ticket not None, double now):
         """See gateway/_native/scheduler.pyi."""
-        cdef _School s = self._school(ticket.school)
+        cdef _School s
+        cdef _Pool pool = ticket.pool
         if not ticket.held:
             raise ValueError(f"{ticket!r} holds no slot")
         self.last_now = now
         ticket.held = False
+        self.held.discard(ticket)
+        # Undo exactly what the ticket counts in (a reconfigure may have
+        # moved it; see reconfigure).
+        if pool is not None:
+            ticket.pool = None
+            pool.inflight -= 1
+        if ticket.school < 0:
+            # Its school was removed by a reconfigure: only a pool slot is left.
+            if pool is not None and pool.queued:
+                self._dispatch_pool(pool, now)
+            return self._take_outbox()
+        s = self._school(ticket.school)
         s.inflight -= 1
-        s.class_inflight[ticket.klass] -= 1
-        if s.pool is not None:
-            s.pool.inflight -= 1
+        if ticket.klass >= 0:
+            s.class_inflight[ticket.klass] -= 1
         if s.queued or (s.pool is not None and s.pool.queued):
             self._dispatch(s, now)
         return self._take_outbox()
@@ -450,6 +499,137 @@ cdef class Scheduler:
             raise ValueError(f"school {school} has no open connection")
         s.connections -= 1
 
+    def reconfigure(self, schools, classes, pools=(), *, school_from, class_from,
+                    pool_from=(), double aging=30.0, int min_retry=1, int max_retry=120,
+                    double now=0.0):
+        """See gateway/_native/scheduler.pyi."""
+        # Built (and so validated) in full before anything here changes.
+        cdef Scheduler fresh = Scheduler(schools, classes, pools, aging=aging,
+                                         min_retry=min_retry, max_retry=max_retry, now=now)
+        cdef _School s, old
+        cdef Ticket t
+        cdef TokenBucket b, nb
+        cdef int i, j, k, k0, p
+        cdef double* swap_d
+        cdef int* swap_i
+        cdef list rejected = [], shares = []
+        school_from = list(school_from)
+        class_from = list(class_from)
+        pool_from = list(pool_from)
+        cdef list school_to = _inverse("school_from", school_from, len(fresh.schools),
+                                       len(self.schools))
+        cdef list class_to = _inverse("class_from", class_from, fresh.n_classes, self.n_classes)
+        cdef list pool_to = _inverse("pool_from", pool_from, len(fresh.pools), len(self.pools))
+        for k in range(fresh.n_classes):
+            k0 = class_from[k]
+            shares.append(self.share[k0] if k0 >= 0 else 0.0)
+        # Schools that continue keep their connections, counters, rate
+        # estimate and tokens (a reload must not refill a bucket).
+        for j in range(len(school_from)):
+            i = school_from[j]
+            if i < 0:
+                continue
+            old = self.schools[i]
+            s = fresh.schools[j]
+            s.connections = old.connections
+            s.cancelled = old.cancelled
+            s.rate_value = old.rate_value
+            s.rate_stamp = old.rate_stamp
+            s.rate_since = old.rate_since
+            for k in range(fresh.n_classes):
+                k0 = class_from[k]
+                if k0 >= 0:
+                    s.admitted[k] = old.admitted[k0]
+                    s.rejected[k] = old.rejected[k0]
+            if s.bucket is not None and old.bucket is not None:
+                _carry_level(old.bucket, s.bucket, now)
+            if s.client_rate > 0.0:
+                for key, b in old.clients.items():
+                    nb = TokenBucket(s.client_rate, s.client_burst, now)
+                    _carry_level(b, nb, now)
+                    s.clients[key] = nb
+        # Queued tickets keep their arrival, deadline and place (re-keyed by
+        # the new priorities); those whose school or class is gone end here.
+        live = sorted([e[2] for e in self.deadlines if (<Ticket>e[2]).state == S_QUEUED],
+                      key=_ticket_seq)
+        for t in live:
+            j = school_to[t.school]
+            k = class_to[t.klass]
+            if j < 0 or k < 0:
+                t.state = S_REJECTED
+                t.reason = "removed"
+                t.reject_status = 503
+                t.retry_after = fresh.min_retry
+                t.position = 0
+                t.listed = False
+                rejected.append(t)
+                continue
+            s = fresh.schools[j]
+            t.school = j
+            t.klass = k
+            t.key = t.arrived_at - fresh.priority[k] * fresh.aging
+            s.queued += 1
+            if s.pool is not None:
+                s.pool.queued += 1
+            fresh.waiting.add(s)
+            heapq.heappush(fresh.deadlines, (t.deadline, t.seq, t))
+            if t.listed:
+                fresh._list(s, t)
+            else:
+                heapq.heappush(fresh.delayed, (t.not_before, t.seq, t))
+        # Held slots count where they now belong: their school (and its pool)
+        # if it continues, else only the pool they held if that continues.
+        for t in self.held:
+            j = school_to[t.school] if t.school >= 0 else -1
+            if j >= 0:
+                s = fresh.schools[j]
+                t.school = j
+                t.klass = class_to[t.klass] if t.klass >= 0 else -1
+                s.inflight += 1
+                if t.klass >= 0:
+                    s.class_inflight[t.klass] += 1
+                t.pool = s.pool
+            else:
+                p = t.pool.index if t.pool is not None else -1
+                t.school = -1
+                t.klass = -1
+                t.pool = fresh.pools[pool_to[p]] if p >= 0 and pool_to[p] >= 0 else None
+            if t.pool is not None:
+                t.pool.inflight += 1
+        fresh.held = self.held
+        for k in range(fresh.n_classes):
+            fresh.set_share(k, shares[k] if shares[k] > 0.0 else None)
+        # Take fresh's state; fresh frees the old arrays when it goes.
+        swap_d = self.priority
+        self.priority = fresh.priority
+        fresh.priority = swap_d
+        swap_d = self.max_wait
+        self.max_wait = fresh.max_wait
+        fresh.max_wait = swap_d
+        swap_d = self.share
+        self.share = fresh.share
+        fresh.share = swap_d
+        swap_i = self.reject_status
+        self.reject_status = fresh.reject_status
+        fresh.reject_status = swap_i
+        self.n_classes = fresh.n_classes
+        self.aging = fresh.aging
+        self.min_retry = fresh.min_retry
+        self.max_retry = fresh.max_retry
+        self.pools = fresh.pools
+        self.schools = fresh.schools
+        self.waiting = fresh.waiting
+        self.deadlines = fresh.deadlines
+        self.delayed = fresh.delayed
+        self.held = fresh.held
+        self.stale = 0
+        self.last_now = now
+        self.has_clients = False
+        for s in self.schools:
+            if s.clients:
+                self.has_clients = True
+        return rejected
+
     def stats(self, int school, double now):
         """Counters for one school; per-class values are lists by class index."""
         cdef _School s = self._school(school)
@@ -514,9 +694,11 @@ cdef class Scheduler:
             s.bucket.take(now, 1.0)
         t.state = S_ADMITTED
         t.held = True
+        self.held.add(t)
         s.inflight += 1
         s.class_inflight[t.klass] += 1
         if s.pool is not None:
+            t.pool = s.pool
             s.pool.inflight += 1
         s.admitted[t.klass] += 1
         s.count_admission(now)

@@ -4,7 +4,8 @@ Pure state machine with an injected clock (`now`, seconds). Invariants are
 documented at the top of native/scheduler.pyx: slot limits per school, class
 and pool; order by arrived_at - priority * aging, FCFS within a class; work
 conservation; weighted fair sharing of pool slots by inflight / weight;
-bounded queues; every ticket ends ADMITTED, REJECTED or CANCELLED.
+bounded queues; every ticket ends ADMITTED, REJECTED or CANCELLED;
+reconfigure keeps every count and ticket across a config reload.
 """
 
 from collections.abc import Hashable, Iterable
@@ -21,9 +22,12 @@ class Ticket:
     @property
     def state(self) -> int: ...
     @property
-    def school(self) -> int: ...
+    def school(self) -> int:
+        """The school's index; renumbered by reconfigure, -1 once the school
+        was removed while the ticket held a slot."""
     @property
-    def klass(self) -> int: ...
+    def klass(self) -> int:
+        """The class's index; renumbered by reconfigure (-1: class removed)."""
     @property
     def arrived_at(self) -> float: ...
     @property
@@ -37,7 +41,8 @@ class Ticket:
         """Seconds for Retry-After once REJECTED, within min_retry..max_retry."""
     @property
     def reason(self) -> str:
-        """REJECTED: 'queue_full', 'busy' (max_wait 0), 'client_rate' or 'max_wait'."""
+        """REJECTED: 'queue_full', 'busy' (max_wait 0), 'client_rate', 'max_wait',
+        or 'removed' (reconfigure dropped its school or class while it was queued)."""
     @property
     def position(self) -> int:
         """Place in line when rejected at max_wait (0 otherwise)."""
@@ -95,6 +100,40 @@ class Scheduler:
         `arrived_at` would line up behind (for a visitor outside the queue)."""
     def free_slots(self, school: int, now: float) -> int:
         """Admissions possible now beyond the queue (-1: unlimited)."""
+    def reconfigure(
+        self,
+        schools: Iterable[tuple[int, int, float, int, float, int | None, int, float, int]],
+        classes: Iterable[tuple[float, float, int]],
+        pools: Iterable[int] = (),
+        *,
+        school_from: Iterable[int],
+        class_from: Iterable[int],
+        pool_from: Iterable[int] = (),
+        aging: float = 30.0,
+        min_retry: int = 1,
+        max_retry: int = 120,
+        now: float = 0.0,
+    ) -> list[Ticket]:
+        """Take a new configuration (same shapes as __init__) and keep the state.
+
+        school_from[j] is the index of the current school that new school j
+        continues, or -1 for a new one; class_from and pool_from likewise.
+        A continued school keeps its connections, tokens (levels capped at
+        the new burst), client buckets, counters and rate estimate; class
+        shares continue with their class. Held slots and queued tickets are
+        renumbered in place. Queued tickets keep arrived_at, deadline and
+        place (ordered by the new priorities and aging). New limits apply to
+        the carried counts: a lowered max_inflight admits nothing until
+        inflight is below it; raised limits act at the next poll() (call it
+        next, as after set_share).
+
+        A held ticket of a removed school keeps its slot in its pool if that
+        pool continues (school becomes -1), and release() frees it there.
+        Returns the queued tickets whose school or class was removed, now
+        REJECTED with reason 'removed', status 503, retry_after min_retry,
+        in request order. ValueError (nothing changed) on a bad config or a
+        mapping of the wrong length, out of range, or naming one index twice.
+        """
     def connection_open(self, school: int) -> bool: ...
     def connection_close(self, school: int) -> None: ...
     def stats(self, school: int, now: float) -> dict[str, Any]: ...

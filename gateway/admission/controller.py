@@ -40,28 +40,47 @@ class AdmissionController:
         self.classes = list(cfg.classes) or default_classes()
         self.school_names = [s.name for s in cfg.schools]
         self.class_names = [c.name for c in self.classes]
-        pool_index = {p.name: i for i, p in enumerate(cfg.pools)}
-        schools = []
-        for s in cfg.schools:
-            if s.pool is not None and s.pool not in pool_index:
-                raise ValueError(f"schools.{s.name}.pool: no pool named {s.pool!r}")
-            schools.append((
-                s.max_inflight, s.max_connections, s.rate, s.burst, s.weight,
-                pool_index.get(s.pool, -1), cfg.admission.max_queue,
-                s.client_rate, s.client_burst,
-            ))
-        adm = cfg.admission
-        self._scheduler = Scheduler(
-            schools,
-            [(c.priority, c.max_wait, c.reject_status) for c in self.classes],
-            [p.max_inflight for p in cfg.pools],
-            aging=adm.aging, min_retry=adm.min_retry, max_retry=adm.max_retry, now=now,
-        )
+        self.pool_names = [p.name for p in cfg.pools]
+        args, kwargs = _scheduler_args(cfg, self.classes)
+        self._scheduler = Scheduler(*args, **kwargs, now=now)
         self._windows = [ClassWindows.from_config(c) for c in self.classes]
         self._shares: list[float | None] = [math.nan] * len(self.classes)
         self._windows_due: float | None = -math.inf
         self._now = now
         self._refresh_shares(now)
+
+    def reconfigure(self, cfg: Config, now: float) -> tuple[list[Ticket], list[Ticket]]:
+        """Take a reloaded config, keeping the admission state.
+
+        Schools, classes and pools continue by name (their indices may
+        change): connections, tokens, counters, queued requests and admitted
+        requests' slots carry over, and the new limits apply to those counts
+        (Scheduler.reconfigure). Returns (admitted, rejected) like poll():
+        tickets the new limits admit now, and tickets that end REJECTED, with
+        reason 'removed' for those whose school or class the config dropped
+        (they were queued: nothing was sent). ValueError leaves everything
+        as it was.
+        """
+        classes = list(cfg.classes) or default_classes()
+        school_names = [s.name for s in cfg.schools]
+        class_names = [c.name for c in classes]
+        pool_names = [p.name for p in cfg.pools]
+        args, kwargs = _scheduler_args(cfg, classes)
+        windows = [ClassWindows.from_config(c) for c in classes]
+        removed = self._scheduler.reconfigure(
+            *args, **kwargs, now=now,
+            school_from=_continued(self.school_names, school_names),
+            class_from=_continued(self.class_names, class_names),
+            pool_from=_continued(self.pool_names, pool_names),
+        )
+        self.classes, self.school_names, self.class_names, self.pool_names = (
+            classes, school_names, class_names, pool_names)
+        self._windows = windows
+        # Every class's share is set anew (windows and max_share may differ).
+        self._shares = [math.nan] * len(classes)
+        self._windows_due = -math.inf
+        admitted, expired = self.poll(now)
+        return admitted, removed + expired
 
     # -- lookups for the shell --------------------------------------------------
 
@@ -172,6 +191,30 @@ class AdmissionController:
             if change is not None and (due is None or change < due):
                 due = change
         self._windows_due = due
+
+
+def _scheduler_args(cfg: Config, classes: list) -> tuple[tuple, dict]:
+    """Scheduler (or reconfigure) arguments for cfg, but for `now`."""
+    pool_index = {p.name: i for i, p in enumerate(cfg.pools)}
+    schools = []
+    for s in cfg.schools:
+        if s.pool is not None and s.pool not in pool_index:
+            raise ValueError(f"schools.{s.name}.pool: no pool named {s.pool!r}")
+        schools.append((
+            s.max_inflight, s.max_connections, s.rate, s.burst, s.weight,
+            pool_index.get(s.pool, -1), cfg.admission.max_queue,
+            s.client_rate, s.client_burst,
+        ))
+    adm = cfg.admission
+    args = (schools, [(c.priority, c.max_wait, c.reject_status) for c in classes],
+            [p.max_inflight for p in cfg.pools])
+    return args, {"aging": adm.aging, "min_retry": adm.min_retry, "max_retry": adm.max_retry}
+
+
+def _continued(old: list[str], new: list[str]) -> list[int]:
+    """For each new name, the index of the same name in old (-1: new)."""
+    index = {name: i for i, name in enumerate(old)}
+    return [index.get(name, -1) for name in new]
 
 
 __all__ = ["ADMITTED", "CANCELLED", "QUEUED", "REJECTED", "AdmissionController", "Ticket"]

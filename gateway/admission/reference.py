@@ -74,7 +74,7 @@ class TokenBucket:
 
 class Ticket:
     __slots__ = ("arrived_at", "deadline", "held", "key", "klass", "listed", "not_before",
-                 "position", "reason", "reject_status", "retry_after", "school", "seq",
+                 "pool", "position", "reason", "reject_status", "retry_after", "school", "seq",
                  "state", "user")
 
     def __init__(self, school: int, klass: int, seq: int):
@@ -84,6 +84,8 @@ class Ticket:
         self.reject_status = self.retry_after = self.position = 0
         self.held = self.listed = False
         self.user = None
+        # The pool whose slot a held ticket counts in.
+        self.pool: _Pool | None = None
 
     def order(self) -> tuple[float, float, int]:
         return (self.key, self.arrived_at, self.seq)
@@ -101,8 +103,8 @@ def _count_before(q: list[Ticket], t: Ticket) -> int:
 
 
 class _Pool:
-    def __init__(self, max_inflight: int):
-        self.max_inflight, self.members = max_inflight, []
+    def __init__(self, max_inflight: int, index: int = -1):
+        self.max_inflight, self.members, self.index = max_inflight, [], index
         self.inflight = self.queued = 0
 
 
@@ -138,6 +140,28 @@ class _School:
         return self.pool.max_inflight if self.pool is not None else 0
 
 
+def _inverse(name: str, sources, n_new: int, n_old: int) -> list[int]:
+    """Old index -> new index (-1: gone) from new index -> old index (-1: new)."""
+    sources = list(sources)
+    if len(sources) != n_new:
+        raise ValueError(f"{name}: {len(sources)} entries for {n_new}")
+    out = [-1] * n_old
+    for new, old in enumerate(sources):
+        if old < 0:
+            continue
+        if old >= n_old or out[old] >= 0:
+            raise ValueError(f"{name}[{new}]: {old} is out of range or used twice")
+        out[old] = new
+    return out
+
+
+def _carry_level(old: TokenBucket, new: TokenBucket, now: float) -> None:
+    """new takes over old's tokens (and debt), capped at its own capacity."""
+    old._refill(now)
+    new.level = min(old.level, new.capacity)
+    new.stamp = max(now, old.stamp)
+
+
 class Scheduler:
     def __init__(self, schools, classes, pools=(), *, aging=30.0, min_retry=1, max_retry=120,
                  now=0.0):
@@ -152,8 +176,9 @@ class Scheduler:
         self.priority = [float(c[0]) for c in classes]
         self.max_wait = [float(c[1]) for c in classes]
         self.reject_status = [int(c[2]) for c in classes]
+        self.shares: list[float | None] = [None] * self.n_classes
         self.aging, self.min_retry, self.max_retry = aging, min_retry, max_retry
-        self.pools = [_Pool(int(m)) for m in pools]
+        self.pools = [_Pool(int(m), p) for p, m in enumerate(pools)]
         self.schools: list[_School] = []
         for i, (max_inflight, max_connections, rate, burst, weight, pool, max_queue,
                 client_rate, client_burst) in enumerate(schools):
@@ -177,8 +202,11 @@ class Scheduler:
         self.outbox: list[Ticket] = []
         self.next_sweep = now + SWEEP_EVERY
         self.has_clients = False
+        # Tickets holding a slot: what a reconfigure must carry over.
+        self.held: set[Ticket] = set()
 
     def set_share(self, klass, share):
+        self.shares[klass] = share
         for s in self.schools:
             cap = s.capacity()
             limit = -1 if share is None or cap == 0 else max(1, math.floor(share * cap + 1e-9))
@@ -230,15 +258,23 @@ class Scheduler:
         return t
 
     def release(self, ticket, now):
-        s = self.schools[ticket.school]
         if not ticket.held:
             raise ValueError(f"{ticket!r} holds no slot")
         self.last_now = now
         ticket.held = False
+        self.held.discard(ticket)
+        pool, ticket.pool = ticket.pool, None
+        if pool is not None:
+            pool.inflight -= 1
+        if ticket.school < 0:
+            # Its school was removed by a reconfigure; only a pool slot is left.
+            if pool is not None and pool.queued:
+                self._dispatch_pool(pool, now)
+            return self._take_outbox()
+        s = self.schools[ticket.school]
         s.inflight -= 1
-        s.class_inflight[ticket.klass] -= 1
-        if s.pool is not None:
-            s.pool.inflight -= 1
+        if ticket.klass >= 0:
+            s.class_inflight[ticket.klass] -= 1
         if s.queued or (s.pool is not None and s.pool.queued):
             self._dispatch(s, now)
         return self._take_outbox()
@@ -343,6 +379,84 @@ class Scheduler:
             raise ValueError(f"school {school} has no open connection")
         s.connections -= 1
 
+    def reconfigure(self, schools, classes, pools=(), *, school_from, class_from,
+                    pool_from=(), aging=30.0, min_retry=1, max_retry=120, now=0.0):
+        fresh = Scheduler(schools, classes, pools, aging=aging, min_retry=min_retry,
+                          max_retry=max_retry, now=now)
+        school_from, class_from, pool_from = list(school_from), list(class_from), list(pool_from)
+        school_to = _inverse("school_from", school_from, len(fresh.schools), len(self.schools))
+        class_to = _inverse("class_from", class_from, fresh.n_classes, self.n_classes)
+        pool_to = _inverse("pool_from", pool_from, len(fresh.pools), len(self.pools))
+        shares = [self.shares[k0] if k0 >= 0 else None for k0 in class_from]
+        for j, i in enumerate(school_from):
+            if i < 0:
+                continue
+            old, s = self.schools[i], fresh.schools[j]
+            s.connections, s.cancelled = old.connections, old.cancelled
+            s.rate_value, s.rate_stamp, s.rate_since = old.rate_value, old.rate_stamp, \
+                old.rate_since
+            for k, k0 in enumerate(class_from):
+                if k0 >= 0:
+                    s.admitted[k], s.rejected[k] = old.admitted[k0], old.rejected[k0]
+            if s.bucket is not None and old.bucket is not None:
+                _carry_level(old.bucket, s.bucket, now)
+            if s.client_rate > 0.0:
+                for key, b in old.clients.items():
+                    nb = s.clients[key] = TokenBucket(s.client_rate, s.client_burst, now)
+                    _carry_level(b, nb, now)
+        rejected = []
+        live = sorted((e[2] for e in self.deadlines if e[2].state == QUEUED),
+                      key=lambda t: t.seq)
+        for t in live:
+            j, k = school_to[t.school], class_to[t.klass]
+            if j < 0 or k < 0:
+                t.state, t.reason, t.reject_status = REJECTED, "removed", 503
+                t.retry_after, t.position, t.listed = fresh.min_retry, 0, False
+                rejected.append(t)
+                continue
+            s = fresh.schools[j]
+            t.school, t.klass = j, k
+            t.key = t.arrived_at - fresh.priority[k] * fresh.aging
+            s.queued += 1
+            if s.pool is not None:
+                s.pool.queued += 1
+            fresh.waiting.add(s)
+            heapq.heappush(fresh.deadlines, (t.deadline, t.seq, t))
+            if t.listed:
+                fresh._list(s, t)
+            else:
+                heapq.heappush(fresh.delayed, (t.not_before, t.seq, t))
+        for t in self.held:
+            j = school_to[t.school] if t.school >= 0 else -1
+            if j >= 0:
+                s = fresh.schools[j]
+                t.school = j
+                t.klass = class_to[t.klass] if t.klass >= 0 else -1
+                s.inflight += 1
+                if t.klass >= 0:
+                    s.class_inflight[t.klass] += 1
+                t.pool = s.pool
+            else:
+                p = t.pool.index if t.pool is not None else -1
+                t.school = t.klass = -1
+                t.pool = fresh.pools[pool_to[p]] if p >= 0 and pool_to[p] >= 0 else None
+            if t.pool is not None:
+                t.pool.inflight += 1
+        fresh.held = self.held
+        for k, share in enumerate(shares):
+            fresh.set_share(k, share)
+        (self.n_classes, self.priority, self.max_wait, self.reject_status, self.aging,
+         self.min_retry, self.max_retry, self.pools, self.schools, self.waiting,
+         self.deadlines, self.delayed, self.held) = (
+            fresh.n_classes, fresh.priority, fresh.max_wait, fresh.reject_status,
+            fresh.aging, fresh.min_retry, fresh.max_retry, fresh.pools, fresh.schools,
+            fresh.waiting, fresh.deadlines, fresh.delayed, fresh.held)
+        self.shares = fresh.shares
+        self.stale = 0
+        self.last_now = now
+        self.has_clients = any(s.clients for s in self.schools)
+        return rejected
+
     # -- internals -------------------------------------------------------------
 
     def _take_outbox(self):
@@ -371,8 +485,10 @@ class Scheduler:
         if s.bucket is not None:
             s.bucket.try_take(now)
         t.state, t.held = ADMITTED, True
+        self.held.add(t)
         s.inflight += 1
         s.class_inflight[t.klass] += 1
+        t.pool = s.pool
         if s.pool is not None:
             s.pool.inflight += 1
         s.admitted[t.klass] += 1

@@ -149,6 +149,27 @@ class WaitingRoom:
         position = queued + rank + 1
         return "wait", position, self.controller.queue_eta(school, position, now)
 
+    def renumber(self, schools: list[int], classes: list[int]) -> None:
+        """Follow a controller reconfigure: schools[i] and classes[k] are the
+        new indices of old school i and class k (-1: removed). Visitors of a
+        removed school are forgotten (their polls then get 'go', and the
+        reload is routed by the new config); a visitor whose class was
+        removed counts every queued request ahead, as when its class is not
+        known."""
+        lines: dict[int, _Line] = {}
+        for old, line in self._lines.items():
+            new = schools[old] if 0 <= old < len(schools) else -1
+            if new < 0:
+                self._count -= len(line.by_id)
+                continue
+            for visitor in line.by_id.values():
+                k = visitor.klass
+                if k is not None:
+                    visitor.klass = classes[k] if 0 <= k < len(classes) and classes[k] >= 0 \
+                        else None
+            lines[new] = line
+        self._lines = lines
+
     def _maybe_sweep(self, now: float) -> None:
         # Amortised: one pass every second at most, whatever the poll rate.
         if now < self._next_sweep:

@@ -28,6 +28,16 @@ Clock: time.time(), because class windows are wall-clock times and a
 returning visitor's arrival comes from a cookie another worker may have
 issued. The poll timer runs on the loop's monotonic clock, set from the
 difference.
+
+Reload: a worker has one Admission for its whole life. A reload calls
+reconfigure(), which moves the controller's state to the new config by
+school, class and pool name (AdmissionController.reconfigure): connections,
+requests in flight and queued tickets keep counting, so a reload never hands
+out slots a second time, and a ticket admitted before it gives its slot back
+into the state that holds it now. School and class indices may change; the
+callback given to reconfigure renumbers what the App side holds
+(SchoolRuntime.index, ClientProtocol.school, Exchange.klass) before anything
+is answered.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.admission import ADMITTED, QUEUED, AdmissionController, WaitingRoom
@@ -97,13 +108,19 @@ def spent_tickets() -> SpentTickets:
 
 
 class Admission:
-    """One worker's admission state for one App (one config)."""
+    """One worker's admission state, serving the current App (config); it
+    outlives reloads (see reconfigure)."""
 
     def __init__(self, app: App, cfg: Config) -> None:
-        self.app = app
-        self.enabled = cfg.admission.enabled
         self.controller = AdmissionController(cfg, time.time())
         self.room = WaitingRoom(self.controller)
+        self._configure(app, cfg)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+
+    def _configure(self, app: App, cfg: Config) -> None:
+        self.app = app
+        self.enabled = cfg.admission.enabled
         secret = cfg.admission.secret.encode() or process_secret()
         self.signer = TicketSigner(secret)
         self.ttl = cfg.admission.ticket_ttl
@@ -112,16 +129,56 @@ class Admission:
         # Sent with the response to a request that used its ticket up, so the
         # browser drops the cookie.
         self._cleared = [(b"Set-Cookie", cookie_header(COOKIE, "", 0, self.secure_cookie))]
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_due = 0.0
+
+    def reconfigure(self, app: App, cfg: Config,
+                    renumber: Callable[[list[int], list[int]], None]) -> None:
+        """Serve `app`, built from the reloaded `cfg` (this worker's share of
+        its limits), keeping every count and ticket.
+
+        `renumber(schools, classes)` is called once the state has moved,
+        with schools[i] = the new index of old school i (-1: removed), and
+        classes likewise; it must bring every index held outside
+        (SchoolRuntime.index, ClientProtocol.school, Exchange.klass) up to
+        date. Then the consequences are acted on: queued requests the new
+        limits admit go upstream; those whose school or class was removed get
+        App.removed_response (503 with Retry-After: nothing was sent, a retry
+        is routed by the new config); the poll timer is re-armed. ValueError
+        (a config the controller refuses) leaves everything as it was.
+        """
+        now = time.time()
+        old_schools = self.controller.school_names
+        old_classes = self.controller.class_names
+        admitted, rejected = self.controller.reconfigure(cfg, now)
+        schools = _renumbering(old_schools, self.controller.school_names)
+        classes = _renumbering(old_classes, self.controller.class_names)
+        self.room.renumber(schools, classes)
+        renumber(schools, classes)
+        self._configure(app, cfg)
+        self._dispatch(admitted)
+        self._removed([t for t in rejected if t.reason == "removed"])
+        self._expire([t for t in rejected if t.reason != "removed"], now)
+        self._rearm()
+
+    def _removed(self, tickets: list[Ticket]) -> None:
+        for t in tickets:
+            ex = t.user
+            t.user = None
+            if ex is None or ex.ticket is not t:
+                continue
+            ex.ticket = None
+            ex.client.resume_reading_for(PAUSE_ADMISSION)
+            ex.settle_keep_alive()
+            ex.rejected(self.app.removed_response(ex))
 
     # -- connections -------------------------------------------------------------
     def connection_open(self, school: int) -> bool:
-        return not self.enabled or self.controller.connection_open(school, time.time())
+        """Count a client connection against `school`; False (not counted)
+        when it is at max_connections. Counted with admission off too, so
+        that a reload turning it on finds the right counts."""
+        return self.controller.connection_open(school, time.time())
 
     def connection_close(self, school: int) -> None:
-        if self.enabled:
-            self.controller.connection_close(school)
+        self.controller.connection_close(school)
 
     # -- requests ----------------------------------------------------------------
     def admit(self, ex: Exchange) -> None:
@@ -347,6 +404,12 @@ class Admission:
 
 
 _COOKIE_NAME = COOKIE.encode()
+
+
+def _renumbering(old: list[str], new: list[str]) -> list[int]:
+    """For each old name, its index among the new names (-1: gone)."""
+    index = {name: i for i, name in enumerate(new)}
+    return [index.get(name, -1) for name in old]
 
 
 def _ticket_cookie(head: RequestHead) -> str | None:

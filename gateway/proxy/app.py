@@ -2,8 +2,14 @@
 pools, limits, and the responses the gateway makes itself.
 
 An App is immutable in spirit: a reload builds a new App and swaps it in
-for new connections, while connections already open keep the App they were
-born with until they close (so one exchange never sees two configs).
+(take_over). New connections get the new App; an open connection moves to it
+when its next request head arrives (route), so keep-alive clients do not stay
+on an old config. An exchange keeps the school it was routed to (upstreams,
+title, templates) until it ends; a connection moves only when no exchange of
+its is in progress. What must not restart on a reload lives on: the worker's
+one Admission (reconfigured: every limit keeps counting what is in flight,
+queued and connected), the upstream servers (handed over by address) and the
+metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from gateway.admission.shares import split_limits
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
 from gateway.proxy.admission import STATUS_PATH, Admission
-from gateway.proxy.exchange import Exchange
+from gateway.proxy.exchange import WAITING, Exchange
 from gateway.proxy.upstream import Balancer, UpstreamServer
 from gateway.routing import Classifier, Router
 from gateway.waiting import render
@@ -52,7 +58,11 @@ class Metrics:
 
 class App:
     def __init__(self, cfg: Config, servers: dict[str, UpstreamServer] | None = None,
-                 worker: int = 0, workers: int | None = None) -> None:
+                 worker: int = 0, workers: int | None = None,
+                 admission: Admission | None = None) -> None:
+        """`servers` and `admission` come from the App a reload replaces;
+        nothing of theirs changes until take_over() (so a failed build leaves
+        the running config untouched)."""
         self.cfg = cfg
         self.limits = cfg.limits
         self.timeouts = cfg.timeouts
@@ -61,6 +71,8 @@ class App:
         # Raw bytes a request head may take before it is refused outright.
         self.head_budget = cfg.limits.max_request_line + cfg.limits.max_header_bytes
         self.draining = False
+        # The App a reload replaced this one with (route follows it).
+        self.successor: App | None = None
         self.connections: set[ClientProtocol] = set()
         self.metrics = Metrics()
         self.classes = effective_classes(cfg)
@@ -97,10 +109,74 @@ class App:
         prio = [c.priority for c in self.classes]
         self.fallback_class = max(range(len(prio)), key=lambda k: (-prio[k], k))
         # Each worker process enforces its share of the schools' limits.
-        self.admission = Admission(self, split_limits(cfg, worker, workers))
+        self.admission_cfg = split_limits(cfg, worker, workers)
+        self.admission = Admission(self, self.admission_cfg) if admission is None else admission
+
+    def take_over(self, previous: list[App]) -> None:
+        """Become the worker's current App after a reload.
+
+        previous[0] is the App that served until now, the rest older ones
+        that still have connections. The worker's admission state moves to
+        this config (Admission.reconfigure, which may raise ValueError with
+        nothing changed); the previous Apps follow this one (their
+        connections move here at their next request head, their requests in
+        flight finish where they were routed); servers kept by address take
+        the new pool settings, servers no longer configured finish what is in
+        flight on them and then close; metrics continue.
+        """
+        self.admission.reconfigure(
+            self, self.admission_cfg,
+            lambda schools, classes: self._follow(previous, schools, classes))
+        self.metrics = previous[0].metrics
+        limits, timeouts = self.cfg.limits, self.cfg.timeouts
+        for server in self.servers.values():
+            server.keepalive = limits.upstream_keepalive
+            server.connect_timeout = timeouts.upstream_connect
+            server.idle_timeout = timeouts.upstream_idle
+            server.max_buffer = limits.max_buffer
+        for app in previous:
+            app.close_servers_not_in(self.servers)
+
+    def _follow(self, previous: list[App], schools: list[int], classes: list[int]) -> None:
+        """Point the previous Apps here and renumber the admission indices
+        they hold: schools[i] is old school i's new index (-1: the reload
+        removed it), classes[k] old class k's."""
+        renumbered: set[int] = set()
+
+        def renumber(school: SchoolRuntime) -> None:
+            if id(school) not in renumbered:
+                renumbered.add(id(school))
+                if school.index >= 0:
+                    school.index = schools[school.index]
+
+        for app in previous:
+            app.successor = self
+            for school in app.schools:
+                renumber(school)
+            for client in app.connections:
+                if client.school >= 0:
+                    client.school = schools[client.school]
+                # Exchanges may hold a school of an App newer than their
+                # connection's (routed while their connection could not move).
+                for ex in client.queue:
+                    if ex.school is None:
+                        continue
+                    renumber(ex.school)
+                    if ex.klass >= 0:
+                        ex.klass = classes[ex.klass]
+                    if ex.state == WAITING and ex.local is None and (
+                            ex.school.index < 0 or ex.klass < 0):
+                        # Not started yet, and its school or class is gone.
+                        ex.settle_keep_alive()
+                        ex.local = self.removed_response(ex)
 
     # -- per request ----------------------------------------------------------
     def route(self, client: ClientProtocol, head: RequestHead) -> Exchange:
+        if self.successor is not None:
+            # A reload replaced this config: the request is routed by the
+            # newest one, and the connection moves there if nothing of it is
+            # in progress (a pipelined exchange keeps the App it started on).
+            return self._move(client).route(client, head)
         self.metrics.requests_total += 1
         # head.host is the authority the request is forwarded with (an
         # absolute-form target's own, RFC 9112 3.2.2), and head.path/target
@@ -130,15 +206,34 @@ class App:
             ex.local = self.admission.status_response(ex)
             return ex
         if client.school < 0:
-            # A connection counts against the school its first request names.
-            if not self.admission.connection_open(idx):
+            # A connection counts against the school its first request names
+            # (with admission off too, so the count is right if a reload
+            # turns it on; only then is max_connections enforced).
+            if self.admission.connection_open(idx):
+                client.school = idx
+            elif self.admission.enabled:
                 ex.keep_alive = False
                 ex.local = self.page_response(self._busy_page(ex), ex)
                 return ex
-            client.school = idx
         if client.trusted_peer:
             client.client_key = _forwarded_client(head.xff, self.trusted) or client.client_ip
         return ex
+
+    def _move(self, client: ClientProtocol) -> App:
+        """The newest App; `client` moves into it unless an exchange of the
+        connection is still in progress."""
+        app = self
+        while app.successor is not None:
+            app = app.successor
+        if not client.queue and client in self.connections:
+            self.connections.discard(client)
+            app.connections.add(client)
+            client.app = app
+            # As connection_opened would have judged it under the new config.
+            client.trusted_peer = bool(app.trusted) and _in_networks(client.client_ip,
+                                                                     app.trusted)
+            client.client_key = client.client_ip
+        return app
 
     def connection_opened(self, client: ClientProtocol) -> None:
         self.metrics.connections_total += 1
@@ -161,6 +256,20 @@ class App:
             status,
             [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Cache-Control", b"no-store")],
             body, False,
+        )
+
+    def removed_response(self, ex: Exchange) -> bytes:
+        """A request routed to a school (or class) that a reload removed
+        before the request was sent: 503 with Retry-After. Nothing reached
+        an upstream, so a retry is safe, and it is routed by the new config."""
+        retry = str(self.cfg.admission.min_retry).encode()
+        body = (b"503 Service Unavailable: the gateway's configuration changed before "
+                b"this request was sent; nothing was sent, please retry\n")
+        return self.local_response(
+            503,
+            [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Cache-Control", b"no-store"),
+             (b"Retry-After", retry)],
+            body, ex.keep_alive, head_only=ex.is_head,
         )
 
     def unavailable_page(self, ex: Exchange) -> bytes:
@@ -218,9 +327,15 @@ class App:
             server.reap_idle(now)
 
     def close_servers_not_in(self, keep: dict[str, UpstreamServer]) -> None:
+        """Retire the servers `keep` does not hold: idle pooled connections
+        close now; one in flight finishes its exchange and then closes (no
+        pool slot is left for it), so a reload breaks no request."""
         for addr, server in self.servers.items():
             if keep.get(addr) is not server:
-                server.close_all()
+                server.keepalive = 0
+                idle = server.idle
+                while idle:
+                    idle.pop().close()
 
 
 def _in_networks(ip: bytes, networks: list) -> bool:

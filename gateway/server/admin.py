@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 def render_metrics(worker: Worker) -> bytes:
     app = worker.app
     m = app.metrics
+    # Connections opened before a reload stay with their App until their
+    # next request.
+    open_connections = sum(len(a.connections) for a in (app, *worker.retired))
     labels = f'worker="{worker.index}",pid="{os.getpid()}"'
     lines = [
         "# HELP schoolgate_connections_total Client connections accepted.",
@@ -26,7 +29,7 @@ def render_metrics(worker: Worker) -> bytes:
         f"schoolgate_connections_total{{{labels}}} {m.connections_total}",
         "# HELP schoolgate_connections_open Client connections open now.",
         "# TYPE schoolgate_connections_open gauge",
-        f"schoolgate_connections_open{{{labels}}} {len(app.connections)}",
+        f"schoolgate_connections_open{{{labels}}} {open_connections}",
         "# HELP schoolgate_requests_total Request heads parsed.",
         "# TYPE schoolgate_requests_total counter",
         f"schoolgate_requests_total{{{labels}}} {m.requests_total}",

@@ -6,7 +6,8 @@ sigtimedwait so that signal handling is synchronous and race-free.
 
 - SIGHUP: the file is re-read and checked here first; a bad file is logged
   and nothing is touched. A good one is announced to the workers with
-  SIGHUP, and each re-reads it and swaps its App for new requests.
+  SIGHUP, and each re-reads it and swaps in a new App that keeps the
+  worker's admission state (limits keep counting; see Worker.reload).
 - SIGTERM / SIGINT: forwarded to the workers, which drain; after the drain
   timeout plus a grace period the rest are killed.
 """

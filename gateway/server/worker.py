@@ -5,7 +5,9 @@ spreads new connections across workers without a shared accept lock.
 Signals: SIGTERM/SIGINT drain (stop accepting, finish in-flight requests,
 close idle keep-alive connections, exit when none is left or at the drain
 deadline); SIGHUP reloads the config file (a bad file keeps the old config
-and logs why).
+and logs why). A reload keeps the worker's admission state (App.take_over),
+so limits hold across it, and open connections move to the new config at
+their next request.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class Worker:
         # The process count is fixed at start; a reload cannot change it.
         self.workers = cfg.server.workers
         self.app = App(cfg, worker=index, workers=self.workers)
-        # Apps replaced by a reload that still have connections to serve.
+        # Apps replaced by a reload that still have connections (each moves to
+        # the current App at its next request head).
         self.retired: list[App] = []
         self.server: asyncio.AbstractServer | None = None
         self.admin: asyncio.AbstractServer | None = None
@@ -119,13 +122,16 @@ class Worker:
                 conn.abort()
             for server in app.servers.values():
                 server.close_all()
-            app.admission.close()
+        self.app.admission.close()  # one for all Apps
         if self.admin is not None:
             self.admin.close()
         if self.stopping is not None and not self.stopping.done():
             self.stopping.set_result(None)
 
     def reload(self) -> None:
+        if self.app.draining:
+            log.warning("worker %d is draining: reload ignored", self.index)
+            return
         try:
             cfg = load_config(self.config_path)
         except ConfigError as err:
@@ -138,18 +144,17 @@ class Worker:
         old = self.app
         if cfg.server != old.cfg.server:
             log.warning("[server] changes (listen, workers, TLS) take effect on restart only")
+        previous = [old, *self.retired]
         try:
-            new = App(cfg, servers=old.servers, worker=self.index, workers=self.workers)
+            new = App(cfg, servers=old.servers, worker=self.index, workers=self.workers,
+                      admission=old.admission)
+            new.take_over(previous)
         except (ValueError, OSError) as err:
             log.error("reload failed, keeping the running configuration: %s", err)
             return
-        old.close_servers_not_in(new.servers)
         clear_cache()  # school templates may have changed on disk
         self.app = new
-        if old.connections:
-            self.retired.append(old)
-        else:
-            old.admission.close()
+        self.retired = [app for app in previous if app.connections]
         log.info("worker %d reloaded %s", self.index, self.config_path)
 
     def _reap(self) -> None:
@@ -158,9 +163,6 @@ class Worker:
         if self.retired:
             for app in self.retired:
                 app.reap(now)
-            for app in self.retired:
-                if not app.connections:
-                    app.admission.close()
             self.retired = [a for a in self.retired if a.connections]
         if self.stopping is not None and not self.stopping.done():
             self.loop.call_later(REAP_INTERVAL, self._reap)  # type: ignore[union-attr]

@@ -49,6 +49,11 @@ class Model:
     # Every ticket ever issued, and which ones still hold a slot.
     tickets: list = field(default_factory=list)
     held: set = field(default_factory=set)
+    # Held tickets whose school a reload removed: seq -> the pool they still
+    # count in (None: none).
+    orphans: dict = field(default_factory=dict)
+    # Held or queued at the last reload: these may exceed limits it lowered.
+    carried: set = field(default_factory=set)
 
     def order(self, t) -> tuple[float, float, int]:
         return (t.arrived_at - self.classes[t.klass].priority * self.aging,
@@ -77,38 +82,88 @@ class Model:
 
     def released(self, t) -> None:
         self.held.remove(t.seq)
+        self.orphans.pop(t.seq, None)
+
+    def snapshot(self) -> dict:
+        """(school, class, state) of every live ticket, taken before a reload."""
+        return {t.seq: (t.school, t.klass, t.state) for t in self.tickets
+                if t.seq in self.held or t.state == QUEUED}
+
+    def reloaded(self, before: dict, rejected: list, schools: list[SchoolSpec],
+                 classes: list[ClassSpec], pools: list[int], school_from: list[int],
+                 class_from: list[int], pool_from: list[int]) -> None:
+        """Check what the scheduler's reconfigure did to the live tickets and
+        take the new config."""
+        school_to = {old: new for new, old in enumerate(school_from) if old >= 0}
+        class_to = {old: new for new, old in enumerate(class_from) if old >= 0}
+        pool_to = {old: new for new, old in enumerate(pool_from) if old >= 0}
+        expect_rejected = []
+        for t in self.tickets:
+            if t.seq not in before:
+                continue
+            school, klass, state = before[t.seq]
+            if state == QUEUED:
+                if school in school_to and klass in class_to:
+                    assert (t.state, t.school, t.klass) == (
+                        QUEUED, school_to[school], class_to[klass])
+                else:
+                    assert (t.state, t.reason) == (REJECTED, "removed")
+                    expect_rejected.append(t.seq)
+            elif school >= 0 and school in school_to:
+                assert t.school == school_to[school]
+                assert t.klass == (class_to.get(klass, -1) if klass >= 0 else -1)
+            else:
+                assert (t.school, t.klass) == (-1, -1)
+                pool = self.orphans.get(t.seq) if school < 0 else self.schools[school].pool
+                self.orphans[t.seq] = None if pool is None else pool_to.get(pool)
+        assert [t.seq for t in rejected] == expect_rejected
+        self.schools, self.classes, self.pools = schools, classes, pools
+        self.carried = self.held | {t.seq for t in self.tickets if t.state == QUEUED}
 
     # -- the rules -------------------------------------------------------------
 
-    def counts(self):
+    def counts(self, only: set | None = None):
+        """Slots held by school, (school, class) and pool, and queued tickets
+        by school; `only` limits the count to those tickets."""
         by_school = [0] * len(self.schools)
         by_class = [[0] * len(self.classes) for _ in self.schools]
         by_pool = [0] * len(self.pools)
         queued = [0] * len(self.schools)
+        held = self.held if only is None else self.held & only
         for t in self.tickets:
-            if t.seq in self.held:
-                by_school[t.school] += 1
-                by_class[t.school][t.klass] += 1
-                pool = self.schools[t.school].pool
+            if t.seq in held:
+                if t.school >= 0:
+                    by_school[t.school] += 1
+                    if t.klass >= 0:
+                        by_class[t.school][t.klass] += 1
+                    pool = self.schools[t.school].pool
+                else:
+                    pool = self.orphans[t.seq]
                 if pool is not None:
                     by_pool[pool] += 1
-            elif t.state == QUEUED:
+            elif t.state == QUEUED and (only is None or t.seq in only):
                 queued[t.school] += 1
         return by_school, by_class, by_pool, queued
 
     def check_limits(self) -> None:
-        """Slots never exceed school, class-share and pool limits; queues bounded."""
+        """Slots never exceed school, class-share and pool limits; queues bounded.
+
+        After a reload, slots held from before it may exceed a lowered limit,
+        but nothing is admitted while the count is at or above it: the count
+        stays within max(limit, carried slots still held)."""
         by_school, by_class, by_pool, queued = self.counts()
+        c_school, c_class, c_pool, c_queued = self.counts(self.carried)
         for i, spec in enumerate(self.schools):
             if spec.max_inflight:
-                assert by_school[i] <= spec.max_inflight, (i, by_school[i])
-            assert queued[i] <= spec.max_queue
+                assert by_school[i] <= max(spec.max_inflight, c_school[i]), (i, by_school[i])
+            assert queued[i] <= max(spec.max_queue, c_queued[i])
             for k in range(len(self.classes)):
                 limit = self.class_limit(i, k)
                 if limit is not None:
-                    assert by_class[i][k] <= limit, (i, k, by_class[i][k], limit)
+                    assert by_class[i][k] <= max(limit, c_class[i][k]), \
+                        (i, k, by_class[i][k], limit)
         for p, limit in enumerate(self.pools):
-            assert by_pool[p] <= limit, (p, by_pool[p], limit)
+            assert by_pool[p] <= max(limit, c_pool[p]), (p, by_pool[p], limit)
         for t in self.tickets:
             assert t.state in TERMINAL_OR_LIVE
             assert (t.seq in self.held) <= (t.state == ADMITTED)

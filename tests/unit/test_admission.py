@@ -206,3 +206,100 @@ def test_window_night_is_unrestricted():
     c = controller(make_school(max_inflight=10),
                    classes=[TrafficClass(name="bulk", windows=[school_day])], now=MONDAY_NIGHT)
     assert all(c.request(0, 0, None, MONDAY_NIGHT).state == ADMITTED for _ in range(10))
+
+
+# -- reconfigure (SIGHUP) ----------------------------------------------------------
+
+
+def config(*schools: School, classes=(), pools=(), **admission) -> Config:
+    return Config(schools=list(schools), classes=list(classes), pools=list(pools),
+                  admission=Admission(**admission))
+
+
+def test_reconfigure_continues_schools_by_name_with_the_new_limits():
+    c = AdmissionController(config(make_school("a", max_inflight=1),
+                                   make_school("b", max_inflight=1)), MONDAY_NOON)
+    inter = c.class_index("interactive")
+    held = c.request(0, inter, None, MONDAY_NOON)
+    waiting = c.request(0, inter, None, MONDAY_NOON)
+    b_held = c.request(1, inter, None, MONDAY_NOON)
+    assert c.connection_open(0, MONDAY_NOON)
+    # "a" moves to the end with room for two; a new school comes first.
+    admitted, rejected = c.reconfigure(config(
+        make_school("new"), make_school("b", max_inflight=1),
+        make_school("a", max_inflight=2)), MONDAY_NOON + 1)
+    assert c.school_names == ["new", "b", "a"]
+    assert admitted == [waiting] and rejected == []
+    assert (held.school, waiting.school, b_held.school) == (2, 2, 1)
+    assert c.stats(2)["inflight"] == 2 and c.stats(2)["connections"] == 1
+    assert c.stats(2)["admitted"]["interactive"] == 2
+    assert c.request(1, inter, None, MONDAY_NOON + 1).state == QUEUED  # b is still full
+    assert c.release(held, MONDAY_NOON + 2) == []
+    assert c.stats(2)["inflight"] == 1
+
+
+def test_reconfigure_answers_the_queue_of_a_removed_school_or_class():
+    reports = TrafficClass(name="reports", priority=0, match=None, max_wait=30.0)
+    c = AdmissionController(config(make_school("a", max_inflight=1),
+                                   make_school("b", max_inflight=1), classes=[reports]),
+                            MONDAY_NOON)
+    a_held = c.request(0, 0, None, MONDAY_NOON)
+    a_queued = c.request(0, 0, None, MONDAY_NOON)
+    b_held = c.request(1, 0, None, MONDAY_NOON)
+    b_queued = c.request(1, 0, None, MONDAY_NOON)
+    # School "a" goes; the only class is renamed, so it is a new class.
+    pages = TrafficClass(name="pages", priority=0, match=None, max_wait=30.0)
+    admitted, rejected = c.reconfigure(
+        config(make_school("b", max_inflight=1), classes=[pages]), MONDAY_NOON + 1)
+    assert admitted == [] and rejected == [a_queued, b_queued]
+    assert all((t.state, t.reason) == (REJECTED, "removed") for t in rejected)
+    assert (a_held.school, b_held.school, b_held.klass) == (-1, 0, -1)
+    # b's slot taken under the old class still counts against b.
+    assert c.request(0, 0, None, MONDAY_NOON + 1).state == QUEUED
+    assert c.release(b_held, MONDAY_NOON + 2)[0].klass == 0
+    assert c.release(a_held, MONDAY_NOON + 2) == []
+
+
+def test_reconfigure_applies_the_new_class_shares():
+    def bulk(share):
+        return TrafficClass(name="bulk", priority=0, match=None, max_wait=30.0,
+                            max_share=share)
+
+    c = AdmissionController(config(make_school("a", max_inflight=10), classes=[bulk(0.2)]),
+                            MONDAY_NOON)
+    tickets = [c.request(0, 0, None, MONDAY_NOON) for _ in range(4)]
+    assert [t.state for t in tickets] == [ADMITTED, ADMITTED, QUEUED, QUEUED]
+    admitted, _ = c.reconfigure(config(make_school("a", max_inflight=10),
+                                       classes=[bulk(0.3)]), MONDAY_NOON + 1)
+    assert admitted == tickets[2:3]
+    assert c.stats(0)["shares"] == {"bulk": 0.3}
+    admitted, _ = c.reconfigure(config(make_school("a", max_inflight=10),
+                                       classes=[bulk(0.1)]), MONDAY_NOON + 2)
+    assert admitted == [] and c.release(tickets[0], MONDAY_NOON + 3) == []
+
+
+def test_failed_reconfigure_keeps_the_running_state():
+    c = controller()
+    inter = c.class_index("interactive")
+    held = [c.request(0, inter, None, MONDAY_NOON) for _ in range(2)]
+    with pytest.raises(ValueError, match="no pool named"):
+        c.reconfigure(config(make_school("a", max_inflight=5, pool="nope")), MONDAY_NOON)
+    assert c.school_names == ["a"]
+    assert c.request(0, inter, None, MONDAY_NOON).state == QUEUED
+    assert c.release(held[0], MONDAY_NOON + 1)[0].state == ADMITTED
+
+
+def test_waiting_room_follows_renumbered_schools_and_classes():
+    c = controller(make_school("a", max_inflight=1), make_school("b", max_inflight=1))
+    room = WaitingRoom(c)
+    inter = c.class_index("interactive")
+    c.request(1, inter, None, MONDAY_NOON)
+    assert room.join(1, b"v1", MONDAY_NOON, MONDAY_NOON, klass=inter)
+    assert room.join(0, b"gone", MONDAY_NOON, MONDAY_NOON)
+    assert room.status(1, b"v1", MONDAY_NOON)[0] == "wait"
+    c.reconfigure(config(make_school("b", max_inflight=1), make_school("c")), MONDAY_NOON)
+    # b is now school 0; a's visitors are forgotten; classes are unchanged.
+    room.renumber([-1, 0], [0, 1, 2])
+    assert len(room) == 1
+    assert room.status(0, b"v1", MONDAY_NOON + 1)[0] == "wait"
+    assert room.status(1, b"v1", MONDAY_NOON + 1) == ("go", 0, 0.0)  # unknown there

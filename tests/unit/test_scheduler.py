@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -248,26 +250,55 @@ ops = st.lists(st.tuples(st.sampled_from(["req", "req", "req", "rel", "cancel", 
                max_size=120)
 
 
-def drive(impl, model: Model, script, *, check_next=True):
-    """Run a script; check the model's rules after every call. Returns the log."""
+def drive(impl, model: Model, script, *, check_next=True, reloads=()):
+    """Run a script; check the model's rules after every call. Returns the log.
+
+    A "reload" op reconfigures the scheduler with the next entry of reloads:
+    (schools, classes, pools, seed); seed picks which old schools and classes
+    the new ones continue (the same choice for every impl)."""
     sched = impl([sp.as_tuple() for sp in model.schools],
                  [c.as_tuple() for c in model.classes], model.pools, aging=model.aging)
     for k, c in enumerate(model.classes):
         sched.set_share(k, c.share)
     now, log, held = 0.0, [], []
+    reloads = list(reloads)
     for op, a, b, pick in script:
         now += 0.25
-        if op == "req":
-            t = sched.request(a % len(model.schools), b, None, now)
+        if op == "reload" and reloads:
+            schools, classes, pools, seed = reloads.pop(0)
+            rng = random.Random(seed)
+            school_from = _continues(rng, len(model.schools), len(schools))
+            class_from = _continues(rng, len(model.classes), len(classes))
+            pool_from = list(range(len(pools)))  # pools continue (their slots must too)
+            before = model.snapshot()
+            rejected = sched.reconfigure(
+                [sp.as_tuple() for sp in schools], [c.as_tuple() for c in classes], pools,
+                school_from=school_from, class_from=class_from, pool_from=pool_from,
+                aging=model.aging, now=now)
+            for k, c in enumerate(classes):
+                sched.set_share(k, c.share)
+            model.reloaded(before, rejected, schools, classes, pools, school_from,
+                           class_from, pool_from)
+            admitted, expired = sched.poll(now)  # what the controller does next
+            model.admitted(admitted)
+            held += admitted
+            log.append(("reload", [x.seq for x in rejected], [x.seq for x in admitted],
+                        [x.seq for x in expired]))
+        elif op == "req":
+            t = sched.request(a % len(model.schools), b % len(model.classes), None, now)
             model.issued(t)
             if t.state == ADMITTED:
                 held.append(t)
             log.append(("req", t.seq, t.state))
         elif op == "rel" and held:
             t = held.pop(pick % len(held))
+            orphan_pool = model.orphans.get(t.seq)
             model.released(t)
-            expected = model.expected_next(t.school)
-            pooled = model.schools[t.school].pool is not None
+            if t.school >= 0:
+                expected = model.expected_next(t.school)
+                pooled = model.schools[t.school].pool is not None
+            else:  # its school was removed: only its pool (if any) gains a slot
+                expected, pooled = None, orphan_pool is not None
             out = sched.release(t, now)
             if check_next and not pooled:
                 assert out == ([expected] if expected is not None else [])
@@ -298,6 +329,13 @@ def drive(impl, model: Model, script, *, check_next=True):
     model.admitted(sched.poll(now)[0])
     assert all(t.state in (ADMITTED, REJECTED, CANCELLED) for t in model.tickets)
     return log
+
+
+def _continues(rng: random.Random, n_old: int, n_new: int) -> list[int]:
+    """For each of n_new entries, the old index it continues or -1 (new)."""
+    pool = list(range(n_old)) + [-1] * n_new
+    rng.shuffle(pool)
+    return pool[:n_new]
 
 
 schools_st = st.lists(st.builds(SchoolSpec, max_inflight=st.integers(1, 4),
@@ -354,3 +392,238 @@ def test_property_contended_pool_shares_follow_weights(weights, seed):
     total = sum(slot_time)
     for i, w in enumerate(weights):
         assert abs(slot_time[i] / total - w / sum(weights)) < 0.1
+
+
+# -- reconfigure (a config reload) --------------------------------------------------
+
+def slots(s, i):
+    """(inflight, per-class inflight, pool inflight) of school i, from the
+    native stats or the reference's fields (it has no stats())."""
+    if isinstance(s, Scheduler):
+        st = s.stats(i, 0.0)
+        return st["inflight"], st["inflight_by_class"], st["pool_inflight"]
+    sc = s.schools[i]
+    return sc.inflight, list(sc.class_inflight), None if sc.pool is None else sc.pool.inflight
+
+
+def same(s, schools, classes=CLASSES, pools=(), **kw):
+    """reconfigure with every school, class and pool continuing in place."""
+    return s.reconfigure(schools, classes, pools, school_from=range(len(schools)),
+                         class_from=range(len(classes)), pool_from=range(len(pools)), **kw)
+
+
+@IMPLS
+def test_reload_keeps_slots_held_so_the_limit_still_holds(impl):
+    # The issue's example: max_inflight 2, two in flight; a reload that
+    # changes nothing about the limit must not hand out two more slots.
+    s = impl([school(2)], CLASSES)
+    held = [s.request(0, INTERACTIVE, None, 0.0) for _ in range(2)]
+    waiting = s.request(0, INTERACTIVE, None, 0.5)
+    assert same(s, [school(2)], now=1.0) == []
+    assert s.poll(1.0) == ([], [])
+    late = s.request(0, INTERACTIVE, None, 1.5)
+    assert (waiting.state, late.state) == (QUEUED, QUEUED)
+    assert slots(s, 0)[0] == 2
+    # Slots taken before the reload are given back into the new state.
+    assert s.release(held[0], 2.0) == [waiting]
+    assert s.release(held[1], 2.0) == [late]
+    assert slots(s, 0)[0] == 2
+
+
+@IMPLS
+def test_lowered_limit_admits_nothing_until_the_count_is_below_it(impl):
+    s = impl([school(3)], CLASSES)
+    held = [s.request(0, INTERACTIVE, None, 0.0) for _ in range(3)]
+    waiting = s.request(0, INTERACTIVE, None, 0.0)
+    same(s, [school(1)], now=1.0)
+    assert s.poll(1.0) == ([], [])
+    assert s.release(held[0], 2.0) == []
+    assert s.release(held[1], 2.0) == []
+    assert slots(s, 0)[0] == 1
+    assert s.release(held[2], 3.0) == [waiting]
+    assert s.request(0, INTERACTIVE, None, 3.0).state == QUEUED
+
+
+@IMPLS
+def test_raised_limit_admits_queued_tickets_at_the_next_poll(impl):
+    s = impl([school(1)], CLASSES)
+    s.request(0, INTERACTIVE, None, 0.0)
+    waiting = [s.request(0, INTERACTIVE, None, 0.1 * i) for i in range(3)]
+    same(s, [school(3)], now=1.0)
+    assert s.poll(1.0) == (waiting[:2], [])
+    assert waiting[2].state == QUEUED and s.position(waiting[2]) == 1
+
+
+@IMPLS
+def test_schools_continue_by_mapping_and_tickets_are_renumbered(impl):
+    s = impl([school(1), school(1)], CLASSES)
+    a = s.request(0, INTERACTIVE, None, 0.0)
+    b = s.request(1, INTERACTIVE, None, 0.0)
+    b_waiting = s.request(1, BULK, None, 0.5)
+    # New order: a new school first, then the old 1, then the old 0.
+    s.reconfigure([school(1), school(1), school(1)], CLASSES,
+                  school_from=[-1, 1, 0], class_from=[0, 1, 2], now=1.0)
+    assert (a.school, b.school, b_waiting.school) == (2, 1, 1)
+    assert s.request(0, INTERACTIVE, None, 1.0).state == ADMITTED  # the new school is free
+    assert s.request(2, INTERACTIVE, None, 1.0).state == QUEUED   # old 0 is still full
+    assert s.position(b_waiting) == 1
+    assert s.release(b, 2.0) == [b_waiting]
+    assert [slots(s, i)[0] for i in range(3)] == [1, 1, 1]
+
+
+@IMPLS
+def test_removed_school_lets_in_flight_finish_and_rejects_its_queue(impl):
+    s = impl([school(1), school(1)], CLASSES)
+    gone_held = s.request(0, INTERACTIVE, None, 0.0)
+    gone_queued = [s.request(0, INTERACTIVE, None, 0.5), s.request(0, BULK, None, 0.2)]
+    kept = s.request(1, INTERACTIVE, None, 0.0)
+    rejected = s.reconfigure([school(1)], CLASSES, school_from=[1], class_from=[0, 1, 2],
+                             min_retry=3, now=1.0)
+    assert rejected == gone_queued  # in request order
+    assert [(t.state, t.reason, t.reject_status, t.retry_after) for t in rejected] == [
+        (REJECTED, "removed", 503, 3)] * 2
+    assert (gone_held.state, gone_held.school, kept.school) == (ADMITTED, -1, 0)
+    assert s.next_deadline() is None  # nothing of the old queue is left to time out
+    assert s.release(gone_held, 2.0) == []  # its slot is given back, nowhere negative
+    with pytest.raises(ValueError):
+        s.release(gone_held, 2.0)
+    assert slots(s, 0)[0] == 1
+    assert s.release(kept, 2.0) == []
+    assert slots(s, 0)[0] == 0
+
+
+@IMPLS
+def test_removed_class_rejects_its_queue_and_keeps_the_school_slot(impl):
+    s = impl([school(2)], CLASSES)
+    s.set_share(BULK, 0.5)  # bulk: one slot of two
+    bulk = s.request(0, BULK, None, 0.0)
+    bulk_queued = s.request(0, BULK, None, 0.1)
+    inter = s.request(0, INTERACTIVE, None, 0.2)
+    inter_queued = s.request(0, INTERACTIVE, None, 0.3)
+    # Bulk disappears; interactive and submit swap places.
+    rejected = s.reconfigure([school(2)], [CLASSES[SUBMIT], CLASSES[INTERACTIVE]],
+                             school_from=[0], class_from=[SUBMIT, INTERACTIVE], now=1.0)
+    assert rejected == [bulk_queued] and bulk_queued.reason == "removed"
+    assert (bulk.klass, inter.klass, inter_queued.klass) == (-1, 1, 1)
+    assert s.poll(1.0) == ([], [])  # the bulk slot still counts against the school
+    assert s.release(bulk, 2.0) == [inter_queued]
+    assert slots(s, 0)[1] == [0, 2]
+
+
+@IMPLS
+def test_removed_school_keeps_its_slots_in_a_pool_that_continues(impl):
+    s = impl([school(pool=0), school(pool=0)], CLASSES, [2])
+    gone = [s.request(0, INTERACTIVE, None, 0.0) for _ in range(2)]
+    waiting = s.request(1, INTERACTIVE, None, 0.5)
+    assert waiting.state == QUEUED
+    s.reconfigure([school(pool=0)], CLASSES, [2], school_from=[1], class_from=[0, 1, 2],
+                  pool_from=[0], now=1.0)
+    # Its requests are still at the shared servers: the pool stays full.
+    assert s.poll(1.0) == ([], [])
+    assert slots(s, 0)[2] == 2
+    assert s.release(gone[0], 2.0) == [waiting]
+    assert s.release(gone[1], 2.0) == []
+    assert slots(s, 0)[2] == 1
+
+
+@IMPLS
+def test_school_moved_to_another_pool_counts_there(impl):
+    s = impl([school(pool=0)], CLASSES, [1, 5])
+    held = s.request(0, INTERACTIVE, None, 0.0)
+    s.reconfigure([school(pool=1), school(pool=0)], CLASSES, [1, 1],
+                  school_from=[0, -1], class_from=[0, 1, 2], pool_from=[0, 1], now=1.0)
+    # Pool 0 is free for the newcomer; pool 1 (now 1 slot) holds the mover's.
+    assert s.request(1, INTERACTIVE, None, 1.0).state == ADMITTED
+    assert s.request(0, INTERACTIVE, None, 1.0).state == QUEUED
+    assert s.release(held, 2.0)[0].school == 0
+
+
+@IMPLS
+def test_tokens_connections_and_shares_carry_over(impl):
+    s = impl([school(10, rate=1.0, burst=2, max_connections=1)], CLASSES)
+    s.set_share(BULK, 0.1)
+    assert s.connection_open(0)
+    assert [s.request(0, BULK, None, 0.0).state for _ in range(2)] == [ADMITTED, QUEUED]
+    assert s.request(0, INTERACTIVE, None, 0.0).state == ADMITTED  # the last token
+    # A reload that lowers the burst does not refill the bucket.
+    same(s, [school(10, rate=1.0, burst=1, max_connections=1)], now=0.0)
+    assert s.poll(0.0) == ([], [])
+    assert s.request(0, INTERACTIVE, None, 0.0).state == QUEUED
+    assert not s.connection_open(0)
+    s.connection_close(0)
+    assert s.connection_open(0)
+    assert slots(s, 0)[1][BULK] == 1
+
+
+@IMPLS
+def test_queued_ticket_keeps_its_deadline_and_takes_the_new_priority(impl):
+    s = impl([school(1)], CLASSES, aging=1e9)
+    s.request(0, SUBMIT, None, 0.0)
+    bulk = s.request(0, BULK, None, 1.0)
+    inter = s.request(0, INTERACTIVE, None, 2.0)
+    assert s.position(inter) == 1
+    # Bulk becomes the most urgent class.
+    s.reconfigure([school(1)], [(30, 30.0, 429), CLASSES[1], CLASSES[2]],
+                  school_from=[0], class_from=[0, 1, 2], aging=1e9, now=3.0)
+    assert (s.position(bulk), s.position(inter)) == (1, 2)
+    assert (bulk.deadline, inter.deadline) == (31.0, 22.0)
+    assert s.poll(22.0) == ([], [inter])
+
+
+@IMPLS
+def test_bad_reconfigure_changes_nothing(impl):
+    s = impl([school(1)], CLASSES)
+    held = s.request(0, INTERACTIVE, None, 0.0)
+    bad = [
+        dict(school_from=[0, 0], class_from=[0, 1, 2]),      # one school continued twice
+        dict(school_from=[0], class_from=[0, 1]),            # wrong length
+        dict(school_from=[5], class_from=[0, 1, 2]),         # no such school
+    ]
+    for kw in bad:
+        n = len(kw["school_from"])
+        with pytest.raises(ValueError):
+            s.reconfigure([school(9)] * n, CLASSES, now=1.0, **kw)
+    with pytest.raises(ValueError):
+        s.reconfigure([school(9, weight=0.0)], CLASSES, school_from=[0], class_from=[0, 1, 2])
+    assert s.request(0, INTERACTIVE, None, 1.0).state == QUEUED
+    assert held.school == 0 and s.release(held, 2.0)[0].state == ADMITTED
+
+
+reload_ops = st.lists(st.tuples(st.sampled_from(["req", "req", "req", "rel", "cancel", "poll",
+                                                 "reload"]),
+                                st.integers(0, 2), st.integers(0, 2), st.integers(0, 30)),
+                      max_size=120)
+reload_classes_st = st.lists(st.builds(ClassSpec, priority=st.integers(0, 3),
+                                       max_wait=st.sampled_from([0.0, 2.0, 10.0]),
+                                       share=st.sampled_from([None, None, 0.3, 0.6])),
+                             min_size=1, max_size=3)
+
+
+@FAST
+@given(schools_st, classes_st, reload_ops,
+       st.lists(st.tuples(schools_st, reload_classes_st, st.just([]), st.integers(0, 2**32)),
+                max_size=4))
+def test_property_reloads_keep_the_rules_and_match_reference(schools, classes, script, reloads):
+    # Reloads renumber, drop and add schools and classes and change every
+    # limit; counts carry over, so the rules hold throughout, with slots from
+    # before a reload allowed above a limit it lowered (but never added to).
+    logs = [drive(impl, Model(schools, classes, aging=1e9), script, reloads=reloads)
+            for impl in (Scheduler, reference.Scheduler)]
+    assert logs[0] == logs[1]
+
+
+@FAST
+@given(st.lists(st.builds(SchoolSpec, max_inflight=st.sampled_from([0, 0, 3]), pool=st.just(0),
+                          max_queue=st.integers(1, 8)), min_size=2, max_size=3),
+       classes_st, st.integers(1, 6), reload_ops,
+       st.lists(st.tuples(st.lists(st.builds(SchoolSpec, max_inflight=st.sampled_from([0, 0, 3]),
+                                             pool=st.just(0), max_queue=st.integers(1, 8)),
+                                   min_size=1, max_size=3),
+                          reload_classes_st, st.integers(1, 6).map(lambda n: [n]),
+                          st.integers(0, 2**32)),
+                max_size=4))
+def test_property_reloads_in_a_pool(schools, classes, pool_size, script, reloads):
+    # Schools a reload removes keep their pool slots until released.
+    logs = [drive(impl, Model(schools, classes, pools=[pool_size]), script, reloads=reloads)
+            for impl in (Scheduler, reference.Scheduler)]
+    assert logs[0] == logs[1]

@@ -7,6 +7,15 @@
 from gateway._native.bucket cimport TokenBucket
 
 
+cdef class _Pool:
+    cdef int max_inflight
+    cdef int inflight
+    # QUEUED tickets over all member schools.
+    cdef int queued
+    cdef list members
+    cdef int index
+
+
 cdef class Ticket:
     cdef readonly int state
     cdef readonly int school
@@ -27,16 +36,10 @@ cdef class Ticket:
     cdef double not_before
     # True while the ticket holds an inflight slot (admitted, not released).
     cdef bint held
+    # The pool whose slot a held ticket counts in (None: no pool).
+    cdef _Pool pool
     # True while the ticket sits in its class queue (False while delayed).
     cdef bint listed
-
-
-cdef class _Pool:
-    cdef int max_inflight
-    cdef int inflight
-    # QUEUED tickets over all member schools.
-    cdef int queued
-    cdef list members
 
 
 cdef class _School:
@@ -98,6 +101,8 @@ cdef class Scheduler:
     cdef double next_sweep
     # Some school holds client buckets (so a sweep is due eventually).
     cdef bint has_clients
+    # Tickets holding a slot (held): what a reconfigure carries over.
+    cdef set held
 
     cdef _School _school(self, int school)
     cdef void _check_class(self, int klass) except *
