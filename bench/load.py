@@ -9,6 +9,11 @@ shared machine hurts every system alike instead of whichever ran then, and
 no system always runs first. Each
 round runs wrk with keep-alive for every case (a 2-byte answer, a 64 KiB one).
 
+Beside req/s, each run records the CPU time (user + system, from /proc) that
+the proxy's whole process tree and the origin's spent during it, divided by
+the requests wrk completed: CPU microseconds per request, which a busy
+neighbour on a shared machine disturbs far less than req/s.
+
 "gateway" runs with admission on (limits sized so that every request goes
 through it but none is refused), "gateway-noadm" is the same config with
 `[admission] enabled = false`; a second table shows their ratio per case,
@@ -25,8 +30,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench import report, systems, wrk
+from bench import cpu, report, systems, wrk
 from bench.systems import HOST, BenchError, Stack
+
+# case -> system -> one entry per round, in round order
+Runs = dict[str, dict[str, list[wrk.WrkResult]]]
+CpuRuns = dict[str, dict[str, list[cpu.CpuUse]]]
 
 SYSTEMS = ("gateway", "gateway-noadm", "nginx", "haproxy", "direct")
 CASES = {"small": "/", "64k": "/64k"}
@@ -57,22 +66,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace, names: list[str], stack: Stack) -> tuple[
-    dict[str, dict[str, list[wrk.WrkResult]]], dict[str, int]
+    Runs, CpuRuns, dict[str, int]
 ]:
     upstream = systems.start_upstream(stack, workers=args.upstream_workers)
     started = systems.start_proxies(stack, names, upstream, workers=args.workers)
-    results: dict[str, dict[str, list[wrk.WrkResult]]] = {
-        case: {name: [] for name in names} for case in CASES
-    }
+    results: Runs = {case: {name: [] for name in names} for case in CASES}
+    cpu_use: CpuRuns = {case: {name: [] for name in names} for case in CASES}
 
-    def run(name: str, path: str, duration: float) -> wrk.WrkResult:
+    def run(name: str, path: str, duration: float) -> tuple[wrk.WrkResult, cpu.CpuUse]:
         service = started[name]
         if not service.alive():
             raise BenchError(f"{name} died; log:\n{service.log_tail()}")
-        return wrk.run(
+        # A few small /proc reads on each side of the run; the trees are
+        # listed again afterwards so a process started meanwhile counts.
+        before = (service.cpu_snapshot(), upstream.cpu_snapshot())
+        result = wrk.run(
             f"http://{HOST}:{service.port}{path}", duration=duration,
             connections=args.connections, threads=args.threads, script_dir=stack.dir,
         )
+        after = (service.cpu_snapshot(), upstream.cpu_snapshot())
+        return result, cpu.CpuUse.between(before, after, result.requests)
 
     if args.warmup > 0:
         for name in names:
@@ -85,18 +98,29 @@ def measure(args: argparse.Namespace, names: list[str], stack: Stack) -> tuple[
         order = names[shift:] + names[:shift]
         for case, path in CASES.items():
             for name in order:
-                result = run(name, path, args.duration)
+                result, used = run(name, path, args.duration)
                 results[case][name].append(result)
+                cpu_use[case][name].append(used)
                 print(
                     f"round {round_no}/{args.rounds} {case:>5} {name:<13}"
                     f" {result.rps:>10,.0f} req/s  p99 {result.p99_ms:7.2f} ms"
+                    f"  cpu {report.fmt(used.us_per_request, 1):>6} us/req"
                     f"  errors {result.http_errors + result.socket_errors}",
                     flush=True,
                 )
     # Peak RSS is read while every process is still alive; "direct" is the
     # origin itself, whose memory says nothing about a proxy.
     peaks = {name: started[name].peak_rss_kib() for name in names if name != "direct"}
-    return results, peaks
+    return results, cpu_use, peaks
+
+
+CPU_NOTE = (
+    "CPU us/req: user + system CPU time of the proxy's whole process tree (gateway"
+    " supervisor and workers, nginx master and workers, HAProxy) during each wrk run,"
+    " from /proc/<pid>/stat, divided by the requests wrk completed; \"vs nginx\""
+    " columns are medians of per-round ratios. Origin CPU us/req is the shared nginx"
+    " origin's (for \"direct\" it is the system itself), informative only."
+)
 
 
 def settings_line(args: argparse.Namespace, env: dict[str, object]) -> str:
@@ -125,15 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     started_at = time.time()
     env = report.environment()
     with systems.sigterm_as_interrupt(), Stack() as stack:
-        results, peaks = measure(args, names, stack)
-    rows = report.load_summary(results, peaks)
-    cost = report.admission_cost(results)
-    parts = ["# Load: req/s and latency (medians over rounds)", settings_line(args, env),
-             report.load_markdown(rows)]
+        results, cpu_use, peaks = measure(args, names, stack)
+    rows = report.load_summary(results, peaks, cpu_use)
+    cost = report.admission_cost(results, cpu_use)
+    parts = ["# Load: req/s, latency and CPU per request (medians over rounds)",
+             settings_line(args, env), report.load_markdown(rows), CPU_NOTE]
     if cost:
         parts += [
             "Cost of admission: gateway (admission on) / gateway-noadm (`[admission]"
-            " enabled = false`), median of the per-round ratios of req/s:",
+            " enabled = false`), median of the per-round ratios of req/s and of CPU"
+            " per request:",
             report.admission_markdown(cost),
         ]
     markdown = "\n\n".join([*parts, *notes])
@@ -142,7 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": vars(args), "environment": env, "notes": notes,
         "started_at": started_at, "summary": rows, "admission_cost": cost,
         "rounds": {
-            case: {name: [r.to_json() for r in runs] for name, runs in by.items()}
+            case: {
+                name: [{**r.to_json(), **c.to_json()}
+                       for r, c in zip(runs, cpu_use[case][name], strict=True)]
+                for name, runs in by.items()
+            }
             for case, by in results.items()
         },
     })

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import configs
+from bench import configs, cpu
 
 HOST = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -154,6 +154,10 @@ class Service:
     def peak_rss_kib(self) -> int:
         """Sum of each live process's own high-water mark (VmHWM)."""
         return sum(_status_kib(p, "VmHWM") for p in process_tree(self.proc.pid))
+
+    def cpu_snapshot(self) -> cpu.Snapshot:
+        """CPU ticks so far of every process in the tree (see bench.cpu)."""
+        return cpu.snapshot(process_tree(self.proc.pid))
 
     def alive(self) -> bool:
         return self.proc.poll() is None

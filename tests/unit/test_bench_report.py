@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bench import configs, report, systems, wrk
+from bench import configs, cpu, report, systems, wrk
 from gateway.config import parse_config
 from gateway.config.schema import Config
 
@@ -78,6 +78,28 @@ class TestWrkParse:
             assert f'"{key}"' in wrk.REPORTER_LUA
 
 
+def used(us_per_request: float, origin_us: float = 10.0):
+    """A CpuUse whose figures come out at the given microseconds per request."""
+    # At 100 ticks/s over 100,000 requests one tick adds 0.1 us per request.
+    return cpu.CpuUse(ticks=round(us_per_request * 10), origin_ticks=round(origin_us * 10),
+                      requests=100_000, ticks_per_second=100)
+
+
+def cells_of(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+class TestRatios:
+    def test_median_of_per_round_ratios_not_ratio_of_medians(self):
+        # Round by round: 0.5, 4.0, 0.75 -> 0.75; the medians' ratio would be 3 / 2.
+        assert report.median_ratio([1, 4, 3], [2, 1, 4]) == pytest.approx(0.75)
+
+    def test_unmeasured_or_zero_rounds_are_skipped(self):
+        assert report.paired_ratios([1, None, 3, 4], [2, 5, 0, None]) == [0.5]
+        assert report.median_ratio([None], [1]) is None
+        assert report.median_ratio([], []) is None
+
+
 class TestLoadSummary:
     def test_medians_over_rounds_and_ratio_to_nginx(self):
         rows = report.load_summary(
@@ -120,6 +142,48 @@ class TestLoadSummary:
         assert cells == ["small", "nginx", "48,962", "1.28", "2.97", "1.00x", "0", "0", "13.5"]
 
 
+    def test_cpu_per_request_medians_and_ratio_to_nginx(self):
+        rows = report.load_summary(
+            {"small": {"gateway": [result(800)] * 3, "nginx": [result(1000)] * 3}},
+            {},
+            {"small": {
+                "gateway": [used(30, 9), used(90, 10), used(20, 11)],
+                "nginx": [used(20), used(30), used(10)],
+            }},
+        )
+        gateway, nginx = rows
+        # The disturbed round (90 us) does not move the median.
+        assert gateway["cpu_us"] == pytest.approx(30)
+        # Per round 1.5, 3.0, 2.0 -> 2.0 (not 30 / 20 from the medians).
+        assert gateway["cpu_vs_nginx"] == pytest.approx(2.0)
+        assert gateway["origin_cpu_us"] == pytest.approx(10)
+        assert nginx["cpu_vs_nginx"] == pytest.approx(1.0)
+
+    def test_cpu_columns_in_the_table(self):
+        rows = report.load_summary(
+            {"small": {"nginx": [result(1000)], "gateway": [result(800)]}},
+            {"nginx": 13824},
+            {"small": {"nginx": [used(20, 8)], "gateway": [used(25, 8)]}},
+        )
+        header, _, nginx, gateway = report.load_markdown(rows).splitlines()
+        assert cells_of(header) == ["case", "system", "req/s", "p50 ms", "p99 ms", "vs nginx",
+                                    "CPU us/req", "CPU vs nginx", "non-2xx", "socket err",
+                                    "peak RSS MiB", "origin CPU us/req"]
+        assert cells_of(nginx)[5:8] == ["1.00x", "20.0", "1.00x"]
+        assert cells_of(gateway)[5:8] == ["0.80x", "25.0", "1.25x"]
+        assert cells_of(gateway)[11] == "8.0"
+
+    def test_a_round_without_requests_has_no_cpu_figure(self):
+        rows = report.load_summary(
+            {"small": {"haproxy": [result(0), result(10)]}}, {},
+            {"small": {"haproxy": [cpu.CpuUse(ticks=5, origin_ticks=1, requests=0),
+                                   used(40)]}},
+        )
+        assert rows[0]["cpu_us"] == pytest.approx(40)
+        assert rows[0]["cpu_vs_nginx"] is None
+        assert cells_of(report.load_markdown(rows).splitlines()[2])[7] == "-"
+
+
 class TestAdmissionCost:
     def test_median_of_paired_per_round_ratios(self):
         cost = report.admission_cost({"small": {
@@ -154,6 +218,21 @@ class TestAdmissionCost:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells == ["small", "9,500", "10,000", "0.950x", "0.950-0.950",
                          "1.25 / 1.00", "3.50 / 3.00"]
+
+
+    def test_cpu_on_and_off_with_per_round_ratio(self):
+        cost = report.admission_cost(
+            {"small": {"gateway": [result(900)] * 3, "gateway-noadm": [result(1000)] * 3}},
+            {"small": {"gateway": [used(24), used(60), used(22)],
+                       "gateway-noadm": [used(20), used(20), used(20)]}},
+        )
+        (row,) = cost
+        assert (row["cpu_us_on"], row["cpu_us_off"]) == (pytest.approx(24), pytest.approx(20))
+        # Per round 1.2, 3.0, 1.1 -> 1.2.
+        assert row["cpu_ratio"] == pytest.approx(1.2)
+        header, _, line = report.admission_markdown(cost).splitlines()
+        assert cells_of(header)[-2:] == ["CPU us/req on / off", "CPU on/off"]
+        assert cells_of(line)[-2:] == ["24.0 / 20.0", "1.200x"]
 
 
 class TestEnvironment:
