@@ -154,7 +154,12 @@ class Exchange:
 
 class UpstreamConnection:
     """One upstream TCP connection (an asyncio protocol, duck-typed): idle in its
-    server's pool or busy with exactly one Exchange, never pipelined."""
+    server's pool or busy with exactly one Exchange, never pipelined.
+
+    A response is read up to its end and no further: bytes after it mean the
+    connection is closed, never pooled. Heads, chunk lines and trailers are
+    held to the server's limits; over one, the connection is aborted and the
+    exchange is told the upstream failed (see gateway/proxy/upstream.py)."""
 
     server: UpstreamServer
     transport: asyncio.Transport | None
@@ -164,7 +169,10 @@ class UpstreamConnection:
     tunnel: bool
     reading_paused: bool
     idle_since: float
+    """When it last went back to the pool (monotonic seconds)."""
     requests: int
+    error: Exception | None
+    """A limit broken inside an httptools callback, until data_received handles it."""
     def __init__(self, server: UpstreamServer) -> None: ...
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def data_received(self, data: bytes) -> None: ...
@@ -172,6 +180,7 @@ class UpstreamConnection:
     def connection_lost(self, exc: Exception | None) -> None: ...
     def pause_writing(self) -> None: ...
     def resume_writing(self) -> None: ...
+    def on_message_begin(self) -> None: ...
     def on_status(self, reason: bytes) -> None: ...
     def on_header(self, name: bytes, value: bytes) -> None: ...
     def on_headers_complete(self) -> None: ...
@@ -186,15 +195,32 @@ class UpstreamConnection:
     def close(self) -> None: ...
 
 class UpstreamServer:
-    """One upstream host:port: its idle keep-alive pool (LIFO) and health state."""
+    """One upstream host:port: its idle keep-alive pool (LIFO), the limits on
+    what it may send, and health state.
+
+    Times are monotonic seconds; `now` is passed in by the caller."""
 
     host: str
     port: int
     addr: str
     keepalive: int
+    """Idle connections kept at most ([limits] upstream_keepalive)."""
     connect_timeout: float
     idle_timeout: float
+    """Idle connections are closed after this ([timeouts] upstream_idle)."""
     max_buffer: int
+    max_status_line: int
+    """Bytes of a status line ([limits] max_request_line)."""
+    max_header_bytes: int
+    """Bytes of one head's or trailer section's fields, counted as name +
+    value + 4 ([limits] max_header_bytes)."""
+    max_headers: int
+    """Fields in one head or trailer section ([limits] max_headers)."""
+    max_chunk_ext: int
+    """Bytes of a chunk-size or trailer line ([limits] max_chunk_ext)."""
+    head_budget: int
+    """Raw bytes all heads of one exchange (1xx ones included) may take:
+    max_status_line + max_header_bytes."""
     idle: deque[UpstreamConnection]
     inflight: int
     total: set[UpstreamConnection]
@@ -202,14 +228,19 @@ class UpstreamServer:
     down_until: float
     loop: asyncio.AbstractEventLoop | None
     def __init__(self, host: str, port: int, *, keepalive: int, connect_timeout: float,
-                 idle_timeout: float, max_buffer: int) -> None: ...
+                 idle_timeout: float, max_buffer: int, max_status_line: int,
+                 max_header_bytes: int, max_headers: int, max_chunk_ext: int) -> None: ...
+    def set_limits(self, max_status_line: int, max_header_bytes: int, max_headers: int,
+                   max_chunk_ext: int) -> None:
+        """Bound what this upstream may send (a reload passes its new [limits])."""
     def available(self, now: float) -> bool: ...
     def take_idle(self) -> UpstreamConnection | None: ...
     async def connect(self) -> UpstreamConnection: ...
     def release(self, conn: UpstreamConnection, now: float) -> None:
         """Return a connection whose exchange finished cleanly."""
     def forget(self, conn: UpstreamConnection) -> None: ...
-    def reap_idle(self, now: float) -> None: ...
+    def reap_idle(self, now: float) -> None:
+        """Close connections idle for idle_timeout."""
     def record_success(self) -> None: ...
     def record_failure(self, now: float) -> None: ...
     def close_all(self) -> None: ...
