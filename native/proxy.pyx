@@ -114,6 +114,18 @@ cdef enum:
     R_BODY = 1   # final head forwarded; its body, if any, is being read
     R_DONE = 2   # the response ended: nothing more may arrive
 
+# Reusing pooled connections (UpstreamServer.reuse_limit): a connection is
+# reused only while its idle time is below what is known of the upstream's
+# keep-alive timeout, less max(REUSE_MARGIN, REUSE_MARGIN_SHARE x timeout)
+# for the request's way there and the upstream's timer granularity. Until
+# anything is known, only what was seen to survive, or UNPROVEN_IDLE.
+cdef double _REUSE_MARGIN = 0.25
+cdef double _REUSE_MARGIN_SHARE = 0.1
+cdef double _UNPROVEN_IDLE = 0.25
+REUSE_MARGIN = _REUSE_MARGIN
+REUSE_MARGIN_SHARE = _REUSE_MARGIN_SHARE
+UNPROVEN_IDLE = _UNPROVEN_IDLE
+
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpRequestParser = _httptools.HttpRequestParser
@@ -689,15 +701,16 @@ cdef class Exchange:
         self.keep_alive = keep
         return keep
 
-    cdef _connect(self, UpstreamServer exclude):
+    cdef _connect(self, UpstreamServer exclude, bint fresh=False):
         cdef Balancer balancer = self.school.balancer
         cdef UpstreamServer server = balancer.pick(exclude)
         self.server = server
         self.attempts += 1
-        conn = server.take_idle()
-        if conn is not None:
-            self._attach(conn)
-            return
+        if not fresh:
+            conn = server.take_idle(monotonic())
+            if conn is not None:
+                self._attach(conn)
+                return
         _asyncio.get_running_loop().create_task(self._dial(server))
 
     async def _dial(self, UpstreamServer server):
@@ -810,12 +823,19 @@ cdef class Exchange:
             self.state = S_DONE
             self.client.abort()
             return
-        server.record_failure(monotonic())
+        if conn.requests > 0 and conn._raw_head == 0:
+            # A pooled connection that ended before any byte of an answer:
+            # most likely the upstream closed it, idle, as the request went
+            # out. That dates its keep-alive timeout; the server is fine.
+            server.observe_closed(self.sent_at - conn.idle_since)
+        else:
+            server.record_failure(monotonic())
         head = self.head
         replayable = head.idempotent and head.content_length <= 0 and not head.chunked
         if replayable and self.attempts < 2 and not self.continue_sent:
             self.state = S_CONNECTING
-            self._connect(server)
+            # On a new connection: another pooled one may be just as stale.
+            self._connect(server, True)
             return
         self._unavailable()
 
@@ -1096,11 +1116,16 @@ cdef class UpstreamConnection:
 
     def connection_lost(self, exc):
         cdef Exchange ex
+        cdef bint ours = self.closed
         self.closed = True
-        self.server.forget(self)
         ex = self.exchange
         if ex is None:
+            if self.server.forget(self) and not ours:
+                # The upstream closed it while it was idle in the pool: how
+                # long it had been idle dates the upstream's keep-alive timeout.
+                self.server.observe_closed(monotonic() - self.idle_since)
             return
+        self.server.forget(self)
         self.exchange = None
         if self.tunnel:
             ex.on_tunnel_upstream_lost()
@@ -1173,6 +1198,9 @@ cdef class UpstreamConnection:
             self._interim = True
             ex.on_interim_response(self, head)
             return
+        keep_alive = head.header(b"keep-alive")
+        if keep_alive is not None:
+            server.learn_keep_alive(keep_alive)
         self._phase = R_BODY
         if status != 204 and status != 304:
             if ex.is_head:
@@ -1268,6 +1296,23 @@ cdef class UpstreamConnection:
             self.transport.close()
 
 
+cdef inline double _reuse_margin(double timeout) noexcept:
+    cdef double margin = timeout * _REUSE_MARGIN_SHARE
+    return margin if margin > _REUSE_MARGIN else _REUSE_MARGIN
+
+
+cdef double _keep_alive_timeout(bytes value):
+    # The timeout parameter of a Keep-Alive header, in seconds, or -1.
+    for part in value.split(b","):
+        name, eq, arg = part.partition(b"=")
+        if eq and name.strip().lower() == b"timeout":
+            arg = arg.strip().strip(b'"')
+            if 0 < len(arg) <= 9 and arg.isdigit():
+                return int(arg)
+            return -1.0
+    return -1.0
+
+
 cdef class UpstreamServer:
     """One upstream host:port: its idle keep-alive pool and health state."""
 
@@ -1290,6 +1335,11 @@ cdef class UpstreamServer:
         self.failures = 0
         self.down_until = 0.0
         self.loop = None
+        # What is known about how long the upstream keeps an idle
+        # connection open (seconds; negative: nothing known).
+        self.keep_alive_timeout = -1.0
+        self.closed_idle = -1.0
+        self.open_idle = 0.0
 
     cpdef set_limits(self, Py_ssize_t max_status_line, Py_ssize_t max_header_bytes,
                      Py_ssize_t max_headers, Py_ssize_t max_chunk_ext):
@@ -1303,13 +1353,69 @@ cdef class UpstreamServer:
     cpdef bint available(self, double now):
         return now >= self.down_until
 
-    cpdef UpstreamConnection take_idle(self):
+    # -- keep-alive timeout ---------------------------------------------------
+    cpdef learn_keep_alive(self, bytes value):
+        cdef double timeout = _keep_alive_timeout(value)
+        if timeout >= 0:
+            self.keep_alive_timeout = timeout
+
+    cpdef observe_closed(self, double idle):
+        if self.closed_idle < 0 or idle < self.closed_idle:
+            self.closed_idle = idle
+        if self.open_idle > idle:
+            self.open_idle = idle
+
+    cpdef observe_open(self, double idle):
+        if idle > self.open_idle:
+            self.open_idle = idle
+        if 0 <= self.closed_idle < idle:
+            # A connection outlived the idle time at which another one was
+            # closed: that close was not the idle timeout (a restart, a
+            # crash, a per-connection request limit), so it says nothing.
+            self.closed_idle = -1.0
+
+    cpdef double reuse_limit(self):
+        cdef double limit = self.idle_timeout, t, bound
+        t = self.keep_alive_timeout
+        if t >= 0:
+            bound = t - _reuse_margin(t)
+            if bound < limit:
+                limit = bound
+        t = self.closed_idle
+        if t >= 0:
+            bound = t - _reuse_margin(t)
+            if bound < limit:
+                limit = bound
+        elif self.keep_alive_timeout < 0:
+            # Nothing learned yet: reuse only within what was seen to survive.
+            t = self.open_idle
+            bound = t - _reuse_margin(t)
+            if bound < _UNPROVEN_IDLE:
+                bound = _UNPROVEN_IDLE
+            if bound < limit:
+                limit = bound
+        return limit
+
+    # -- the pool ---------------------------------------------------------------
+    cpdef UpstreamConnection take_idle(self, double now):
         cdef UpstreamConnection conn
+        cdef double limit
         idle = self.idle
+        if not idle:
+            return None
+        limit = self.reuse_limit()
         while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
+            conn = idle[-1]
+            if conn.closed:
+                idle.pop()
+                continue
+            if now - conn.idle_since >= limit:
+                # The newest is too old to trust, so all are. They stay until
+                # the upstream or upstream_idle closes them: when that
+                # happens is what keeps the estimate current.
+                return None
+            idle.pop()
+            return conn
         return None
 
     async def connect(self):
@@ -1324,27 +1430,41 @@ cdef class UpstreamServer:
 
     cpdef release(self, UpstreamConnection conn, double now):
         """Return a connection whose exchange finished cleanly."""
-        if conn.closed or len(self.idle) >= self.keepalive:
+        idle = self.idle
+        if conn.closed or self.keepalive <= 0:
             conn.close()
             return
+        if len(idle) >= self.keepalive:
+            # Full: the oldest goes, being the least likely to be reused.
+            (<UpstreamConnection>idle.popleft()).close()
         conn.requests += 1
         conn.idle_since = now
         conn.resume_reading()
-        self.idle.append(conn)
+        idle.append(conn)
 
-    cpdef forget(self, UpstreamConnection conn):
+    cpdef bint forget(self, UpstreamConnection conn):
         self.total.discard(conn)
         try:
             self.idle.remove(conn)
         except ValueError:
-            pass
+            return False
+        return True
 
     cpdef reap_idle(self, double now):
         cdef double deadline = now - self.idle_timeout
+        cdef UpstreamConnection conn
         idle = self.idle
         # Oldest first (left end); stop at the first one still fresh.
         while idle and (<UpstreamConnection>idle[0]).idle_since < deadline:
             idle.popleft().close()
+        while idle:
+            conn = idle[0]
+            if not conn.closed:
+                # Still open after this long idle (an upstream's close would
+                # have been read at once): the timeout is longer.
+                self.observe_open(now - conn.idle_since)
+                break
+            idle.popleft()
 
     cpdef record_success(self):
         self.failures = 0

@@ -27,6 +27,25 @@ Reading a response:
   a new connection) if nothing of the response reached the client yet, else
   the client's connection is cut.
 
+Reusing a pooled connection (UpstreamServer.reuse_limit): a request sent just
+as the upstream closes an idle connection is lost, and a POST cannot be sent
+again. So a connection is reused only while its idle time is below what is
+known of the upstream's keep-alive timeout, less max(REUSE_MARGIN,
+REUSE_MARGIN_SHARE of it):
+- the `timeout` parameter of its `Keep-Alive` response header (RFC 2068
+  section 19.7.1.1; read before the hop-by-hop header is dropped);
+- the shortest idle time at which it closed a pooled connection (that close
+  says its timeout is at most that), forgotten when another connection is
+  seen still open after a longer idle time (then the close was a restart or
+  a crash, not the timeout);
+- with neither, the longest idle time a pooled connection was seen to
+  survive, but at least UNPROVEN_IDLE.
+Connections too idle to reuse stay in the pool, unused, until the upstream
+or upstream_idle closes them: when the upstream does is what keeps the
+estimate current. A request that fails on a reused connection before any
+byte of an answer dates the timeout too, and is retried (if replayable) on
+a new connection, never on another pooled one.
+
 The implementation is compiled: native/proxy.pyx (gateway._native.proxy),
 as cdef classes so the per-request calls between them are C calls.
 """
@@ -34,9 +53,13 @@ as cdef classes so the per-request calls between them are C calls.
 from gateway._native.proxy import (
     FAIL_COOLDOWN,
     FAIL_THRESHOLD,
+    REUSE_MARGIN,
+    REUSE_MARGIN_SHARE,
+    UNPROVEN_IDLE,
     Balancer,
     UpstreamConnection,
     UpstreamServer,
 )
 
-__all__ = ["FAIL_COOLDOWN", "FAIL_THRESHOLD", "Balancer", "UpstreamConnection", "UpstreamServer"]
+__all__ = ["FAIL_COOLDOWN", "FAIL_THRESHOLD", "REUSE_MARGIN", "REUSE_MARGIN_SHARE",
+           "UNPROVEN_IDLE", "Balancer", "UpstreamConnection", "UpstreamServer"]

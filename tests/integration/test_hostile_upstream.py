@@ -11,6 +11,7 @@ and other.test in front of the ordinary test upstream. What is checked:
   gets the complete response it asked for;
 - 1xx responses followed by the final one in the same read, and chunked
   responses with trailers, are legitimate and keep the connection pooled;
+- a request retried after a pooled connection failed goes to a new one;
 - what an upstream sends is bounded like what a client sends (status line,
   header count and bytes, chunk lines, trailers, 1xx heads): over a limit the
   client gets the "not answering" page (503, Retry-After) if nothing of the
@@ -33,7 +34,7 @@ from tests.support.clients import (
     Response,
     build_request,
 )
-from tests.support.hostile import CLOSE, HostileUpstream, response
+from tests.support.hostile import CLOSE, HostileUpstream, echo, response
 from tests.support.procs import Gateway, RssSampler, Upstream, gateway_config
 
 LOG_TAIL = 40
@@ -235,6 +236,29 @@ def test_chunked_response_followed_by_bytes_is_not_pooled(gateway, hostile):
     assert (resp.status, resp.body) == (200, b"hello world")
     expect_all_closed(hostile, "/chunked")
     assert get(gateway, "/after").json()["target"] == "/after"
+
+
+def test_retry_after_a_stale_pooled_connection_uses_a_new_one(gateway, hostile):
+    # Two pooled connections: two requests at once, each answered late.
+    hostile.routes["/slow"] = lambda req: [0.3, echo(req)]
+    with RawConn(gateway.port) as a, RawConn(gateway.port) as b:
+        a.send(build_request("GET", "/slow?a"))
+        b.send(build_request("GET", "/slow?b"))
+        assert {a.recv_response().status, b.recv_response().status} == {200}
+    pooled = {s.conn for s in hostile.requests("/slow")}
+    assert len(pooled) == 2
+    # Now every connection that has served before is stale: the upstream
+    # drops a request on it unanswered. Retrying on the other pooled one
+    # would meet the same fate.
+    hostile.routes["/stale"] = lambda req: None if req.number > 1 else echo(req)
+    resp = get(gateway, "/stale")
+    assert resp.status == 200, f"{resp}\n{_tail(gateway)}"
+    seen = hostile.requests("/stale")
+    assert len(seen) == 2, seen
+    # Tried first on one of the pooled connections, then on a new one.
+    assert seen[0].conn in pooled and seen[0].number > 1
+    assert seen[1].conn not in pooled and seen[1].number == 1
+    assert answered_on(resp) == seen[1].conn
 
 
 # == D: limits on what an upstream sends ============================================

@@ -1,4 +1,5 @@
-"""The upstream side without sockets: response framing and limits.
+"""The upstream side without sockets: response framing and limits, and the
+pool's keep-alive bookkeeping under an injected clock.
 
 For the protocol cases a real App (admission off) gets a client connection
 and one pooled upstream connection, both on MockTransports; the client sends
@@ -17,7 +18,13 @@ import pytest
 from gateway.config import parse_config
 from gateway.proxy.app import App
 from gateway.proxy.client import ClientProtocol
-from gateway.proxy.upstream import UpstreamConnection, UpstreamServer
+from gateway.proxy.upstream import (
+    REUSE_MARGIN,
+    REUSE_MARGIN_SHARE,
+    UNPROVEN_IDLE,
+    UpstreamConnection,
+    UpstreamServer,
+)
 from tests.support.transport import MockTransport
 
 ADDR = "127.0.0.1:9"
@@ -287,3 +294,123 @@ def test_an_endless_head_is_cut_within_the_budget():
         reads += 1
         assert reads <= HEAD_BUDGET // 100 + 2
         s.conn.data_received(b"a" * 100)
+
+
+# -- the pool's keep-alive bookkeeping (injected clock) ----------------------------------
+
+def server(idle_timeout: float = 30.0, keepalive: int = 8) -> UpstreamServer:
+    return UpstreamServer("127.0.0.1", 9, keepalive=keepalive, connect_timeout=1.0,
+                          idle_timeout=idle_timeout, max_buffer=65536, max_status_line=8192,
+                          max_header_bytes=32768, max_headers=100, max_chunk_ext=4096)
+
+
+def test_before_anything_is_known_only_brief_idleness_is_trusted():
+    assert server().reuse_limit() == UNPROVEN_IDLE
+
+
+@pytest.mark.parametrize(("value", "limit"), [
+    (b"max=3, Timeout = 2", 2 - REUSE_MARGIN),
+    (b"timeout=5, max=100", 5 * (1 - REUSE_MARGIN_SHARE)),  # the margin grows with it
+    (b'timeout="10"', 10 * (1 - REUSE_MARGIN_SHARE)),
+    (b"timeout=75", 75 * (1 - REUSE_MARGIN_SHARE)),
+    (b"timeout=0", -REUSE_MARGIN),       # no reuse at all
+])
+def test_keep_alive_header_sets_the_limit(value, limit):
+    s = server(idle_timeout=300.0)
+    s.learn_keep_alive(value)
+    assert s.reuse_limit() == pytest.approx(limit)
+
+
+def test_the_limit_never_exceeds_upstream_idle():
+    s = server(idle_timeout=30.0)
+    s.learn_keep_alive(b"timeout=100")
+    s.observe_open(200.0)
+    assert s.reuse_limit() == 30.0
+
+
+@pytest.mark.parametrize("value", [b"max=5", b"timeout=", b"timeout=abc", b"timeout=-1",
+                                   b"timeout=1e9", b"", b"timeout=99999999999"])
+def test_keep_alive_header_without_a_usable_timeout_is_ignored(value):
+    s = server()
+    s.learn_keep_alive(value)
+    assert s.reuse_limit() == UNPROVEN_IDLE
+
+
+def test_connections_seen_open_longer_raise_the_limit():
+    s = server()
+    s.observe_open(2.0)
+    assert s.reuse_limit() == pytest.approx(2.0 - REUSE_MARGIN)
+
+
+def test_an_idle_close_sets_the_limit_below_it():
+    s = server()
+    s.observe_open(0.9)
+    s.observe_closed(1.0)
+    assert s.reuse_limit() == pytest.approx(1.0 - REUSE_MARGIN)
+    s.observe_closed(1.02)  # later closes at about the same time change nothing
+    assert s.reuse_limit() == pytest.approx(1.0 - REUSE_MARGIN)
+
+
+def test_an_advertised_timeout_and_observed_closes_take_the_lower():
+    s = server()
+    s.learn_keep_alive(b"timeout=5")
+    s.observe_closed(2.0)
+    assert s.reuse_limit() == pytest.approx(2.0 - REUSE_MARGIN)
+
+
+def test_a_restart_is_forgotten_once_connections_outlive_it():
+    s = server()
+    s.observe_open(4.0)
+    s.observe_closed(0.1)  # every connection closed at once, young or old
+    assert s.reuse_limit() < 0
+    s.observe_open(0.6)    # a new connection lives longer than that
+    assert s.reuse_limit() == pytest.approx(max(UNPROVEN_IDLE, 0.6 - REUSE_MARGIN))
+
+
+def test_take_idle_reuses_the_newest_within_the_limit_and_keeps_older_ones():
+    s = server()
+    s.observe_closed(1.0)  # limit 0.75
+    old, old_t = pooled(s, 0.0)
+    new, _ = pooled(s, 0.5)
+    assert s.take_idle(1.0) is new        # idle 0.5
+    assert s.take_idle(1.0) is None       # the other one is idle 1.0
+    assert list(s.idle) == [old] and not old_t.closed
+    # The upstream closing it later only confirms what is known.
+    old.connection_lost(None)
+    assert s.closed_idle == pytest.approx(1.0)
+    assert not s.idle
+
+
+def test_an_upstream_close_while_idle_is_learned():
+    s = server()
+    conn, _ = pooled(s, time.monotonic() - 3.0)
+    conn.connection_lost(None)  # the upstream closed it after ~3 s idle
+    assert s.closed_idle == pytest.approx(3.0, abs=0.5)
+    assert not s.idle and conn not in s.total
+
+
+def test_a_close_by_the_gateway_is_not_learned():
+    s = server()
+    conn, _ = pooled(s, time.monotonic() - 3.0)
+    conn.close()
+    conn.connection_lost(None)
+    assert s.closed_idle < 0
+
+
+def test_reap_closes_past_upstream_idle_and_observes_the_oldest_left():
+    s = server(idle_timeout=10.0)
+    _, stale_t = pooled(s, 0.0)
+    kept, kept_t = pooled(s, 6.0)
+    s.reap_idle(12.0)
+    assert stale_t.closed and not kept_t.closed
+    assert list(s.idle) == [kept]
+    assert s.open_idle == pytest.approx(6.0)
+
+
+def test_a_full_pool_lets_the_oldest_go():
+    s = server(keepalive=2)
+    _, a_t = pooled(s, 0.0)
+    b, _ = pooled(s, 1.0)
+    c, _ = pooled(s, 2.0)
+    assert a_t.closed
+    assert list(s.idle) == [b, c]

@@ -102,7 +102,7 @@ cdef class Exchange:
     cpdef on_tunnel_client_eof(self)
     cpdef on_tunnel_upstream_lost(self)
     cpdef on_client_lost(self)
-    cdef _connect(self, UpstreamServer exclude)
+    cdef _connect(self, UpstreamServer exclude, bint fresh=*)
     cdef _attach(self, UpstreamConnection conn)
     cdef _tunnel_half_closed(self, int side)
     cdef _unavailable(self)
@@ -168,13 +168,20 @@ cdef class UpstreamServer:
     cdef public int failures
     cdef public double down_until
     cdef public object loop
+    cdef public double keep_alive_timeout
+    cdef public double closed_idle
+    cdef public double open_idle
 
     cpdef set_limits(self, Py_ssize_t max_status_line, Py_ssize_t max_header_bytes,
                      Py_ssize_t max_headers, Py_ssize_t max_chunk_ext)
     cpdef bint available(self, double now)
-    cpdef UpstreamConnection take_idle(self)
+    cpdef learn_keep_alive(self, bytes value)
+    cpdef observe_closed(self, double idle)
+    cpdef observe_open(self, double idle)
+    cpdef double reuse_limit(self)
+    cpdef UpstreamConnection take_idle(self, double now)
     cpdef release(self, UpstreamConnection conn, double now)
-    cpdef forget(self, UpstreamConnection conn)
+    cpdef bint forget(self, UpstreamConnection conn)
     cpdef reap_idle(self, double now)
     cpdef record_success(self)
     cpdef record_failure(self, double now)
