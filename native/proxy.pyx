@@ -109,6 +109,27 @@ cdef enum:
 FAIL_THRESHOLD = FAIL_THRESHOLD_C
 FAIL_COOLDOWN = 5.0
 
+# Where an upstream connection is in the response it is reading.
+cdef enum:
+    R_HEAD = 0   # until the final head ends (1xx heads come before it)
+    R_BODY = 1   # final head forwarded; its body, if any, is being read
+    R_DONE = 2   # the response ended: nothing more may arrive
+
+# Reusing pooled connections (UpstreamServer.reuse_limit): a connection is
+# reused only while its idle time is below what is known of the upstream's
+# keep-alive timeout, less max(REUSE_MARGIN, REUSE_MARGIN_SHARE x timeout)
+# for the request's way there and the upstream's timer granularity. Until
+# anything is known, only what was seen to survive, or UNPROVEN_IDLE: no
+# server we know closes idle connections sooner than 1 s by default (gunicorn
+# 2 s; Apache, Node.js, uvicorn 5 s; nginx 75 s), and 0.5 s leaves the margin
+# even for one set to 0.75 s.
+cdef double _REUSE_MARGIN = 0.25
+cdef double _REUSE_MARGIN_SHARE = 0.1
+cdef double _UNPROVEN_IDLE = 0.5
+REUSE_MARGIN = _REUSE_MARGIN
+REUSE_MARGIN_SHARE = _REUSE_MARGIN_SHARE
+UNPROVEN_IDLE = _UNPROVEN_IDLE
+
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpRequestParser = _httptools.HttpRequestParser
@@ -723,15 +744,16 @@ cdef class Exchange:
         self.keep_alive = keep
         return keep
 
-    cdef _connect(self, UpstreamServer exclude):
+    cdef _connect(self, UpstreamServer exclude, bint fresh=False):
         cdef Balancer balancer = self.school.balancer
         cdef UpstreamServer server = balancer.pick(exclude)
         self.server = server
         self.attempts += 1
-        conn = server.take_idle()
-        if conn is not None:
-            self._attach(conn)
-            return
+        if not fresh:
+            conn = server.take_idle(monotonic())
+            if conn is not None:
+                self._attach(conn)
+                return
         _asyncio.get_running_loop().create_task(self._dial(server))
 
     async def _dial(self, UpstreamServer server):
@@ -848,12 +870,19 @@ cdef class Exchange:
             self.state = S_DONE
             self.client.abort()
             return
-        server.record_failure(monotonic())
+        if conn.requests > 0 and conn._raw_head == 0:
+            # A pooled connection that ended before any byte of an answer:
+            # most likely the upstream closed it, idle, as the request went
+            # out. That dates its keep-alive timeout; the server is fine.
+            server.observe_closed(self.sent_at - conn.idle_since)
+        else:
+            server.record_failure(monotonic())
         head = self.head
         replayable = head.idempotent and head.content_length <= 0 and not head.chunked
         if replayable and self.attempts < 2 and not self.continue_sent:
             self.state = S_CONNECTING
-            self._connect(server)
+            # On a new connection: another pooled one may be just as stale.
+            self._connect(server, True)
             return
         self._unavailable()
 
@@ -987,14 +1016,27 @@ cdef class UpstreamConnection:
         self.reading_paused = False
         self.idle_since = 0.0
         self.requests = 0
+        self.error = None
+        self._chunks = None
+        self._reset()
+
+    cdef _reset(self):
+        """Ready for the next exchange's response."""
+        self._phase = R_HEAD
         self._headers = []
         self._reason = b""
+        self._n_headers = 0
+        self._hdr_bytes = 0
+        self._raw_head = 0
+        self._tail = b""
+        self._body_left = -1
+        self._chunked = False
+        self._reusable = False
         # True while the current response is delimited by the upstream closing.
         self._until_close = False
         # HEAD: llhttp would wait for Content-Length body bytes that never
         # come, so the response ends at its head and the parser is replaced.
         self._head_only = False
-        self._head_seen = False
         # Inside a 1xx (or the 101 before the tunnel): its message end is not
         # the end of the exchange.
         self._interim = False
@@ -1013,34 +1055,119 @@ cdef class UpstreamConnection:
 
     def data_received(self, bytes data):
         cdef Exchange ex = self.exchange
+        cdef UpstreamServer server = self.server
         cdef ClientProtocol client
+        cdef Py_ssize_t n = len(data), pos = 0, cut, end, raw
+        cdef bytes tail
+        cdef int phase
+        cdef bint leftover = False
+        cdef object view = None
         if ex is None:
-            # Bytes on an idle connection: the upstream is confused or closing.
+            # Bytes on an idle connection: the rest of a response that ran
+            # past its end, or the upstream closing (some send a 408 first).
+            # Either way the connection cannot carry another request.
             self.abort()
             return
         if self.tunnel:
             ex.on_tunnel_upstream_data(data)
             return
         client = ex.client
-        try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as upg:
-            offset = upg.args[0]
-            if self.exchange is not None:
-                self.exchange.on_upstream_upgraded(data[offset:])
-        except HttpParserError as exc:
-            self._fail(_HeadError(502, f"invalid response from upstream: {exc}"))
-        else:
-            if self._head_seen and self.exchange is ex:
-                self._finish_head_only()
+        # Each turn feeds llhttp one piece that ends where this side's own
+        # framing says a head or body ends, so that (1) the raw bytes of a
+        # head are counted before llhttp buffers them (an unfinished header
+        # line is held inside httptools, where no callback sees it), (2) a
+        # chunked body's size and trailer lines are measured (llhttp skips
+        # chunk extensions without a limit), and (3) nothing after the end
+        # of the response reaches the parser: llhttp would go on parsing it
+        # as the next response of whatever request uses this connection
+        # next. Every turn consumes at least one byte or stops.
+        while pos < n:
+            phase = self._phase
+            cut = n - pos
+            if phase == R_HEAD:
+                tail = self._tail
+                if tail:  # a head continued from the last read (pos is 0)
+                    end = (tail + data).find(_CRLFCRLF)
+                    if end >= 0:
+                        end += 4 - len(tail)  # >= 1: the tail is shorter than CRLFCRLF
+                else:
+                    end = data.find(_CRLFCRLF, pos)
+                    if end >= 0:
+                        end += 4 - pos
+                if end >= 0:
+                    cut = end
+                    self._tail = b""
+                else:
+                    self._tail = (tail + data[max(pos, n - 3):])[-3:]
+                raw = self._raw_head + cut
+                self._raw_head = raw
+                if raw > server.head_budget:
+                    self._fail(_HeadError(502, "upstream response head too large"))
+                    break
+            elif phase == R_BODY:
+                if self._chunked:
+                    try:
+                        cut = self._chunks.feed(data[pos:] if pos else data)
+                    except _ChunkError as err:
+                        self._fail(_HeadError(502, f"upstream chunked framing: {err.reason}"))
+                        break
+                elif self._body_left >= 0:
+                    if self._body_left < cut:
+                        cut = <Py_ssize_t>self._body_left
+                    self._body_left -= cut
+                if cut <= 0:
+                    # This side's framing ended the body but llhttp did not:
+                    # the two read the message differently.
+                    self._fail(_HeadError(502, "upstream response framing is ambiguous"))
+                    break
+            else:  # R_DONE: bytes after the end of the response
+                leftover = True
+                break
+            try:
+                if cut == n:
+                    self.parser.feed_data(data)
+                else:
+                    # A view: no copy of a body that follows its head.
+                    if view is None:
+                        view = memoryview(data)
+                    self.parser.feed_data(view[pos:pos + cut])
+            except HttpParserUpgrade as upg:
+                if self.exchange is ex:
+                    ex.on_upstream_upgraded(data[pos + <Py_ssize_t>upg.args[0]:])
+                break
+            except HttpParserError as exc:
+                if self.exchange is not ex:
+                    break  # already ended inside a callback
+                if self._phase == R_DONE:
+                    self.error = None
+                    leftover = True  # llhttp went on into a second response
+                    break
+                err = self.error
+                self.error = None
+                if err is None:
+                    ctx = exc.__context__
+                    err = ctx if isinstance(ctx, _HeadError) else _HeadError(
+                        502, f"invalid response from upstream: {exc}")
+                self._fail(err)
+                break
+            if self.exchange is not ex:
+                break  # ended inside a callback (a 101 nobody asked for)
+            pos += cut
+            if self.tunnel:
+                # A 2xx to CONNECT ended with that head: the rest is the tunnel's.
+                if pos < n:
+                    ex.on_tunnel_upstream_data(data[pos:])
+                break
+        if self._phase == R_DONE and self.exchange is ex:
+            self._end_response(leftover)
         client.flush()
 
     def eof_received(self):
         cdef Exchange ex = self.exchange
         if ex is not None and self._until_close and not self.tunnel:
-            self._until_close = False
             self.exchange = None
             self.closed = True
+            self._reset()
             ex.on_response_end(self, False)
             ex.client.flush()
         elif ex is not None and self.tunnel:
@@ -1050,16 +1177,21 @@ cdef class UpstreamConnection:
 
     def connection_lost(self, exc):
         cdef Exchange ex
+        cdef bint ours = self.closed
         self.closed = True
-        self.server.forget(self)
         ex = self.exchange
         if ex is None:
+            if self.server.forget(self) and not ours:
+                # The upstream closed it while it was idle in the pool: how
+                # long it had been idle dates the upstream's keep-alive timeout.
+                self.server.observe_closed(monotonic() - self.idle_since)
             return
+        self.server.forget(self)
         self.exchange = None
         if self.tunnel:
             ex.on_tunnel_upstream_lost()
         elif self._until_close:
-            self._until_close = False
+            self._reset()
             ex.on_response_end(self, False)
         else:
             ex.on_upstream_lost(self, exc)
@@ -1074,21 +1206,50 @@ cdef class UpstreamConnection:
             self.exchange.on_upstream_write_resumed()
 
     # -- httptools callbacks ----------------------------------------------
+    def on_message_begin(self):
+        if self._phase == R_DONE:
+            # A second response in the bytes of one: stop llhttp here.
+            self._refuse(_HeadError(502, "upstream sent more than one response"))
+        self._headers = []
+        self._reason = b""
+        self._n_headers = 0
+        self._hdr_bytes = 0
+
     def on_status(self, bytes reason):
-        self._reason += reason
+        reason = self._reason + reason if self._reason else reason
+        self._reason = reason
+        # "HTTP/1.1 200 " + reason is the status line.
+        if len(reason) + 13 > self.server.max_status_line:
+            self._refuse(_HeadError(502, "upstream status line too long"))
 
     def on_header(self, bytes name, bytes value):
-        self._headers.append((name, value))
+        cdef UpstreamServer server = self.server
+        cdef Py_ssize_t n = self._n_headers + 1
+        self._n_headers = n
+        self._hdr_bytes += len(name) + len(value) + 4
+        if n > server.max_headers:
+            self._refuse(_HeadError(502, "too many upstream response header or trailer fields"))
+        if self._phase == R_HEAD:
+            self._headers.append((name, value))
+        elif self._hdr_bytes > server.max_header_bytes:
+            # Trailer fields are counted like a head, then dropped: the
+            # gateway re-frames bodies and forwards no trailers.
+            self._refuse(_HeadError(502, "upstream trailer section too large"))
 
     def on_headers_complete(self):
+        cdef UpstreamServer server = self.server
         cdef ResponseHead head
         cdef Exchange ex
         cdef int status
+        if self._hdr_bytes > server.max_header_bytes:
+            self._refuse(_HeadError(502, "upstream response header section too large"))
         p = self.parser
         headers = self._headers
-        self._headers = []
         reason = self._reason
+        self._headers = []
         self._reason = b""
+        self._n_headers = 0
+        self._hdr_bytes = 0
         ex = self.exchange
         if ex is None:
             return
@@ -1098,61 +1259,72 @@ cdef class UpstreamConnection:
             self._interim = True
             ex.on_interim_response(self, head)
             return
+        keep_alive = head.header(b"keep-alive")
+        if keep_alive is not None:
+            server.learn_keep_alive(keep_alive)
+        self._phase = R_BODY
         if ex.is_connect and status < 300:
             if head.content_length >= 0 or head.chunked:
                 # A 2xx to CONNECT has no framing (RFC 9110 9.3.6): one that
                 # claims some would be read two ways.
-                self._fail(_HeadError(502, "upstream framed its answer to CONNECT"))
-                return
+                self._refuse(_HeadError(502, "upstream framed its answer to CONNECT"))
             ex.on_tunnel_established(self, head)
             return
         if status != 204 and status != 304:
             if ex.is_head:
                 self._head_only = True
-            elif head.content_length < 0 and not head.chunked:
+            elif head.chunked:
+                chunks = self._chunks
+                if chunks is None:
+                    chunks = self._chunks = _ChunkedFraming(server.max_chunk_ext,
+                                                            server.max_header_bytes)
+                else:
+                    chunks.reset()
+                self._chunked = True
+            elif head.content_length >= 0:
+                self._body_left = head.content_length
+            else:
                 self._until_close = True
         ex.on_response_head(self, head)
         if self._head_only:
-            self._head_seen = True
+            # The answer to HEAD ends at its head, whatever it announces.
+            self._reusable = head.keep_alive
+            self._phase = R_DONE
 
     def on_body(self, bytes data):
-        if self.tunnel:
-            # The rest of the read after a 2xx to CONNECT: llhttp takes it
-            # for a body read to the close, but it is the tunnel's.
-            if self.exchange is not None and data:
-                self.exchange.on_tunnel_upstream_data(data)
-            return
-        if self._head_only:
-            if data:
-                # A body after a HEAD response: never reuse this connection.
-                self._head_only = False
-                self.abort()
-            return
         ex = self.exchange
         if ex is not None and data:
             ex.on_response_body(data)
 
     def on_message_complete(self):
-        cdef Exchange ex = self.exchange
-        if ex is None or self._head_only:
-            return
         if self._interim:
             self._interim = False
             return
+        if self._phase != R_BODY:
+            return  # a HEAD answer already ended at its head
         self._until_close = False
-        self.exchange = None
-        ex.on_response_end(self, self.parser.should_keep_alive())
+        self._reusable = self.parser.should_keep_alive()
+        self._phase = R_DONE
 
-    # -- used by the exchange ---------------------------------------------
-    cdef _finish_head_only(self):
-        cdef Exchange ex
-        self._head_only = self._head_seen = False
-        ex = self.exchange
+    # -- internals ----------------------------------------------------------
+    cdef _end_response(self, bint leftover):
+        """The response is complete: hand the connection back with the
+        verdict on reuse. Bytes after the response's end, or a HEAD answer
+        that announced a body, mean the upstream's framing cannot be trusted
+        on this connection: it is closed, never pooled."""
+        cdef Exchange ex = self.exchange
+        cdef bint reusable = self._reusable and not leftover
         self.exchange = None
-        reusable = self.parser.should_keep_alive()
-        self.parser = HttpResponseParser(self)
-        if ex is not None:
-            ex.on_response_end(self, reusable)
+        if self._head_only:
+            # llhttp is still waiting for the body the head announced.
+            self.parser = HttpResponseParser(self)
+        self._reset()
+        ex.on_response_end(self, reusable)
+
+    cdef _refuse(self, object err):
+        # Raised inside an httptools callback; data_received picks it up.
+        self.error = err
+        raise err
 
     cdef _fail(self, object err):
         cdef Exchange ex = self.exchange
@@ -1193,11 +1365,29 @@ cdef class UpstreamConnection:
             self.transport.close()
 
 
+cdef inline double _reuse_margin(double timeout) noexcept:
+    cdef double margin = timeout * _REUSE_MARGIN_SHARE
+    return margin if margin > _REUSE_MARGIN else _REUSE_MARGIN
+
+
+cdef double _keep_alive_timeout(bytes value):
+    # The timeout parameter of a Keep-Alive header, in seconds, or -1.
+    for part in value.split(b","):
+        name, eq, arg = part.partition(b"=")
+        if eq and name.strip().lower() == b"timeout":
+            arg = arg.strip().strip(b'"')
+            if 0 < len(arg) <= 9 and arg.isdigit():
+                return int(arg)
+            return -1.0
+    return -1.0
+
+
 cdef class UpstreamServer:
     """One upstream host:port: its idle keep-alive pool and health state."""
 
     def __init__(self, str host, int port, *, Py_ssize_t keepalive, double connect_timeout,
-                 double idle_timeout, Py_ssize_t max_buffer):
+                 double idle_timeout, Py_ssize_t max_buffer, Py_ssize_t max_status_line,
+                 Py_ssize_t max_header_bytes, Py_ssize_t max_headers, Py_ssize_t max_chunk_ext):
         self.host = host
         self.port = port
         self.addr = f"{host}:{port}"
@@ -1205,6 +1395,7 @@ cdef class UpstreamServer:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_buffer = max_buffer
+        self.set_limits(max_status_line, max_header_bytes, max_headers, max_chunk_ext)
         # LIFO: the most recently used connection is the least likely to
         # have been closed by the upstream's own idle timeout.
         self.idle = _deque()
@@ -1213,17 +1404,87 @@ cdef class UpstreamServer:
         self.failures = 0
         self.down_until = 0.0
         self.loop = None
+        # What is known about how long the upstream keeps an idle
+        # connection open (seconds; negative: nothing known).
+        self.keep_alive_timeout = -1.0
+        self.closed_idle = -1.0
+        self.open_idle = 0.0
+
+    cpdef set_limits(self, Py_ssize_t max_status_line, Py_ssize_t max_header_bytes,
+                     Py_ssize_t max_headers, Py_ssize_t max_chunk_ext):
+        self.max_status_line = max_status_line
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_chunk_ext = max_chunk_ext
+        # Raw bytes the heads of one exchange (1xx ones included) may take.
+        self.head_budget = max_status_line + max_header_bytes
 
     cpdef bint available(self, double now):
         return now >= self.down_until
 
-    cpdef UpstreamConnection take_idle(self):
+    # -- keep-alive timeout ---------------------------------------------------
+    cpdef learn_keep_alive(self, bytes value):
+        cdef double timeout = _keep_alive_timeout(value)
+        if timeout >= 0:
+            self.keep_alive_timeout = timeout
+
+    cpdef observe_closed(self, double idle):
+        if self.closed_idle < 0 or idle < self.closed_idle:
+            self.closed_idle = idle
+        if self.open_idle > idle:
+            self.open_idle = idle
+
+    cpdef observe_open(self, double idle):
+        if idle > self.open_idle:
+            self.open_idle = idle
+        if 0 <= self.closed_idle < idle:
+            # A connection outlived the idle time at which another one was
+            # closed: that close was not the idle timeout (a restart, a
+            # crash, a per-connection request limit), so it says nothing.
+            self.closed_idle = -1.0
+
+    cpdef double reuse_limit(self):
+        cdef double limit = self.idle_timeout, t, bound
+        t = self.keep_alive_timeout
+        if t >= 0:
+            bound = t - _reuse_margin(t)
+            if bound < limit:
+                limit = bound
+        t = self.closed_idle
+        if t >= 0:
+            bound = t - _reuse_margin(t)
+            if bound < limit:
+                limit = bound
+        elif self.keep_alive_timeout < 0:
+            # Nothing learned yet: reuse only within what was seen to survive.
+            t = self.open_idle
+            bound = t - _reuse_margin(t)
+            if bound < _UNPROVEN_IDLE:
+                bound = _UNPROVEN_IDLE
+            if bound < limit:
+                limit = bound
+        return limit
+
+    # -- the pool ---------------------------------------------------------------
+    cpdef UpstreamConnection take_idle(self, double now):
         cdef UpstreamConnection conn
+        cdef double limit
         idle = self.idle
+        if not idle:
+            return None
+        limit = self.reuse_limit()
         while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
+            conn = idle[-1]
+            if conn.closed:
+                idle.pop()
+                continue
+            if now - conn.idle_since >= limit:
+                # The newest is too old to trust, so all are. They stay until
+                # the upstream or upstream_idle closes them: when that
+                # happens is what keeps the estimate current.
+                return None
+            idle.pop()
+            return conn
         return None
 
     async def connect(self):
@@ -1238,27 +1499,41 @@ cdef class UpstreamServer:
 
     cpdef release(self, UpstreamConnection conn, double now):
         """Return a connection whose exchange finished cleanly."""
-        if conn.closed or len(self.idle) >= self.keepalive:
+        idle = self.idle
+        if conn.closed or self.keepalive <= 0:
             conn.close()
             return
+        if len(idle) >= self.keepalive:
+            # Full: the oldest goes, being the least likely to be reused.
+            (<UpstreamConnection>idle.popleft()).close()
         conn.requests += 1
         conn.idle_since = now
         conn.resume_reading()
-        self.idle.append(conn)
+        idle.append(conn)
 
-    cpdef forget(self, UpstreamConnection conn):
+    cpdef bint forget(self, UpstreamConnection conn):
         self.total.discard(conn)
         try:
             self.idle.remove(conn)
         except ValueError:
-            pass
+            return False
+        return True
 
     cpdef reap_idle(self, double now):
         cdef double deadline = now - self.idle_timeout
+        cdef UpstreamConnection conn
         idle = self.idle
         # Oldest first (left end); stop at the first one still fresh.
         while idle and (<UpstreamConnection>idle[0]).idle_since < deadline:
             idle.popleft().close()
+        while idle:
+            conn = idle[0]
+            if not conn.closed:
+                # Still open after this long idle (an upstream's close would
+                # have been read at once): the timeout is longer.
+                self.observe_open(now - conn.idle_since)
+                break
+            idle.popleft()
 
     cpdef record_success(self):
         self.failures = 0

@@ -83,19 +83,30 @@ class App:
         old = servers or {}
         self.servers: dict[str, UpstreamServer] = {}
         self.schools: list[SchoolRuntime] = []
+        limits = cfg.limits
         for i, school in enumerate(cfg.schools):
             members = []
             for addr in school.upstreams:
                 server = self.servers.get(addr) or old.get(addr)
                 if server is None:
                     host, port = parse_hostport(addr)
+                    # What an upstream may send is bounded like what a client
+                    # may: its status line like a request line, its heads and
+                    # trailers like request heads, its chunk lines alike.
                     server = UpstreamServer(
                         host, port,
-                        keepalive=cfg.limits.upstream_keepalive,
+                        keepalive=limits.upstream_keepalive,
                         connect_timeout=cfg.timeouts.upstream_connect,
                         idle_timeout=cfg.timeouts.upstream_idle,
-                        max_buffer=cfg.limits.max_buffer,
+                        max_buffer=limits.max_buffer,
+                        max_status_line=limits.max_request_line,
+                        max_header_bytes=limits.max_header_bytes,
+                        max_headers=limits.max_headers,
+                        max_chunk_ext=limits.max_chunk_ext,
                     )
+                else:
+                    server.set_limits(limits.max_request_line, limits.max_header_bytes,
+                                      limits.max_headers, limits.max_chunk_ext)
                 self.servers[addr] = server
                 members.append(server)
             self.schools.append(SchoolRuntime(

@@ -19,7 +19,8 @@ Invariants:
   so responses leave in request order without buffering whole responses.
 - A request is sent to a second upstream only if the first never got any of
   it (connect failed) or it is idempotent and bodiless and no response byte
-  arrived: a POST is never sent twice.
+  arrived: a POST is never sent twice. A request retried after its
+  connection was lost goes out on a new connection, never another pooled one.
 - Request body bytes are buffered only while no upstream is attached, and
   reading from the client pauses once max_buffer bytes are held; once
   attached, the upstream transport's write buffer drives pausing instead.

@@ -108,7 +108,7 @@ cdef class Exchange:
     cpdef on_tunnel_client_eof(self)
     cpdef on_tunnel_upstream_lost(self)
     cpdef on_client_lost(self)
-    cdef _connect(self, UpstreamServer exclude)
+    cdef _connect(self, UpstreamServer exclude, bint fresh=*)
     cdef _attach(self, UpstreamConnection conn)
     cdef _tunnel_half_closed(self, int side)
     cdef _unavailable(self)
@@ -126,11 +126,20 @@ cdef class UpstreamConnection:
     cdef public bint reading_paused
     cdef public double idle_since
     cdef public Py_ssize_t requests
+    cdef public object error
+    cdef int _phase                   # R_HEAD, R_BODY or R_DONE
     cdef list _headers
     cdef bytes _reason
+    cdef Py_ssize_t _n_headers
+    cdef Py_ssize_t _hdr_bytes
+    cdef Py_ssize_t _raw_head         # raw bytes of this exchange's response heads
+    cdef bytes _tail
+    cdef long long _body_left         # Content-Length bytes still due, or -1
+    cdef bint _chunked
+    cdef object _chunks               # ChunkedFraming, made for the first chunked body
+    cdef bint _reusable
     cdef bint _until_close
     cdef bint _head_only
-    cdef bint _head_seen
     cdef bint _interim
 
     cpdef write(self, bytes data)
@@ -140,7 +149,9 @@ cdef class UpstreamConnection:
     cpdef resume_reading(self)
     cpdef abort(self)
     cpdef close(self)
-    cdef _finish_head_only(self)
+    cdef _reset(self)
+    cdef _end_response(self, bint leftover)
+    cdef _refuse(self, object err)
     cdef _fail(self, object err)
 
 
@@ -152,17 +163,31 @@ cdef class UpstreamServer:
     cdef public double connect_timeout
     cdef public double idle_timeout
     cdef public Py_ssize_t max_buffer
+    cdef public Py_ssize_t max_status_line
+    cdef public Py_ssize_t max_header_bytes
+    cdef public Py_ssize_t max_headers
+    cdef public Py_ssize_t max_chunk_ext
+    cdef public Py_ssize_t head_budget
     cdef public object idle           # deque[UpstreamConnection], LIFO
     cdef public Py_ssize_t inflight
     cdef public set total
     cdef public int failures
     cdef public double down_until
     cdef public object loop
+    cdef public double keep_alive_timeout
+    cdef public double closed_idle
+    cdef public double open_idle
 
+    cpdef set_limits(self, Py_ssize_t max_status_line, Py_ssize_t max_header_bytes,
+                     Py_ssize_t max_headers, Py_ssize_t max_chunk_ext)
     cpdef bint available(self, double now)
-    cpdef UpstreamConnection take_idle(self)
+    cpdef learn_keep_alive(self, bytes value)
+    cpdef observe_closed(self, double idle)
+    cpdef observe_open(self, double idle)
+    cpdef double reuse_limit(self)
+    cpdef UpstreamConnection take_idle(self, double now)
     cpdef release(self, UpstreamConnection conn, double now)
-    cpdef forget(self, UpstreamConnection conn)
+    cpdef bint forget(self, UpstreamConnection conn)
     cpdef reap_idle(self, double now)
     cpdef record_success(self)
     cpdef record_failure(self, double now)
