@@ -35,6 +35,11 @@ class SchoolRuntime:
     title: str
     balancer: Balancer
     templates: str | None
+    # Request and response buffering (see the School keys of that name).
+    request_buffering: bool = True
+    request_buffer_memory: int = 65536
+    request_buffer_max: int = 1 << 30
+    response_buffer: int | None = None
     # Counters exported on /metrics.
     requests: int = 0
     unavailable: int = 0
@@ -89,6 +94,10 @@ class App:
                 index=i, name=school.name, title=school.title or school.name,
                 balancer=Balancer(members, school.balance == "least_inflight"),
                 templates=school.templates,
+                request_buffering=school.request_buffering,
+                request_buffer_memory=school.request_buffer_memory,
+                request_buffer_max=school.request_buffer_max,
+                response_buffer=school.response_buffer,
             ))
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.server.trusted_proxies]
         # A request no class matches (the config may name no catch-all class)
@@ -123,6 +132,12 @@ class App:
                 ex.local = self.page_response(self._busy_page(ex), ex)
                 return ex
             client.school = idx
+            limit = school.response_buffer
+            if limit is not None and client.transport is not None:
+                # What this client may leave unread before its upstream is
+                # paused: a response that fits is taken whole, and its slot
+                # and upstream connection are free while the client reads.
+                client.transport.set_write_buffer_limits(high=limit, low=limit // 4)
         if client.trusted_peer:
             client.client_key = _forwarded_client(head.xff, self.trusted) or client.client_ip
         return ex

@@ -90,7 +90,8 @@ class BodySpool:
             STATS.bytes += room
             data = data[room:]
         if self._file is None:
-            self._file = tempfile.TemporaryFile(dir=self.temp_dir, buffering=0)
+            # Lives as long as the spool (closed by close()), not a block.
+            self._file = tempfile.TemporaryFile(dir=self.temp_dir, buffering=0)  # noqa: SIM115
             STATS.files += 1
         fd = self._file.fileno()
         view = memoryview(data)

@@ -162,7 +162,9 @@ def test_queued_upload_is_not_read_until_admitted(run):
         finish(first)
         assert s.paths() == ["/one", "/upload"]
         assert t2.reading
-    run(body)
+    # Streaming (request buffering off): admitted, it is forwarded at once and
+    # its body read while it holds the slot.
+    run(body, extra="request_buffering = false\n")
 
 
 def test_priority_and_arrival_order_of_the_queue(run):
