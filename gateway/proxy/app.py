@@ -170,7 +170,10 @@ class App:
         friendly page, never a bare 502."""
         # Only routed exchanges reach an upstream, so school and head are set.
         ex.school.unavailable += 1  # type: ignore[union-attr]
-        page = self.render_page("down", ex, retry_after=max(self.cfg.admission.min_retry, 5))
+        # Whether any of the request left for the upstream: only if none did
+        # may a submitted form's page say the school never received it.
+        page = self.render_page("down", ex, retry_after=max(self.cfg.admission.min_retry, 5),
+                                forwarded=ex.sent_at > 0.0)
         return self.page_response(page, ex)
 
     def _busy_page(self, ex: Exchange) -> Page:
@@ -192,6 +195,7 @@ class App:
             accept_language=head.header(b"accept-language") or b"",  # type: ignore[union-attr]
             original_url=head.target.decode("latin-1"),  # type: ignore[union-attr]
             templates_dir=school.templates,  # type: ignore[union-attr]
+            method=head.method.decode("latin-1"),  # type: ignore[union-attr]
             **fields,
         )
 
