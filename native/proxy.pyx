@@ -750,6 +750,8 @@ cdef class Exchange:
         # cannot be held, so the request is answered here and the rest of
         # the body drained.
         self._drop_spool()
+        if self.ticket is not None:  # queued past request_buffer_max: leave the line
+            self.client.app.admission.cancel(self)
         self.keep_alive = False
         self.rejected(self.client.app.error_response(
             _HeadError(503, "the gateway could not store the request body")))

@@ -186,6 +186,49 @@ def test_body_beyond_memory_goes_through_an_unnamed_temp_file(make_gateway, gate
     assert open_files_in(gw, spool) == []
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_body_beyond_request_buffer_max_is_forwarded_then_streamed(make_gateway, gate,
+                                                                  framing):
+    # Held up to 100 kB, then the slot is taken, the held part forwarded, and
+    # the rest streams from the client: the upstream gets every byte, once.
+    gw = gateway_for(make_gateway, gate.addr, school={"request_buffer_max": 100_000,
+                                                      "request_buffer_memory": 16384})
+    body = os.urandom(3 * MB + 5)
+    with RawConn(gw.port, timeout=30) as conn:
+        if framing == "length":
+            conn.send(build_request("POST", "/big", [("Content-Length", str(len(body)))]))
+            for off in range(0, len(body), 50_000):
+                conn.send(body[off:off + 50_000])
+        else:
+            conn.send(build_request("POST", "/big", [("Transfer-Encoding", "chunked")]))
+            for off in range(0, len(body), 50_000):
+                conn.send(chunked(body[off:off + 50_000])[:-5])  # without the last chunk
+            conn.send(b"0\r\n\r\n")
+        resp = conn.recv_response("POST")
+        assert resp.status == 200
+        assert (resp.json()["body_length"], resp.json()["body_sha256"]) == (len(body), sha(body))
+        conn.send(build_request("GET", "/after"))
+        assert conn.recv_response().status == 200
+
+
+def test_body_that_cannot_be_stored_gets_a_clear_answer(make_gateway, gate, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    gw = gateway_for(make_gateway, gate.addr, server={"temp_dir": str(spool)},
+                     school={"request_buffer_memory": 1024})
+    spool.rmdir()  # the temporary file cannot be created now (as with a full disk)
+    with RawConn(gw.port) as conn:
+        conn.send(build_request("POST", "/essay", body=os.urandom(200_000)))
+        resp = conn.recv_response("POST")
+        assert resp.status == 503
+        assert b"could not store the request body" in resp.body
+        assert resp.has_token("Connection", "close")
+    assert "/essay" not in gate.paths()
+    with RawConn(gw.port) as conn:  # the worker goes on serving, the slot is free
+        conn.send(build_request("POST", "/small", body=b"fits in memory"))
+        assert conn.recv_response("POST").status == 200
+
+
 def test_chunked_body_is_forwarded_whole_with_its_length(make_gateway, gate):
     gw = gateway_for(make_gateway, gate.addr)
     pieces = [os.urandom(n) for n in (1, 70_000, 5, 200_000)]

@@ -356,7 +356,7 @@ def test_time_in_line_over_both_phases_stays_within_max_wait(run):
 def test_client_lost_while_its_body_arrives_frees_the_buffer(run):
     def body(s: Shell) -> None:
         before = (STATS.bodies, STATS.bytes)
-        proto, t, up = s.send(post("/upload", 100_000, body=b"x" * 5000))
+        proto, _, up = s.send(post("/upload", 100_000, body=b"x" * 5000))
         assert up.state == RECEIVING
         assert (STATS.bodies, STATS.bytes) == (before[0] + 1, before[1] + 5000)
         # A FIN mid-body: the body can never be complete, so the connection
@@ -372,7 +372,7 @@ def test_client_lost_while_its_body_arrives_frees_the_buffer(run):
 
 def test_body_larger_than_request_buffer_max_takes_a_slot_and_streams(run):
     def body(s: Shell) -> None:
-        proto, t, up = s.send(post("/big", 1000, body=b"y" * 300))
+        _, t, up = s.send(post("/big", 1000, body=b"y" * 300))
         # 300 bytes in, past the 200 held whole: it asks for a slot with
         # them, and reading waits until they are forwarded.
         assert s.paths() == ["/big"]
