@@ -188,7 +188,8 @@ def main() -> int:
     print("|---|---:|---:|---:|---|---:|")
     for name, latencies, statuses, held in rows:
         if latencies:
-            q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+            q = (statistics.quantiles(latencies, n=100, method="inclusive")
+                 if len(latencies) > 1 else latencies * 99)
             p50, p99, top = ms(statistics.median(latencies)), ms(q[98]), ms(max(latencies))
         else:
             p50 = p99 = top = "-"
