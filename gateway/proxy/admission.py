@@ -31,6 +31,11 @@ never holds a slot while its client sends. Two phases:
   time it waits in line over both phases stays within its class's max_wait.
 A body that outgrows the school's request_buffer_max asks for a slot with
 what has arrived and streams the rest once forwarded.
+Charging: one school token and one client-bucket token per request in
+either phase. Where it is not exact: a request reading its body in the
+first phase has not met its client bucket yet (a client over its own rate
+sends its body, then waits or gets 429), and an admission given back still
+counts in the measured admission rate behind the waiting page's estimate.
 
 Clock: time.time(), because class windows are wall-clock times and a
 returning visitor's arrival comes from a cookie another worker may have

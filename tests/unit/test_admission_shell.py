@@ -370,6 +370,22 @@ def test_client_lost_while_its_body_arrives_frees_the_buffer(run):
     run(body)
 
 
+def test_client_lost_while_queued_with_its_body_held_frees_both(run):
+    def body(s: Shell) -> None:
+        before = (STATS.bodies, STATS.bytes)
+        proto, _, up = s.send(post("/upload", 10, "Expect: 100-continue"))
+        _, _, page = s.get("/page")
+        proto.data_received(b"0123456789")  # complete while the school is full
+        assert up.ticket is not None and s.queued() == 1
+        assert STATS.bodies == before[0] + 1
+        assert proto.eof_received() is False  # a FIN while waiting in line
+        proto.connection_lost(None)
+        assert (STATS.bodies, STATS.bytes) == before and s.queued() == 0
+        finish(page)
+        assert s.paths() == ["/page"]
+    run(body)
+
+
 def test_body_larger_than_request_buffer_max_takes_a_slot_and_streams(run):
     def body(s: Shell) -> None:
         _, t, up = s.send(post("/big", 1000, body=b"y" * 300))
