@@ -39,6 +39,8 @@ from gateway._native.head cimport RequestHead, ResponseHead
 
 from gateway.proxy.chunks import ChunkError as _ChunkError
 from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
+from gateway.proxy.spool import PIECE as _PIECE
+from gateway.proxy.spool import BodySpool as _BodySpool
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -75,8 +77,9 @@ cdef enum:
     S_RESPONDING = 4
     S_TUNNEL = 5
     S_DONE = 6
-WAITING, ADMITTING, CONNECTING, SENT, RESPONDING, TUNNEL, DONE = (
-    S_WAITING, S_ADMITTING, S_CONNECTING, S_SENT, S_RESPONDING, S_TUNNEL, S_DONE)
+    S_RECEIVING = 7
+WAITING, ADMITTING, CONNECTING, SENT, RESPONDING, TUNNEL, DONE, RECEIVING = (
+    S_WAITING, S_ADMITTING, S_CONNECTING, S_SENT, S_RESPONDING, S_TUNNEL, S_DONE, S_RECEIVING)
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -90,7 +93,8 @@ cdef enum:
     P_PIPELINE = 4
     P_ADMISSION = 8
     P_TUNNEL = 16
-PAUSE_BUFFER = P_BUFFER        # body bytes buffered for an exchange without upstream
+PAUSE_BUFFER = P_BUFFER        # body bytes buffered for an exchange without upstream,
+                               # or a held body being forwarded before the rest is read
 PAUSE_UPSTREAM = P_UPSTREAM    # the upstream transport's write buffer is full
 PAUSE_PIPELINE = P_PIPELINE    # too many pipelined requests waiting
 PAUSE_ADMISSION = P_ADMISSION  # waiting for admission: do not read the upload yet
@@ -282,11 +286,14 @@ cdef class ClientProtocol:
             self.tunnel.on_tunnel_client_eof()
             return True
         queue = self.queue
-        if queue and (<Exchange>queue[0]).state == S_ADMITTING:
+        if queue and ((<Exchange>queue[0]).state == S_ADMITTING
+                      or (<Exchange>queue[0]).state == S_RECEIVING):
             # Hung up while waiting in line (a closed tab sends just this
             # FIN): the request is not sent to the school's server, and its
             # place goes to the next (like HAProxy's abortonclose). Closing
-            # leads to connection_lost, which gives the place back.
+            # leads to connection_lost, which gives the place back. A body
+            # being received can never be completed after a FIN either: its
+            # buffer is freed at once.
             return False
         # With nothing owed, let the transport close; otherwise finish
         # answering what was asked (the client may only have half-closed),
@@ -507,7 +514,7 @@ cdef class ClientProtocol:
 
     # -- timeouts (called by the worker's reaper) ----------------------------
     def check_timeouts(self, double now):
-        cdef Exchange ex
+        cdef Exchange ex, cur
         phase = self.phase
         timeouts = self.app.timeouts
         if phase == C_UPGRADED:
@@ -519,6 +526,14 @@ cdef class ClientProtocol:
                 self.abort()
             return
         queue = self.queue
+        cur = self.current
+        if phase == C_BODY and cur is not None and cur.state == S_RECEIVING \
+                and not self.pause_mask and now > cur.body_deadline(timeouts):
+            # A body received before admission took too long in all, however
+            # steadily its bytes trickled in (the gap check below would not
+            # catch a byte every few seconds).
+            self._protocol_error(_HeadError(408, "request body took too long"))
+            return
         if phase == C_BODY and not self.pause_mask and now - self.touched > timeouts.client_body:
             # The client stopped sending the body it announced.
             self._protocol_error(_HeadError(408, "request body timeout"))
@@ -605,7 +620,8 @@ cdef class ClientProtocol:
             return
         phase = self.phase
         if phase == C_HEAD or phase == C_BODY or phase == C_UPGRADE_WAIT \
-                or phase == C_BROKEN or (ex.head is not None and not ex.request_done):
+                or phase == C_BROKEN or (ex.head is not None and not ex.request_done
+                                         and not ex.body_received):
             # The client may still be sending; closing with unread data would
             # reset the connection and could destroy the response in flight.
             # Half-close, drop what arrives, then close.
@@ -675,38 +691,170 @@ cdef class Exchange:
         # Headers the gateway adds to the upstream's response (the cookie of
         # a waiting-room ticket this request used up, cleared).
         self.response_headers = None
+        # Request buffering: the body held at the gateway (a BodySpool) from
+        # receive_body() until it has been forwarded.
+        self.spool = None
+        self.body_received = False
+        self.up_chunked = False
+        self.body_since = 0.0
+        # Set when the request gave an admitted slot back to read its body:
+        # its first arrival and what was left of its max_wait then.
+        self.arrived_at = 0.0
+        self.wait_left = 0.0
 
     # -- request side (driven by ClientProtocol) ----------------------------
     cpdef on_request_body(self, bytes data):
-        cdef list parts
+        cdef ClientProtocol client
         if not data:
             return  # framed as a chunk, an empty piece would end the body
         if self.local is not None or self.state == S_DONE:
             return  # the answer is already decided; drain and drop
-        if self.head.chunked:
-            parts = [b"%x\r\n" % len(data), data, CRLF]
-        else:
-            parts = [data]
         up = self.upstream
-        if up is not None and (self.state == S_SENT or self.state == S_RESPONDING):
+        spool = self.spool
+        if up is not None and spool is None and (self.state == S_SENT or self.state == S_RESPONDING):
             self.touched = self.client.touched
-            up.writelines(parts)
+            if self.up_chunked:
+                up.writelines([b"%x\r\n" % len(data), data, CRLF])
+            else:
+                up.write(data)
             return
-        self.body_buf.extend(parts)
+        if spool is not None:
+            try:
+                spool.append(data)
+            except OSError:
+                self._spool_failed()
+                return
+            if self.state == S_RECEIVING and spool.size > self.school.request_buffer_max:
+                # Too large to hold whole: it asks for a slot with what is
+                # here, and once forwarded the rest streams from the client.
+                client = self.client
+                client.pause_reading_for(P_BUFFER)
+                self.state = S_ADMITTING
+                client.app.admission.admit(self)
+            return
+        # Not started yet (pipelined), or queued with its body unread: what
+        # the client sent anyway waits here, in order, bounded by max_buffer.
+        self.body_buf.append(data)
         self.body_buffered += len(data)
         if self.body_buffered > self.client.app.limits.max_buffer:
             self.client.pause_reading_for(P_BUFFER)
 
     cpdef on_request_end(self):
-        self.request_done = True
+        self.body_received = True
         if self.local is not None or self.state == S_DONE:
+            self.request_done = True
             return
-        if self.head.chunked:
-            up = self.upstream
-            if up is not None and (self.state == S_SENT or self.state == S_RESPONDING):
-                up.write(LAST_CHUNK)
+        if self.spool is not None:
+            if self.state == S_RECEIVING:
+                # The whole body is here: only now does it ask for a slot.
+                self.state = S_ADMITTING
+                self.client.app.admission.admit(self)
+            # Being forwarded from the spool: _pump ends the request.
+            return
+        up = self.upstream
+        if up is not None and (self.state == S_SENT or self.state == S_RESPONDING) \
+                and self.up_chunked:
+            up.write(LAST_CHUNK)
+        # (Before an upstream is attached, _attach frames what body_buf holds.)
+        self.request_done = True
+
+    cpdef bint body_first(self) except -1:
+        """Whether the body is to be received whole before the request asks
+        for a slot: its school buffers requests, a body is announced, and it
+        is neither all here already nor being received."""
+        cdef RequestHead head = self.head
+        if head is None or self.school is None or self.local is not None \
+                or self.body_received or self.spool is not None or head.upgrade is not None:
+            return False
+        if head.content_length <= 0 and not head.chunked:
+            return False
+        return self.school.request_buffering
+
+    cpdef receive_body(self):
+        """Read the body into a spool (memory, then a temporary file) before
+        the request takes a slot; 100 Continue if the client asked for it.
+        on_request_end (or the body outgrowing request_buffer_max) asks the
+        admission shell for a slot afterwards."""
+        cdef ClientProtocol client = self.client
+        app = client.app
+        spool = _BodySpool(self.school.request_buffer_memory, app.cfg.server.temp_dir)
+        self.spool = spool
+        self.state = S_RECEIVING
+        self.body_since = monotonic()
+        if self.body_buf:
+            try:
+                for piece in self.body_buf:
+                    spool.append(piece)
+            except OSError:
+                self._spool_failed()
+                return
+            self.body_buf = []
+            self.body_buffered = 0
+        client.resume_reading_for(P_BUFFER)
+        if self.head.expect_continue and not self.continue_sent:
+            self.continue_sent = True
+            client.write(CONTINUE_100)
+
+    cpdef double body_deadline(self, object timeouts) except? -1.0:
+        """Monotonic time by which a body being received must be complete:
+        client_body_total after receiving began, plus one second per
+        client_body_min_rate bytes received (Apache mod_reqtimeout's
+        MinRate), so a real upload always has time and a trickle does not."""
+        cdef double deadline = self.body_since + timeouts.client_body_total
+        rate = timeouts.client_body_min_rate
+        if rate > 0 and self.spool is not None:
+            deadline += self.spool.size / rate
+        return deadline
+
+    cdef _spool_failed(self):
+        # The temporary file could not be written (a full disk): the body
+        # cannot be held, so the request is answered here and the rest of
+        # the body drained.
+        self._drop_spool()
+        if self.ticket is not None:  # queued past request_buffer_max: leave the line
+            self.client.app.admission.cancel(self)
+        self.keep_alive = False
+        self.rejected(self.client.app.error_response(
+            _HeadError(503, "the gateway could not store the request body")))
+
+    cdef _drop_spool(self):
+        spool = self.spool
+        if spool is not None:
+            self.spool = None
+            spool.close()
+
+    cdef _pump(self):
+        """Forward the held body as far as the upstream takes it now (its
+        transport's write buffer up to its high-water mark); the rest goes
+        from on_upstream_write_resumed. Once all of it is out the request is
+        done, or, for a body beyond request_buffer_max, the client is read
+        again and the rest streams through."""
+        cdef ClientProtocol client = self.client
+        cdef UpstreamConnection up = self.upstream
+        spool = self.spool
+        if spool is None or up is None or up.transport is None:
+            return
+        transport = up.transport
+        high = self.server.max_buffer
+        chunked = self.up_chunked
+        while transport.get_write_buffer_size() <= high:
+            piece = spool.read(_PIECE)
+            if not piece:
+                break
+            if chunked:
+                up.writelines([b"%x\r\n" % len(piece), piece, CRLF])
             else:
-                self.body_buf.append(LAST_CHUNK)
+                up.write(piece)
+        self.touched = monotonic()
+        if spool.remaining:
+            return  # pause_writing fired; resume_writing brings us back
+        self._drop_spool()
+        if not self.body_received:
+            client.resume_reading_for(P_BUFFER)
+            return
+        if chunked:
+            up.write(LAST_CHUNK)
+        self.request_done = True
 
     # -- driving the exchange --------------------------------------------
     cpdef start(self):
@@ -738,7 +886,7 @@ cdef class Exchange:
         head = self.head
         # A bodiless request is complete at its head, before llhttp's
         # on_message_complete (admission decides inside on_headers_complete).
-        done = self.request_done or (
+        done = self.request_done or self.body_received or (
             head is not None and head.content_length <= 0 and not head.chunked)
         keep = self.keep_alive and done and not self.client.app.draining
         self.keep_alive = keep
@@ -787,14 +935,32 @@ cdef class Exchange:
         if client.write_paused:
             conn.pause_reading()
         app = client.app
-        parts = [_serialize_request_head(head, client.client_ip, client.proto, app.via)]
+        spool = self.spool
+        length = -1
+        if spool is not None and self.body_received and head.chunked:
+            # The whole chunked body is here: forwarded decoded, with its
+            # length, like nginx does (old upstreams may not take chunked).
+            length = spool.size
+        chunked = head.chunked and length < 0
+        self.up_chunked = chunked
+        parts = [_serialize_request_head(head, client.client_ip, client.proto, app.via, length)]
         if self.body_buf:
-            parts.extend(self.body_buf)
+            if chunked:
+                for piece in self.body_buf:
+                    parts.append(b"%x\r\n" % len(piece))
+                    parts.append(piece)
+                    parts.append(CRLF)
+            else:
+                parts.extend(self.body_buf)
             self.body_buf = []
             self.body_buffered = 0
             client.resume_reading_for(P_BUFFER)
+        if chunked and self.request_done and spool is None:
+            parts.append(LAST_CHUNK)
         conn.writelines(parts)
-        if head.expect_continue and not self.request_done and not self.continue_sent:
+        if spool is not None:
+            self._pump()
+        elif head.expect_continue and not self.request_done and not self.continue_sent:
             # The upstream never sees Expect: the gateway promises the body
             # only once it knows where the body will go.
             self.continue_sent = True
@@ -891,6 +1057,8 @@ cdef class Exchange:
 
     cpdef on_upstream_write_resumed(self):
         self.client.resume_reading_for(P_UPSTREAM)
+        if self.spool is not None:
+            self._pump()
 
     cpdef timed_out(self):
         """The upstream sent nothing within upstream_read."""
@@ -975,6 +1143,7 @@ cdef class Exchange:
     cpdef on_client_lost(self):
         """The client connection is gone: release whatever this holds."""
         self.state = S_DONE
+        self._drop_spool()
         conn = self.upstream
         if conn is not None:
             self.upstream = None
@@ -996,6 +1165,8 @@ cdef class Exchange:
 
     cdef _finish(self):
         self.state = S_DONE
+        if self.spool is not None:
+            self._drop_spool()
         if self.ticket is not None:  # no Python call for unticketed exchanges
             self.client.app.admission.release(self)
         self.client.exchange_done(self)

@@ -10,7 +10,8 @@ Invariants (each call preserves them; the property tests check them):
    school: inflight <= max_inflight (0 = unlimited); per class:
    class_inflight <= class_limit (when limited); per pool:
    inflight <= max_inflight. Tokens are taken from the school bucket only at
-   admission, one per ticket.
+   admission, one per ticket, and given back only by release(refund=True)
+   (an admitted request that gave its slot back unused).
 2. Order. Waiting tickets of a school are ordered by
    key = arrived_at - priority * aging, then arrived_at, then seq.
    With aging seconds per priority step, this is the order of "priority +
@@ -273,13 +274,17 @@ cdef class Scheduler:
 
     # -- the shell's calls --------------------------------------------------
 
-    def request(self, int school, int klass, client_key, double now, arrived_at=None):
+    def request(self, int school, int klass, client_key, double now, arrived_at=None,
+                max_wait=None):
         """See gateway/_native/scheduler.pyi."""
         cdef _School s = self._school(school)
         cdef Ticket t = Ticket.__new__(Ticket)
         cdef TokenBucket cb = None
-        cdef double delay = 0.0, at
+        cdef double delay = 0.0, at, wait
         self._check_class(klass)
+        wait = self.max_wait[klass] if max_wait is None else max_wait
+        if not wait > 0.0:  # also NaN: no wait at all
+            wait = 0.0
         self.last_now = now
         self.seq += 1
         t.seq = self.seq
@@ -290,7 +295,7 @@ cdef class Scheduler:
             at = now
         t.arrived_at = at
         t.key = at - self.priority[klass] * self.aging
-        t.deadline = now + self.max_wait[klass]
+        t.deadline = now + wait
         t.reason = ""
         if s.client_rate > 0.0 and client_key is not None:
             cb = s.clients.get(client_key)
@@ -298,13 +303,13 @@ cdef class Scheduler:
                 cb = TokenBucket(s.client_rate, s.client_burst, now)
                 s.clients[client_key] = cb
                 self.has_clients = True
-            delay = cb.reserve_c(now, 1.0, self.max_wait[klass])
+            delay = cb.reserve_c(now, 1.0, wait)
             if delay < 0.0:
                 self._reject(s, t, now, "client_rate", 429, cb.wait(now, 1.0))
                 return t
         if delay == 0.0 and self._admit_at_once(s, t, now):
             return t
-        if s.queued >= s.max_queue or self.max_wait[klass] == 0.0:
+        if s.queued >= s.max_queue or wait == 0.0:
             if cb is not None:
                 cb.level += 1.0  # give the reservation back
             self._reject(s, t, now,
@@ -329,10 +334,11 @@ cdef class Scheduler:
                 self.outbox.remove(t)
         return t
 
-    def release(self, Ticket ticket not None, double now):
+    def release(self, Ticket ticket not None, double now, bint refund=False):
         """See gateway/_native/scheduler.pyi."""
         cdef _School s
         cdef _Pool pool = ticket.pool
+        cdef TokenBucket b
         if not ticket.held:
             raise ValueError(f"{ticket!r} holds no slot")
         self.last_now = now
@@ -349,6 +355,18 @@ cdef class Scheduler:
                 self._dispatch_pool(pool, now)
             return self._take_outbox()
         s = self._school(ticket.school)
+        if refund:
+            # Its request never reached the upstream: the school's token
+            # goes back (up to the bucket's capacity) and the admission is
+            # not counted, so the request's later admission is its only one.
+            b = s.bucket
+            if b is not None:
+                b.refill(now)
+                b.level += 1.0
+                if b.level > b.capacity:
+                    b.level = b.capacity
+            if ticket.klass >= 0:
+                s.admitted[ticket.klass] -= 1
         s.inflight -= 1
         if ticket.klass >= 0:
             s.class_inflight[ticket.klass] -= 1

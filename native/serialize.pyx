@@ -76,7 +76,16 @@ cdef char* _put_status(char* w, int status, bytes reason) noexcept:
 
 
 def serialize_request_head(RequestHead head not None, bytes client_ip not None,
-                           bytes proto not None, bytes via not None):
+                           bytes proto not None, bytes via not None,
+                           long long body_length=-1):
+    # body_length >= 0 for a chunked request whose whole body the gateway
+    # holds: it is forwarded decoded, with that Content-Length instead of
+    # Transfer-Encoding (RFC 9112 section 7.1.3).
+    cdef bytes length = None
+    cdef bint chunked = head.chunked
+    if chunked and body_length >= 0:
+        chunked = False
+        length = b"%d\r\n" % body_length
     cdef Py_ssize_t size = (
         PyBytes_GET_SIZE(head.method) + 1 + PyBytes_GET_SIZE(head.target)
         + PyBytes_GET_SIZE(_REQ_VERSION) + _headers_size(head.headers)
@@ -89,8 +98,10 @@ def serialize_request_head(RequestHead head not None, bytes client_ip not None,
         size += PyBytes_GET_SIZE(head.xff) + 2
     if head.via is not None:
         size += PyBytes_GET_SIZE(head.via) + 2
-    if head.chunked:
+    if chunked:
         size += PyBytes_GET_SIZE(_CHUNKED)
+    elif length is not None:
+        size += PyBytes_GET_SIZE(_CONTENT_LENGTH) + PyBytes_GET_SIZE(length)
     if head.upgrade is not None:
         size += PyBytes_GET_SIZE(_UPGRADE) + PyBytes_GET_SIZE(head.upgrade) + 2
     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
@@ -110,8 +121,10 @@ def serialize_request_head(RequestHead head not None, bytes client_ip not None,
     if head.via is not None:
         w = _put(_put(w, head.via), _LIST)
     w = _put(_put(_put(w, _VIA_VERSION), via), _CRLF)
-    if head.chunked:
+    if chunked:
         w = _put(w, _CHUNKED)
+    elif length is not None:
+        w = _put(_put(w, _CONTENT_LENGTH), length)
     if head.upgrade is not None:
         w = _put(_put(_put(w, _UPGRADE), head.upgrade), _CRLF)
     _put(w, _CRLF)

@@ -33,6 +33,7 @@ SENT: int
 RESPONDING: int
 TUNNEL: int
 DONE: int
+RECEIVING: int
 
 CONTINUE_100: bytes
 LAST_CHUNK: bytes
@@ -141,10 +142,33 @@ class Exchange:
     ticket: Any
     response_headers: list[tuple[bytes, bytes]] | None
     """Headers the gateway adds to the upstream's response head (None: none)."""
+    spool: Any
+    """The body held at the gateway (gateway.proxy.spool.BodySpool) from
+    receive_body() until it has been forwarded; None otherwise."""
+    body_received: bool
+    """The client has sent the whole body (request_done: it has also been
+    written to the upstream, or is complete in body_buf)."""
+    up_chunked: bool
+    body_since: float
+    arrived_at: float
+    """Unix time of the first admission request, when the request gave its
+    slot back to read its body (0.0 otherwise)."""
+    wait_left: float
     def __init__(self, client: ClientProtocol, head: RequestHead | None, school: Any,
                  klass: int) -> None: ...
     def on_request_body(self, data: bytes) -> None: ...
     def on_request_end(self) -> None: ...
+    def body_first(self) -> bool:
+        """Whether the body is to be received whole before the request asks
+        for a slot (its school has request_buffering, a body is announced,
+        and it is neither all here nor being received)."""
+    def receive_body(self) -> None:
+        """Read the body into a spool without a slot (state RECEIVING), with
+        100 Continue if asked; the request asks for admission once the body
+        is complete or outgrows the school's request_buffer_max."""
+    def body_deadline(self, timeouts: Any) -> float:
+        """Monotonic time by which a body being received must be complete:
+        client_body_total plus one second per client_body_min_rate bytes."""
     def start(self) -> None: ...
     def admitted(self) -> None: ...
     def rejected(self, response: bytes) -> None: ...

@@ -74,13 +74,16 @@ class Scheduler:
         has none; None lifts the limit. Raised limits act at the next poll.
         """
     def request(self, school: int, klass: int, client_key: Hashable | None, now: float,
-                arrived_at: float | None = None) -> Ticket:
+                arrived_at: float | None = None, max_wait: float | None = None) -> Ticket:
         """Admit at once, queue, or reject. arrived_at (clamped to now) orders
-        the ticket within its class; the deadline is now + max_wait."""
-    def release(self, ticket: Ticket, now: float) -> list[Ticket]:
+        the ticket within its class; the deadline is now + max_wait, which
+        defaults to the class's (a value <= 0 means: admit at once or reject)."""
+    def release(self, ticket: Ticket, now: float, refund: bool = False) -> list[Ticket]:
         """Free the ticket's slot; returns the tickets admitted as a result
         (plus any admitted as a side effect of an earlier request), in order.
-        ValueError if the ticket holds no slot."""
+        refund: the request never reached the upstream, so its school token
+        goes back to the bucket (up to its capacity) and its admission is not
+        counted. ValueError if the ticket holds no slot."""
     def cancel(self, ticket: Ticket, now: float) -> bool:
         """Drop a QUEUED ticket (state CANCELLED); False for any other state."""
     def poll(self, now: float) -> tuple[list[Ticket], list[Ticket]]:

@@ -93,21 +93,27 @@ class AdmissionController:
     # -- the calls ---------------------------------------------------------------
 
     def request(self, school: int, klass: int, client_key: bytes | None, now: float,
-                arrived_at: float | None = None) -> Ticket:
+                arrived_at: float | None = None, max_wait: float | None = None) -> Ticket:
         """Admit, queue or reject one request (the returned Ticket's state).
 
         client_key selects the per-client bucket (None skips it). arrived_at
         is a returning visitor's original arrival: it orders the request
         within its class (and ages it), while its deadline is still
-        now + max_wait.
+        now + max_wait. max_wait (seconds) replaces the class's for this
+        request: what is left of the wait of a request asking a second time.
         """
         self._tick(now)
-        return self._scheduler.request(school, klass, client_key, now, arrived_at)
+        return self._scheduler.request(school, klass, client_key, now, arrived_at, max_wait)
 
-    def release(self, ticket: Ticket, now: float) -> list[Ticket]:
-        """An admitted request finished; returns the tickets admitted now."""
+    def release(self, ticket: Ticket, now: float, refund: bool = False) -> list[Ticket]:
+        """An admitted request finished; returns the tickets admitted now.
+
+        refund=True: the request gave its slot back without having been
+        forwarded (to read its body first), so its school token is returned
+        and it is not counted as admitted.
+        """
         self._tick(now)
-        return self._scheduler.release(ticket, now)
+        return self._scheduler.release(ticket, now, refund)
 
     def cancel(self, ticket: Ticket, now: float) -> bool:
         """A QUEUED ticket's client went away (state CANCELLED).

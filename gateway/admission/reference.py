@@ -214,8 +214,11 @@ class Scheduler:
             if s.queued:
                 self.waiting.add(s)
 
-    def request(self, school, klass, client_key, now, arrived_at=None):
+    def request(self, school, klass, client_key, now, arrived_at=None, max_wait=None):
         s = self.schools[school]
+        wait = self.max_wait[klass] if max_wait is None else max_wait
+        if not wait > 0.0:
+            wait = 0.0
         self.last_now = now
         self.seq += 1
         t = Ticket(school, klass, self.seq)
@@ -223,20 +226,20 @@ class Scheduler:
             else arrived_at
         t.arrived_at = at
         t.key = at - self.priority[klass] * self.aging
-        t.deadline = now + self.max_wait[klass]
+        t.deadline = now + wait
         delay, cb = 0.0, None
         if s.client_rate > 0.0 and client_key is not None:
             cb = s.clients.get(client_key)
             if cb is None:
                 cb = s.clients[client_key] = TokenBucket(s.client_rate, s.client_burst, now)
                 self.has_clients = True
-            delay = cb.reserve(now, 1.0, self.max_wait[klass])
+            delay = cb.reserve(now, 1.0, wait)
             if delay < 0.0:
                 self._reject(s, t, now, "client_rate", 429, cb.time_until(now))
                 return t
         if delay == 0.0 and self._admit_at_once(s, t, now):
             return t
-        if s.queued >= s.max_queue or self.max_wait[klass] == 0.0:
+        if s.queued >= s.max_queue or wait == 0.0:
             if cb is not None:
                 cb.level += 1.0
             self._reject(s, t, now, "queue_full" if s.queued >= s.max_queue else "busy",
@@ -257,7 +260,7 @@ class Scheduler:
                 self.outbox.remove(t)
         return t
 
-    def release(self, ticket, now):
+    def release(self, ticket, now, refund=False):
         if not ticket.held:
             raise ValueError(f"{ticket!r} holds no slot")
         self.last_now = now
@@ -272,6 +275,14 @@ class Scheduler:
                 self._dispatch_pool(pool, now)
             return self._take_outbox()
         s = self.schools[ticket.school]
+        if refund:
+            # Its request never reached the upstream: the token goes back and
+            # the admission is not counted (see the native scheduler).
+            if s.bucket is not None and s.bucket.rate > 0.0:
+                s.bucket._refill(now)
+                s.bucket.level = min(s.bucket.capacity, s.bucket.level + 1.0)
+            if ticket.klass >= 0:
+                s.admitted[ticket.klass] -= 1
         s.inflight -= 1
         if ticket.klass >= 0:
             s.class_inflight[ticket.klass] -= 1

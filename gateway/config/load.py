@@ -11,8 +11,8 @@ values instead of re-deriving them:
 
 * school hosts are lower-cased (Host matching is case-insensitive);
 * match methods are upper-cased and match header names lower-cased;
-* ``tls_cert``, ``tls_key`` and ``templates`` are absolute paths, relative
-  ones being taken from the config file's directory;
+* ``tls_cert``, ``tls_key``, ``temp_dir`` and ``templates`` are absolute
+  paths, relative ones being taken from the config file's directory;
 * a school with ``rate > 0`` and no ``burst`` gets ``burst = max(1,
   ceil(rate))`` (one second's worth), and likewise ``client_burst`` for
   ``client_rate``; a burst without a rate is an error, since it would be
@@ -310,6 +310,13 @@ def _check_server(server: Server, base: Path) -> Server:
             ipaddress.ip_network(net, strict=True)
         except ValueError as exc:
             raise _Invalid(f"server.trusted_proxies[{i}]", f"not an IP or CIDR: {exc}") from None
+    if server.temp_dir:
+        path = base / os.path.expanduser(server.temp_dir)
+        if not path.is_dir():
+            raise _Invalid("server.temp_dir", f"no such directory: {str(path)!r}")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise _Invalid("server.temp_dir", f"directory is not writable: {str(path)!r}")
+        server = replace(server, temp_dir=str(path))
     if (server.tls_cert is None) != (server.tls_key is None):
         missing = "server.tls_key" if server.tls_key is None else "server.tls_cert"
         present = "server.tls_cert" if server.tls_key is None else "server.tls_key"

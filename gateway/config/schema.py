@@ -38,6 +38,10 @@ class Server(_Section):
     trusted_proxies: list[str] = field(default_factory=list)
     # Name put in the Via header.
     via_name: str = "schoolgate"
+    # Directory for request bodies beyond a school's request_buffer_memory.
+    # Each file is unlinked as it is created, so nothing is left behind, not
+    # even after a crash. Empty: the system's temporary directory ($TMPDIR).
+    temp_dir: str = ""
 
 
 class Timeouts(_Section):
@@ -47,6 +51,13 @@ class Timeouts(_Section):
     keepalive: PositiveFloat = 75.0
     # Gap allowed between two reads of a request body.
     client_body: PositiveFloat = 60.0
+    # Whole-body deadline for a body received before its request is
+    # admitted (a school's request_buffering): it must be complete within
+    # client_body_total seconds plus one second per client_body_min_rate
+    # bytes received, so an upload at a real pace always has time and a
+    # trickle does not (408 after). 0 for the rate gives no allowance.
+    client_body_total: PositiveFloat = 60.0
+    client_body_min_rate: NonNegInt = 1024
     upstream_connect: PositiveFloat = 5.0
     # Gap allowed between two reads from the upstream while a response is due.
     upstream_read: PositiveFloat = 60.0
@@ -133,6 +144,23 @@ class School(_Section):
     # Off by default: a school's web server has no use for them, and a
     # tunnel carries bytes past routing and admission.
     allow_connect: bool = False
+    # Request buffering: a request body is received whole at the gateway
+    # before the request takes one of the school's slots (max_inflight), so
+    # a slow or vanished client costs a connection and a buffer, never a
+    # slot. Off: the body streams to the upstream at the client's pace,
+    # holding a slot meanwhile.
+    request_buffering: bool = True
+    # Bytes of one body held in memory; the rest goes to a temporary file
+    # in [server] temp_dir.
+    request_buffer_memory: PositiveInt = 65536
+    # Bodies up to this size are received whole first. A larger one takes a
+    # slot once this much has arrived and streams the rest at the client's
+    # pace. [limits] max_body still refuses bodies above it (413).
+    request_buffer_max: PositiveInt = 1073741824
+    # Response bytes held for a client that reads slowly before the upstream
+    # is paused: a response that fits is taken whole and its slot and
+    # upstream connection are free at once. None: [limits] max_buffer.
+    response_buffer: PositiveInt | None = None
 
 
 class Pool(_Section):

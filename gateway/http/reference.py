@@ -450,8 +450,12 @@ def _status_line(status: int, reason: bytes) -> bytes:
 
 
 def serialize_request_head(head: RequestHead, client_ip: bytes, proto: bytes,
-                           via: bytes) -> bytes:
-    """The head to send upstream, with forwarding headers set by this hop."""
+                           via: bytes, body_length: int = -1) -> bytes:
+    """The head to send upstream, with forwarding headers set by this hop.
+
+    body_length >= 0: a chunked request whose whole body the gateway holds
+    goes out decoded, with that Content-Length (RFC 9112 section 7.1.3).
+    """
     out = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     for name, value in head.headers:
         out += (name, b": ", value, b"\r\n")
@@ -459,7 +463,9 @@ def serialize_request_head(head: RequestHead, client_ip: bytes, proto: bytes,
             b"\r\nX-Forwarded-Proto: ", proto,
             b"\r\nX-Forwarded-Host: ", head.host_header,
             b"\r\nVia: ", head.via + b", 1.1 " if head.via else b"1.1 ", via, b"\r\n")
-    if head.chunked:
+    if head.chunked and body_length >= 0:
+        out.append(b"Content-Length: %d\r\n" % body_length)
+    elif head.chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
     if head.upgrade is not None:
         out += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")

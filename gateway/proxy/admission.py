@@ -24,6 +24,27 @@ void if that queued request never gets in (its client leaves, its max_wait
 passes). The status endpoint renews a ticket only while its visitor waits in
 the room.
 
+Request buffering (a school's `request_buffering`): a request with a body
+never holds a slot while its client sends. Two phases:
+- school has room at the head (free_slots): the body is read into the
+  exchange's spool with no ticket at all (100 Continue if asked), and the
+  request asks for admission once the body is complete. If the school is
+  full by then, it queues with its body held and is forwarded when
+  admitted (a submitted form is not lost to a waiting page).
+- school full at the head: the request queues with its body unread, as
+  above. When its turn comes it gives the slot back at once (refund: its
+  school token returns, so one request costs one token), reads its body,
+  then asks again with its original arrival (first in its class), no
+  second client-bucket charge, and what was left of its max_wait, so the
+  time it waits in line over both phases stays within its class's max_wait.
+A body that outgrows the school's request_buffer_max asks for a slot with
+what has arrived and streams the rest once forwarded.
+Charging: one school token and one client-bucket token per request in
+either phase. Where it is not exact: a request reading its body in the
+first phase has not met its client bucket yet (a client over its own rate
+sends its body, then waits or gets 429), and an admission given back still
+counts in the measured admission rate behind the waiting page's estimate.
+
 Clock: time.time(), because class windows are wall-clock times and a
 returning visitor's arrival comes from a cookie another worker may have
 issued. The poll timer runs on the loop's monotonic clock, set from the
@@ -182,20 +203,39 @@ class Admission:
 
     # -- requests ----------------------------------------------------------------
     def admit(self, ex: Exchange) -> None:
+        school = ex.school
+        if ex.body_first() and (not self.enabled or self.controller.free_slots(
+                school.index, time.time()) != 0):  # type: ignore[union-attr]
+            # Room now: receive the body without a slot; on_request_end
+            # brings the request back here, complete.
+            ex.receive_body()
+            return
         if not self.enabled:
             ex.admitted()
             return
-        school = ex.school
         now = time.time()
         visitor = self._read_ticket(ex, now)
         arrived = visitor[1] if visitor is not None else None
+        client_key: bytes | None = ex.client.client_key
+        max_wait = None
+        if ex.arrived_at > 0.0:
+            # Asking again after giving its slot back to read its body: its
+            # place in line, what is left of its wait, and its client token
+            # was taken the first time.
+            arrived, client_key, max_wait = ex.arrived_at, None, ex.wait_left
         t = self.controller.request(school.index, ex.klass,  # type: ignore[union-attr]
-                                    ex.client.client_key, now, arrived)
+                                    client_key, now, arrived, max_wait)
         state = t.state
         if state == ADMITTED:
-            ex.ticket = t
             if visitor is not None:
                 self._spend(ex, t, visitor[0], now)
+            if ex.body_first():
+                # Admitted though free_slots saw no room (a bucket refill
+                # in between): the body still comes first.
+                self._dispatch(self._body_first(ex, t, now))
+                self._rearm()
+                return
+            ex.ticket = t
             ex.admitted()
         elif state == QUEUED:
             ex.ticket = t
@@ -203,7 +243,7 @@ class Admission:
             if visitor is not None:
                 self._spend(ex, t, visitor[0], now)
             head = ex.head
-            if head.content_length > 0 or head.chunked:  # type: ignore[union-attr]
+            if (head.content_length > 0 or head.chunked) and not ex.body_received:  # type: ignore[union-attr]
                 ex.client.pause_reading_for(PAUSE_ADMISSION)
             self._rearm()
         else:
@@ -235,6 +275,19 @@ class Admission:
             self._dispatch(self.controller.release(t, time.time()))
         self._rearm()
 
+    def _body_first(self, ex: Exchange, t: Ticket, now: float) -> list[Ticket]:
+        """`t` was admitted while ex's body is still with the client: give
+        the slot back at once (its token too), read the body, and remember
+        the arrival and the wait left for asking again. Returns the tickets
+        the freed slot admitted."""
+        ex.ticket = None
+        ex.arrived_at = t.arrived_at
+        ex.wait_left = max(t.deadline - now, 0.0)
+        admitted = self.controller.release(t, now, refund=True)
+        ex.client.resume_reading_for(PAUSE_ADMISSION)
+        ex.receive_body()
+        return admitted
+
     # -- tickets coming back later ---------------------------------------------
     def _dispatch(self, admitted: list[Ticket]) -> None:
         for t in admitted:
@@ -244,6 +297,9 @@ class Admission:
                 # Its client left between admission and now.
                 if t.state == ADMITTED:
                     admitted.extend(self.controller.release(t, time.time()))
+                continue
+            if ex.body_first():
+                admitted.extend(self._body_first(ex, t, time.time()))
                 continue
             ex.client.resume_reading_for(PAUSE_ADMISSION)
             ex.admitted()

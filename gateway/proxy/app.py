@@ -42,6 +42,11 @@ class SchoolRuntime:
     balancer: Balancer
     templates: str | None
     allow_connect: bool = False
+    # Request and response buffering (see the School keys of that name).
+    request_buffering: bool = True
+    request_buffer_memory: int = 65536
+    request_buffer_max: int = 1 << 30
+    response_buffer: int | None = None
     # Counters exported on /metrics.
     requests: int = 0
     unavailable: int = 0
@@ -113,6 +118,10 @@ class App:
                 index=i, name=school.name, title=school.title or school.name,
                 balancer=Balancer(members, school.balance == "least_inflight"),
                 templates=school.templates, allow_connect=school.allow_connect,
+                request_buffering=school.request_buffering,
+                request_buffer_memory=school.request_buffer_memory,
+                request_buffer_max=school.request_buffer_max,
+                response_buffer=school.response_buffer,
             ))
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.server.trusted_proxies]
         # A request no class matches (the config may name no catch-all class)
@@ -226,6 +235,12 @@ class App:
                 ex.keep_alive = False
                 ex.local = self.page_response(self._busy_page(ex), ex)
                 return ex
+            limit = school.response_buffer
+            if limit is not None and client.transport is not None:
+                # What this client may leave unread before its upstream is
+                # paused: a response that fits is taken whole, and its slot
+                # and upstream connection are free while the client reads.
+                client.transport.set_write_buffer_limits(high=limit, low=limit // 4)
         if client.trusted_peer:
             client.client_key = _forwarded_client(head.xff, self.trusted) or client.client_ip
         return ex
@@ -288,7 +303,10 @@ class App:
         friendly page, never a bare 502."""
         # Only routed exchanges reach an upstream, so school and head are set.
         ex.school.unavailable += 1  # type: ignore[union-attr]
-        page = self.render_page("down", ex, retry_after=max(self.cfg.admission.min_retry, 5))
+        # Whether any of the request left for the upstream: only if none did
+        # may a submitted form's page say the school never received it.
+        page = self.render_page("down", ex, retry_after=max(self.cfg.admission.min_retry, 5),
+                                forwarded=ex.sent_at > 0.0)
         return self.page_response(page, ex)
 
     def _busy_page(self, ex: Exchange) -> Page:
@@ -310,6 +328,7 @@ class App:
             accept_language=head.header(b"accept-language") or b"",  # type: ignore[union-attr]
             original_url=head.target.decode("latin-1"),  # type: ignore[union-attr]
             templates_dir=school.templates,  # type: ignore[union-attr]
+            method=head.method.decode("latin-1"),  # type: ignore[union-attr]
             **fields,
         )
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from gateway.proxy.spool import STATS as SPOOLS
+
 if TYPE_CHECKING:
     from gateway.server.worker import Worker
 
@@ -46,6 +48,19 @@ def render_metrics(worker: Worker) -> bytes:
         lines.append(f'schoolgate_school_requests_total{{{labels},school="{_label(s.name)}"}} '
                      f"{s.requests}")
     lines += _admission_metrics(app, labels)
+    lines += [
+        "# HELP schoolgate_request_bodies_buffered Request bodies held at the gateway "
+        "(request buffering).",
+        "# TYPE schoolgate_request_bodies_buffered gauge",
+        f"schoolgate_request_bodies_buffered{{{labels}}} {SPOOLS.bodies}",
+        "# HELP schoolgate_request_body_bytes_buffered Bytes of those bodies, in memory "
+        "and temporary files.",
+        "# TYPE schoolgate_request_body_bytes_buffered gauge",
+        f"schoolgate_request_body_bytes_buffered{{{labels}}} {SPOOLS.bytes}",
+        "# HELP schoolgate_request_body_files Temporary files holding request bodies.",
+        "# TYPE schoolgate_request_body_files gauge",
+        f"schoolgate_request_body_files{{{labels}}} {SPOOLS.files}",
+    ]
     lines += [
         "# HELP schoolgate_upstream_inflight Requests in flight per upstream server.",
         "# TYPE schoolgate_upstream_inflight gauge",

@@ -69,6 +69,32 @@ CATALOGS: dict[str, dict[str, Message]] = {
             "one": "{school} is not responding. Please try again in {n} second.",
             "other": "{school} is not responding. Please try again in {n} seconds.",
         },
+        "resend.title": "Not sent \u2013 {school}",
+        "resend.wait": (
+            "{school} has too many visitors at the moment, so what you sent (a form, "
+            "a log-in or an upload) was not passed on. The school's server has not "
+            "received it."
+        ),
+        "resend.down": (
+            "{school} is not responding right now, so what you sent (a form, a log-in "
+            "or an upload) was not passed on. The school's server has not received it."
+        ),
+        "resend.hint": (
+            "Nothing was saved. Go back with your browser's Back button and send it "
+            "again in a moment."
+        ),
+        "resend.retry": {
+            "one": "Please wait about {n} second first.",
+            "other": "Please wait about {n} seconds first.",
+        },
+        "resend.unknown": (
+            "{school} stopped responding while it was handling what you sent (a form, "
+            "a log-in or an upload). It may or may not have been saved."
+        ),
+        "resend.check": (
+            "Before you send it again, check whether it arrived, for example by "
+            "opening the page again in a moment."
+        ),
         "bulk.message": {
             "one": "Too many bulk requests for {school}. Retry after {n} second.",
             "other": "Too many bulk requests for {school}. Retry after {n} seconds.",
@@ -119,6 +145,34 @@ CATALOGS: dict[str, dict[str, Message]] = {
             "one": "{school} antwortet nicht. Bitte in {n} Sekunde erneut versuchen.",
             "other": "{school} antwortet nicht. Bitte in {n} Sekunden erneut versuchen.",
         },
+        "resend.title": "Nicht gesendet \u2013 {school}",
+        "resend.wait": (
+            "Bei {school} sind im Moment sehr viele Besucher, deshalb wurde das, was "
+            "Sie abgeschickt haben (ein Formular, eine Anmeldung oder ein Upload), nicht "
+            "weitergeleitet. Der Server der Schule hat es nicht erhalten."
+        ),
+        "resend.down": (
+            "{school} antwortet im Moment nicht, deshalb wurde das, was Sie abgeschickt "
+            "haben (ein Formular, eine Anmeldung oder ein Upload), nicht weitergeleitet. "
+            "Der Server der Schule hat es nicht erhalten."
+        ),
+        "resend.hint": (
+            "Es wurde nichts gespeichert. Gehen Sie mit der Zurück-Taste Ihres Browsers "
+            "zurück und senden Sie es gleich noch einmal."
+        ),
+        "resend.retry": {
+            "one": "Bitte warten Sie vorher etwa {n} Sekunde.",
+            "other": "Bitte warten Sie vorher etwa {n} Sekunden.",
+        },
+        "resend.unknown": (
+            "Der Server von {school} hat nicht mehr geantwortet, während er das "
+            "bearbeitet hat, was Sie abgeschickt haben (ein Formular, eine Anmeldung "
+            "oder ein Upload). Es kann trotzdem gespeichert worden sein."
+        ),
+        "resend.check": (
+            "Prüfen Sie, bevor Sie es noch einmal senden, ob es angekommen ist, zum "
+            "Beispiel indem Sie die Seite gleich noch einmal öffnen."
+        ),
         "bulk.message": {
             "one": "Zu viele Massenanfragen für {school}. Erneut versuchen in {n} Sekunde.",
             "other": "Zu viele Massenanfragen für {school}. Erneut versuchen in {n} Sekunden.",
@@ -168,6 +222,33 @@ CATALOGS: dict[str, dict[str, Message]] = {
             "one": "{school} svarer ikke. Prøv igjen om {n} sekund.",
             "other": "{school} svarer ikke. Prøv igjen om {n} sekunder.",
         },
+        "resend.title": "Ikke sendt \u2013 {school}",
+        "resend.wait": (
+            "{school} har veldig mange besøkende akkurat nå, så det du sendte (et "
+            "skjema, en innlogging eller en opplasting) ble ikke sendt videre. Skolens "
+            "server har ikke mottatt det."
+        ),
+        "resend.down": (
+            "{school} svarer ikke akkurat nå, så det du sendte (et skjema, en "
+            "innlogging eller en opplasting) ble ikke sendt videre. Skolens server har "
+            "ikke mottatt det."
+        ),
+        "resend.hint": (
+            "Ingenting ble lagret. Gå tilbake med nettleserens tilbakeknapp og send det "
+            "på nytt om litt."
+        ),
+        "resend.retry": {
+            "one": "Vent omtrent {n} sekund først.",
+            "other": "Vent omtrent {n} sekunder først.",
+        },
+        "resend.unknown": (
+            "{school} sluttet å svare mens det du sendte (et skjema, en innlogging "
+            "eller en opplasting) ble behandlet. Det kan hende at det likevel ble lagret."
+        ),
+        "resend.check": (
+            "Sjekk om det kom fram før du sender det på nytt, for eksempel ved å åpne "
+            "siden igjen om litt."
+        ),
         "bulk.message": {
             "one": "For mange masseforespørsler til {school}. Prøv igjen om {n} sekund.",
             "other": "For mange masseforespørsler til {school}. Prøv igjen om {n} sekunder.",

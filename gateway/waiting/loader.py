@@ -1,7 +1,8 @@
 """Finding, reading and caching page templates.
 
-A school may put `wait.html` / `down.html` (and per-language variants such as
-`wait.de.html`, `wait.nb.html`) into its `templates` directory; anything it
+A school may put `wait.html` / `down.html` / `resend.html` (and per-language
+variants such as `wait.de.html`, `wait.nb.html`) into its `templates`
+directory; anything it
 does not provide comes from the built-in `templates/` folder next to this
 module. Templates use `string.Template` syntax (`$name`, `$$` for a dollar)
 and are filled with `safe_substitute`, so a stray `$` in a school's markup is

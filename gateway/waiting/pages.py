@@ -7,11 +7,17 @@ how it will frame the body.
 
 HTML templates may use these placeholders; every value is escaped for HTML:
 
-    all pages   $lang $title $school $heading $message $url $button
-                $style (built-in stylesheet) $refresh (meta refresh markup)
-    wait.html   $position_label $position $eta_label $eta $hint $retry_after
+    all pages   $lang $title $school $heading $message $style (built-in
+                stylesheet)
+    wait.html   $url $button $refresh (meta refresh markup) $position_label
+                $position $eta_label $eta $hint $retry_after
                 $script (polling script; expects #sg-position and #sg-eta)
-    down.html   $retry $retry_after
+    down.html   $url $button $refresh $retry $retry_after
+    resend.html $hint $retry $retry_after: the "wait" or "down" page for a
+                request other than GET or HEAD (a submitted form). It must
+                not reload or link to the request's URL: that would repeat
+                the request as a GET and lose what was submitted, so it
+                gets no $url, $button or $refresh.
 
 `$style`, `$refresh` and `$script` are markup built by the gateway from its
 own assets and escaped values, never raw input.
@@ -141,6 +147,30 @@ def _down_fields(lang: str, school: str, url: str, retry_after: int) -> dict[str
     return fields
 
 
+def _resend_fields(kind: str, lang: str, school: str, retry_after: int,
+                   forwarded: bool) -> dict[str, str]:
+    """A submitted request (POST, PUT, ...) the gateway answered itself:
+    say plainly whether the school's server got it, and how to send it again."""
+    if forwarded:
+        # The upstream failed after (some of) the request was sent: it may
+        # have been processed, so nothing may be claimed either way.
+        fields = {
+            "title": text(lang, "down.title", school=school),
+            "heading": text(lang, "down.heading"),
+            "message": text(lang, "resend.unknown", school=school),
+            "hint": text(lang, "resend.check"),
+        }
+    else:
+        fields = {
+            "title": text(lang, "resend.title", school=school),
+            "heading": text(lang, f"{kind}.heading"),
+            "message": text(lang, f"resend.{kind}", school=school),
+            "hint": text(lang, "resend.hint"),
+        }
+    fields["retry"] = text(lang, "resend.retry", n=max(retry_after, 1))
+    return {key: html_text(value) for key, value in fields.items()}
+
+
 def _html_page(
     kind: str, lang: str, school: str, url: str, retry_after: int,
     fields: dict[str, str], templates_dir: str | None, scripted: bool,
@@ -149,10 +179,11 @@ def _html_page(
     fields |= {
         "lang": lang,
         "school": html_text(school),
-        "url": html_text(url),
         "retry_after": str(retry_after),
         "style": loader.asset("page.css"),
     }
+    if url:  # (none for resend.html: nothing there may lead back to the URL)
+        fields["url"] = html_text(url)
     extra: list[tuple[bytes, bytes]] = []
     if builtin:
         # School templates may load their own logo or fonts, so only the
@@ -179,6 +210,8 @@ def render(
     reason: str = "",
     status: int | None = None,
     requested_with: bytes = b"",
+    method: str = "GET",
+    forwarded: bool = False,
 ) -> Page:
     """Render a gateway response of `kind` for one request.
 
@@ -192,6 +225,14 @@ def render(
     `original_url` is where the visitor is sent back to; anything that is not
     a same-origin path becomes "/". `requested_with` is the X-Requested-With
     value (scripted requests get JSON).
+
+    `method` is the request's: for anything but GET and HEAD (a submitted
+    form, an upload) the "wait" and "down" pages never reload or link to
+    `original_url`, which would repeat the request as a GET without what was
+    submitted; they say what happened to it instead (the resend.html page).
+    `forwarded`: whether any of the request reached the school's server
+    ("down" only; a "wait" page's request never did). JSON answers carry it
+    as "forwarded".
     """
     lang = choose_language(accept_language)
     retry_after = max(int(retry_after), 0)
@@ -235,9 +276,21 @@ def render(
         if kind == "wait":
             payload["position"] = position
             payload["eta"] = _finite(eta)
+        payload["forwarded"] = forwarded and kind == "down"
         headers = _common_headers(_JSON, lang, vary)
         headers.append(retry)
         return Page(503, headers, _json.encode(payload))
+
+    if method not in ("GET", "HEAD"):
+        fields = _resend_fields(kind, lang, school_title, retry_after,
+                                forwarded and kind == "down")
+        body, extra = _html_page(
+            "resend", lang, school_title, "", retry_after, fields, templates_dir, False
+        )
+        headers = _common_headers(_HTML, lang, vary)
+        headers.append(retry)
+        headers.extend(extra)
+        return Page(503, headers, body)
 
     url = same_origin_path(original_url)
     if kind == "wait":

@@ -47,6 +47,18 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, recorder: Recorder) -> Ite
     gw.stop()
 
 
+@pytest.fixture(scope="module")
+def streaming_gateway(tmp_path_factory: pytest.TempPathFactory,
+                      recorder: Recorder) -> Iterator[Gateway]:
+    """The same with request buffering off: bodies stream to the upstream as
+    they arrive, so a body can be cut off half-forwarded."""
+    gw = Gateway(gateway_config([recorder.addr], school={"request_buffering": False}),
+                 tmp_path_factory.mktemp("hostile-framing-streaming"),
+                 name="gateway-streaming").start()
+    yield gw
+    gw.stop()
+
+
 @pytest.fixture(autouse=True)
 def fresh_record(recorder: Recorder) -> Iterator[None]:
     recorder.clear()
@@ -136,9 +148,10 @@ def test_chunk_extension_over_limit_is_400(gateway, recorder, split):
         assert _wait_closed(recorder, seen), "upstream connection left with a partial body"
 
 
-def test_chunk_extension_over_limit_after_forwarded_chunks(gateway, recorder):
+def test_chunk_extension_over_limit_after_forwarded_chunks(streaming_gateway, recorder):
     # The first chunk is valid and may already be upstream when the bad one
     # arrives: the half-sent body must end in a dropped connection.
+    gateway = streaming_gateway
     first = head("POST /late-ext HTTP/1.1", "Transfer-Encoding: chunked") + b"5\r\nhello\r\n"
     with RawConn(gateway.port) as conn:
         conn.send(first)
@@ -154,6 +167,22 @@ def test_chunk_extension_over_limit_after_forwarded_chunks(gateway, recorder):
     assert not seen.complete
     assert seen.body == b"hello"
     assert _wait_closed(recorder, seen)
+
+
+def test_chunk_extension_over_limit_after_buffered_chunks(gateway, recorder):
+    # With request buffering the valid first chunk waits at the gateway: the
+    # refused body never reaches the upstream at all.
+    first = head("POST /late-ext HTTP/1.1", "Transfer-Encoding: chunked") + b"5\r\nhello\r\n"
+    with RawConn(gateway.port) as conn:
+        conn.send(first)
+        try:
+            conn.send(b"5;" + b"e" * 5000 + b"\r\nworld\r\n0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        resp = conn.recv_response("POST")
+        assert resp.status == 400, f"{resp}\n{log_tail(gateway)}"
+        assert conn.closed()
+    assert recorder.snapshot() == []
 
 
 @pytest.mark.parametrize("size_line", [

@@ -100,7 +100,9 @@ def full_school(make_upstream, make_gateway) -> Iterator[tuple[Gateway, Occupant
     up = make_upstream("u1")
     config = gateway_config(
         [up.addr],
-        school={"max_inflight": 1, "title": SCHOOL},
+        # The occupant holds the slot by holding back its body, which only a
+        # school that streams bodies (no request buffering) lets it do.
+        school={"max_inflight": 1, "title": SCHOOL, "request_buffering": False},
         # A short Retry-After keeps the meta refresh and the polls brisk.
         admission={"max_queue": 1, "max_retry": 2, "secret": "browser-test-secret-0123456789"},
         # One class for everything, queueing briefly before the waiting page.

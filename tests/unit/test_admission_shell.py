@@ -23,7 +23,8 @@ from gateway.admission import QUEUED
 from gateway.config import parse_config
 from gateway.proxy.app import App
 from gateway.proxy.client import ClientProtocol
-from gateway.proxy.exchange import ADMITTING, CONNECTING, Exchange
+from gateway.proxy.exchange import ADMITTING, CONNECTING, CONTINUE_100, RECEIVING, Exchange
+from gateway.proxy.spool import STATS
 from gateway.waiting import SpentTickets, TicketSigner, new_visitor_id
 from tests.support.transport import MockTransport
 
@@ -162,7 +163,9 @@ def test_queued_upload_is_not_read_until_admitted(run):
         finish(first)
         assert s.paths() == ["/one", "/upload"]
         assert t2.reading
-    run(body)
+    # Streaming (request buffering off): admitted, it is forwarded at once and
+    # its body read while it holds the slot.
+    run(body, extra="request_buffering = false\n")
 
 
 def test_priority_and_arrival_order_of_the_queue(run):
@@ -227,6 +230,197 @@ def test_a_ticket_whose_exchange_is_gone_does_not_keep_the_slot(run):
         # The orphan was admitted and its slot passed straight on.
         assert s.paths() == ["/one", "/after"]
     run(body)
+
+
+# -- request buffering: the body before the slot ------------------------------------------
+
+
+def post(target: str, length: int, *headers: str, body: bytes = b"") -> bytes:
+    """A POST head announcing `length` bytes, with the first `body` of them."""
+    lines = [f"POST {target} HTTP/1.1", "Host: school.test", f"Content-Length: {length}",
+             *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_upload_is_read_before_it_takes_a_slot(run):
+    def body(s: Shell) -> None:
+        proto, t, up = s.send(post("/upload", 10, "Expect: 100-continue"))
+        # Room now: its body is read with no ticket at all.
+        assert up.state == RECEIVING and up.ticket is None
+        assert bytes(t.written) == CONTINUE_100 and t.reading
+        _, _, page = s.get("/page")
+        assert s.paths() == ["/page"]  # the slot was free for others meanwhile
+        proto.data_received(b"0123456789")
+        # Complete, and the school is full now: it waits with its body held,
+        # its connection read on (nothing of it is left with the client).
+        assert up.ticket is not None and up.ticket.state == QUEUED and t.reading
+        finish(page)
+        assert s.paths() == ["/page", "/upload"]
+        assert up.spool.size == 10
+    run(body)
+
+
+def test_queued_upload_gives_its_slot_back_while_its_body_arrives(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        proto, t, up = s.send(post("/upload", 10, "Expect: 100-continue"))
+        assert not t.reading and t.written == b"" and up.state == ADMITTING
+        _, _, later = s.get("/later")
+        finish(first)
+        # Its turn came: it gave the slot straight on to /later and reads
+        # its body (100 Continue now, not before).
+        assert s.paths() == ["/one", "/later"]
+        assert up.state == RECEIVING and up.ticket is None
+        assert t.reading and bytes(t.written) == CONTINUE_100
+        proto.data_received(b"0123456789")
+        assert up.ticket is not None and up.ticket.state == QUEUED
+        finish(later)
+        assert s.paths() == ["/one", "/later", "/upload"]
+        # Admitted twice, counted once.
+        stats = s.admission.controller.stats(0)
+        assert stats["admitted"] == {"bulk": 0, "submit": 1, "interactive": 2}
+    run(body)
+
+
+def test_upload_asking_again_keeps_its_place_in_line(run):
+    def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        proto, _, up = s.send(post("/upload", 3))
+        _, _, second = s.send(req("POST", "/second", body=b"x"))
+        finish(first)
+        assert s.paths() == ["/one", "/second"]  # /upload is reading its body
+        s.send(req("POST", "/third", body=b"y"))  # same class, arrives later
+        proto.data_received(b"abc")
+        finish(second)
+        assert s.paths() == ["/one", "/second", "/upload"]
+        finish(up)
+        assert s.paths()[-1] == "/third"
+    run(body)
+
+
+def test_upload_costs_one_school_token(run):
+    async def body(s: Shell) -> None:
+        _, _, first = s.get("/one")  # takes the bucket's only token
+        proto, _, up = s.send(post("/upload", 3))
+        finish(first)
+        for _ in range(300):  # the bucket refills in a second; the poll admits
+            if up.state == RECEIVING:
+                break
+            await asyncio.sleep(0.01)
+        assert up.state == RECEIVING
+        proto.data_received(b"abc")
+        # The token it took is back since it gave its slot back unused: it
+        # is admitted at once, not after another refill.
+        assert s.paths() == ["/one", "/upload"]
+    run(body, extra="rate = 1.0\nburst = 1\n")
+
+
+SHORT_SUBMIT = """
+[[classes]]
+name = "submit"
+priority = 20
+match = {methods = ["POST"]}
+max_wait = 0.6
+
+[[classes]]
+name = "interactive"
+priority = 10
+"""
+
+
+def test_time_in_line_over_both_phases_stays_within_max_wait(run):
+    async def body(s: Shell) -> None:
+        _, _, first = s.get("/one")
+        proto, t, up = s.send(post("/upload", 3, "Accept: application/json"))
+        await asyncio.sleep(0.3)
+        finish(first)
+        assert up.state == RECEIVING
+        assert 0.0 < up.wait_left <= 0.3  # 0.3 s of its 0.6 s were spent in line
+        _, _, other = s.get("/other")  # takes the slot while the body comes
+        proto.data_received(b"abc")
+        ticket = up.ticket
+        assert ticket is not None and ticket.state == QUEUED
+        assert ticket.arrived_at == up.arrived_at
+        for _ in range(100):
+            if b"HTTP/1.1 503" in t.written:
+                break
+            await asyncio.sleep(0.01)
+        answer = bytes(t.written)
+        assert b"HTTP/1.1 503" in answer and b'"forwarded":false' in answer
+        assert up.ticket is None and up.spool is None
+        finish(other)
+        assert s.paths() == ["/one", "/other"]  # never forwarded
+    run(body, extra=SHORT_SUBMIT)
+
+
+def test_client_lost_while_its_body_arrives_frees_the_buffer(run):
+    def body(s: Shell) -> None:
+        before = (STATS.bodies, STATS.bytes)
+        proto, _, up = s.send(post("/upload", 100_000, body=b"x" * 5000))
+        assert up.state == RECEIVING
+        assert (STATS.bodies, STATS.bytes) == (before[0] + 1, before[1] + 5000)
+        # A FIN mid-body: the body can never be complete, so the connection
+        # goes at once rather than after the body timeout.
+        assert proto.eof_received() is False
+        proto.connection_lost(None)
+        assert (STATS.bodies, STATS.bytes) == before and up.spool is None
+        s.get("/page")
+        assert s.paths() == ["/page"]  # it never took a slot
+        assert s.admission.controller.stats(0)["inflight"] == 1
+    run(body)
+
+
+def test_client_lost_while_queued_with_its_body_held_frees_both(run):
+    def body(s: Shell) -> None:
+        before = (STATS.bodies, STATS.bytes)
+        proto, _, up = s.send(post("/upload", 10, "Expect: 100-continue"))
+        _, _, page = s.get("/page")
+        proto.data_received(b"0123456789")  # complete while the school is full
+        assert up.ticket is not None and s.queued() == 1
+        assert STATS.bodies == before[0] + 1
+        assert proto.eof_received() is False  # a FIN while waiting in line
+        proto.connection_lost(None)
+        assert (STATS.bodies, STATS.bytes) == before and s.queued() == 0
+        finish(page)
+        assert s.paths() == ["/page"]
+    run(body)
+
+
+def test_body_larger_than_request_buffer_max_takes_a_slot_and_streams(run):
+    def body(s: Shell) -> None:
+        _, t, up = s.send(post("/big", 1000, body=b"y" * 300))
+        # 300 bytes in, past the 200 held whole: it asks for a slot with
+        # them, and reading waits until they are forwarded.
+        assert s.paths() == ["/big"]
+        assert up.spool.size == 300 and not t.reading
+    run(body, extra="request_buffer_max = 200\n")
+
+
+def test_admission_off_still_reads_the_body_first(run):
+    def body(s: Shell) -> None:
+        proto, _, up = s.send(post("/upload", 4))
+        assert up.state == RECEIVING and s.paths() == []
+        proto.data_received(b"abcd")
+        assert s.paths() == ["/upload"]
+    run(body, admission="enabled = false")
+
+
+def test_whole_body_deadline_grows_with_what_arrived(run):
+    def body(s: Shell) -> None:
+        # A trickle: 10 bytes, then nothing for the whole deadline.
+        proto, t, up = s.send(post("/slow", 1_000_000, body=b"z" * 10))
+        start = up.body_since
+        proto.check_timeouts(start + 59.0)
+        assert t.written == b""
+        proto.check_timeouts(start + 61.0)
+        assert status_of(t) == 408 and up.spool is None
+        # A steady upload: 1 MB in gives 1000 s more at 1000 bytes a second.
+        proto, t, up = s.send(post("/steady", 2_000_000, body=b"z" * 1_000_000))
+        proto.check_timeouts(up.body_since + 500.0)
+        assert t.written == b"" and up.state == RECEIVING
+        proto.check_timeouts(up.body_since + 1061.0)
+        assert status_of(t) == 408
+    run(body, extra="[timeouts]\nclient_body = 5000\nclient_body_min_rate = 1000\n")
 
 
 # -- expiry and rejections -------------------------------------------------------------------

@@ -467,3 +467,32 @@ def test_example_config_loads_and_shows_every_key():
         return bool(re.search(as_key, text, re.M) or re.search(as_table, text, re.M))
 
     assert sorted(k for k in keys if not shown(k)) == []
+
+
+# ------------------------------------------------------------ request buffering
+
+
+def test_request_buffering_defaults():
+    cfg = parse(SCHOOL)
+    s = cfg.schools[0]
+    assert (s.request_buffering, s.request_buffer_memory, s.request_buffer_max,
+            s.response_buffer) == (True, 65536, 1 << 30, None)
+    assert (cfg.timeouts.client_body_total, cfg.timeouts.client_body_min_rate) == (60.0, 1024)
+    assert cfg.server.temp_dir == ""
+
+
+def test_request_buffering_keys_are_checked():
+    assert error(school(request_buffer_memory="0")).key_path == "schools[0].request_buffer_memory"
+    assert error(school(response_buffer="0")).key_path == "schools[0].response_buffer"
+    assert error(school(request_buffering='"yes"')).key_path == "schools[0].request_buffering"
+    assert error("[timeouts]\nclient_body_total = 0\n" + SCHOOL).key_path == (
+        "timeouts.client_body_total")
+
+
+def test_temp_dir_must_be_a_directory_and_becomes_absolute(tmp_path):
+    (tmp_path / "spool").mkdir()
+    cfg = parse('[server]\ntemp_dir = "spool"\n' + SCHOOL, base_dir=str(tmp_path))
+    assert cfg.server.temp_dir == str(tmp_path / "spool")
+    exc = error('[server]\ntemp_dir = "nope"\n' + SCHOOL, base_dir=str(tmp_path))
+    assert (exc.key_path, exc.message) == (
+        "server.temp_dir", f"no such directory: {str(tmp_path / 'nope')!r}")

@@ -503,6 +503,18 @@ def test_connect_with_body_is_refused(m, framing):
     assert head.method == b"CONNECT" and head.content_length == 0
 
 
+def test_serialize_held_chunked_body_with_its_length(m):
+    headers = [(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")]
+    wire = m.serialize_request_head(req(m, headers, method=b"POST"), b"127.0.0.1", b"http",
+                                    b"sg", body_length=1234)
+    assert wire.endswith(b"Via: 1.1 sg\r\nContent-Length: 1234\r\n\r\n")
+    assert b"chunked" not in wire
+    # Only a chunked head is re-framed: a Content-Length head keeps its own.
+    plain = req(m, [(b"Host", b"a"), (b"Content-Length", b"5")], method=b"POST")
+    assert m.serialize_request_head(plain, b"1", b"http", b"sg", body_length=5) == \
+        m.serialize_request_head(plain, b"1", b"http", b"sg")
+
+
 def test_serialize_includes_headers_added_after_parsing(m):
     head = req(m, [(b"Host", b"a")])
     head.headers.append((b"X-Request-Id", b"42"))

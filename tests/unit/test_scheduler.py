@@ -195,6 +195,48 @@ def test_bucket_limited_request_waits_for_refill(impl):
 
 
 @IMPLS
+def test_refund_gives_the_school_token_back_and_uncounts_the_admission(impl):
+    # A request admitted while its body was still with the client gives its
+    # slot back unused (gateway/proxy/admission.py): one token and one
+    # admission in all, however often it had to ask.
+    s = impl([school(1, rate=1.0, burst=1)], CLASSES)
+    first = s.request(0, SUBMIT, None, 0.0)
+    assert first.state == ADMITTED
+    waiting = s.request(0, INTERACTIVE, None, 0.0)
+    assert waiting.state == QUEUED  # no slot, and no token until 1.0
+    assert s.release(first, 0.1, refund=True) == [waiting]  # the token is back at once
+    again = s.request(0, SUBMIT, None, 0.2)
+    assert again.state == QUEUED  # the refunded token went to `waiting`
+    s.release(waiting, 0.3)
+    assert s.poll(1.1) == ([again], [])
+    # A refund never lifts the bucket above its capacity.
+    s.release(again, 5.0, refund=True)
+    assert s.request(0, SUBMIT, None, 5.0).state == ADMITTED
+    assert s.request(0, SUBMIT, None, 5.0).state == QUEUED
+
+
+def test_refunded_admission_is_not_counted():
+    s = Scheduler([school(1)], CLASSES)
+    t = s.request(0, SUBMIT, None, 0.0)
+    s.release(t, 0.1, refund=True)
+    s.release(s.request(0, SUBMIT, None, 0.2), 0.3)
+    assert s.stats(0, 0.3)["admitted"] == [0, 0, 1]
+
+
+@IMPLS
+def test_max_wait_override_sets_the_deadline_and_zero_means_no_wait(impl):
+    s = impl([school(1)], CLASSES)
+    held = s.request(0, SUBMIT, None, 0.0)
+    short = s.request(0, SUBMIT, None, 1.0, arrived_at=0.5, max_wait=2.0)
+    assert (short.state, short.deadline) == (QUEUED, 3.0)
+    assert s.request(0, SUBMIT, None, 1.0, max_wait=0.0).reason == "busy"
+    assert s.request(0, SUBMIT, None, 1.0, max_wait=-1.0).reason == "busy"
+    admitted, expired = s.poll(3.0)
+    assert (admitted, expired) == ([], [short])
+    assert s.release(held, 4.0) == []
+
+
+@IMPLS
 def test_client_bucket_delays_then_rejects_with_429(impl):
     s = impl([school(0, client_rate=1.0, client_burst=1)], [(0, 1.5, 503)])
     now_ok = s.request(0, 0, b"a", 0.0)

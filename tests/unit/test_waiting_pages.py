@@ -578,3 +578,76 @@ def test_polling_script_updates_page_and_leaves_on_go():
         # Poll intervals never drop below two seconds.
         ["wait", 2000], fetch, ["replace", "/home"], ["shown", "1", "under ett minutt"],
     ]
+
+
+# -- a submitted request (POST, PUT, ...) is never turned into a GET ------------------
+
+
+def _leads_back(body: bytes, url: str) -> bool:
+    """Whether the page reloads or links anywhere (a meta refresh, a link, a
+    form, a script that could navigate) or names the request's URL."""
+    return (b'http-equiv="refresh"' in body or b"<a " in body or b"<form" in body
+            or b"<script" in body or url.encode() in body)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize("lang", ["en", "de", "nb"])
+def test_refused_submission_says_nothing_was_sent_and_never_reloads(method, lang):
+    p = page("wait", method=method, accept_language=lang.encode(),
+             original_url="/login?next=/kurs", status_url="/.schoolgate/status", position=3)
+    assert p.status == 503
+    assert header(p, b"Retry-After") == b"5"
+    assert not _leads_back(p.body, "/login")
+    body = p.body.decode()
+    catalog = CATALOGS[lang]
+    for key in ("resend.wait", "resend.hint"):
+        assert catalog[key].replace("{school}", "Nordby skole").replace("'", "&#x27;") in body
+    assert catalog["resend.retry"]["other"].replace("{n}", "5") in body
+
+
+@pytest.mark.parametrize("lang", ["en", "de", "nb"])
+def test_down_page_for_a_submission_says_whether_it_was_sent(lang):
+    catalog = CATALOGS[lang]
+    unsent = page("down", method="POST", accept_language=lang.encode(), original_url="/hw")
+    assert not _leads_back(unsent.body, "/hw")
+    assert catalog["resend.down"].replace("{school}", "Nordby skole").replace(
+        "'", "&#x27;") in unsent.body.decode()
+    # Sent, and then the upstream failed: the page must not claim it was not.
+    sent = page("down", method="POST", accept_language=lang.encode(), original_url="/hw",
+                forwarded=True)
+    assert not _leads_back(sent.body, "/hw")
+    text = sent.body.decode()
+    assert catalog["resend.unknown"].replace("{school}", "Nordby skole").replace(
+        "'", "&#x27;") in text
+    assert catalog["resend.hint"].replace("'", "&#x27;") not in text
+    assert catalog["resend.wait"].split(",")[0] not in text
+
+
+def test_get_pages_still_reload_the_url():
+    for kind in ("wait", "down"):
+        for method in ("GET", "HEAD"):
+            p = page(kind, method=method, original_url="/kurs")
+            assert b'http-equiv="refresh"' in p.body and b'href="/kurs"' in p.body
+
+
+def test_json_answers_say_whether_the_request_was_forwarded():
+    json_accept = b"application/json"
+    wait = json.loads(page("wait", method="POST", accept=json_accept, position=2).body)
+    assert wait["forwarded"] is False and wait["error"] == "busy"
+    assert json.loads(page("wait", accept=json_accept).body)["forwarded"] is False
+    down = json.loads(page("down", method="POST", accept=json_accept).body)
+    assert down["forwarded"] is False
+    down_sent = json.loads(page("down", method="POST", accept=json_accept, forwarded=True).body)
+    assert down_sent["forwarded"] is True
+    # A wait page's request never reached the school, whatever the caller says.
+    assert json.loads(page("wait", accept=json_accept, forwarded=True).body)["forwarded"] is False
+
+
+def test_school_resend_template_is_used(tmp_path):
+    (tmp_path / "resend.html").write_text("<p>$school: $heading / $message</p>")
+    p = page("wait", method="POST", templates_dir=str(tmp_path))
+    assert p.body.startswith(b"<p>Nordby skole: It&#x27;s busy right now / Nordby skole has")
+    # The school's own wait.html is not used for a submission.
+    (tmp_path / "wait.html").write_text('<meta http-equiv="refresh" content="1;url=$url">')
+    clear_cache()
+    assert b"refresh" not in page("wait", method="POST", templates_dir=str(tmp_path)).body

@@ -85,9 +85,18 @@ cdef class Exchange:
     cdef public object pending        # list[bytes] or None
     cdef public object ticket
     cdef public object response_headers  # list[(bytes, bytes)] or None
+    cdef public object spool          # BodySpool or None
+    cdef public bint body_received
+    cdef public bint up_chunked
+    cdef public double body_since
+    cdef public double arrived_at
+    cdef public double wait_left
 
     cpdef on_request_body(self, bytes data)
     cpdef on_request_end(self)
+    cpdef bint body_first(self) except -1
+    cpdef receive_body(self)
+    cpdef double body_deadline(self, object timeouts) except? -1.0
     cpdef start(self)
     cpdef admitted(self)
     cpdef rejected(self, bytes response)
@@ -108,6 +117,9 @@ cdef class Exchange:
     cpdef on_tunnel_client_eof(self)
     cpdef on_tunnel_upstream_lost(self)
     cpdef on_client_lost(self)
+    cdef _spool_failed(self)
+    cdef _drop_spool(self)
+    cdef _pump(self)
     cdef _connect(self, UpstreamServer exclude, bint fresh=*)
     cdef _attach(self, UpstreamConnection conn)
     cdef _tunnel_half_closed(self, int side)
