@@ -2,7 +2,7 @@
 """Request/response head validation (compiled hot path); native/serialize.pyx
 writes heads back out.
 
-Mirrors gateway/http/reference.py check for check and in the same order, so
+Mirrors tests/oracles/http.py check for check and in the same order, so
 a head with several faults gets the same HeadError from either. Work is done
 on the bytes' buffers: received (name, value) tuples are forwarded as the
 same objects, Host/path/values are only copied when they actually change,
@@ -231,7 +231,7 @@ cdef bytes _normalize_host(bytes value):
 cdef bytes _split_target(RequestHead head, bytes method, bytes target):
     """Set head.target (what to forward) and head.path; return the target's
     authority, or None when the Host header names the host (origin- and
-    asterisk-form). The forms and refusals are those of reference._split_target
+    asterisk-form). The forms and refusals are those of tests/oracles/http.py's _split_target
     (RFC 9112 3.2)."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(target)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(target), i, start, end

@@ -1,7 +1,7 @@
 # cython: auto_pickle=False
 """Host routing and traffic classification (compiled hot path).
 
-Mirrors gateway/routing/reference.py. Everything is prepared when a config is
+Mirrors tests/oracles/routing.py. Everything is prepared when a config is
 loaded (normalised bytes keys, frozensets, tuples); per request a route is one
 dict probe plus, when wildcards exist, one probe per label whose suffix length
 some wildcard actually has, and a classification allocates nothing unless a

@@ -3,7 +3,7 @@
 
 Measures every piece, allocates the result once and fills it by memcpy. The
 heads come only from native/head.pyx, whose .pxd gives direct access to their
-fields; gateway/http/reference.py is the plain-Python model.
+fields; tests/oracles/http.py is the plain-Python model.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE

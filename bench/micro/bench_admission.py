@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.admission import reference
 from gateway.admission.bucket import TokenBucket
 from gateway.admission.controller import AdmissionController
 from gateway.admission.scheduler import Scheduler
 from gateway.config.schema import Config, School
+from tests.oracles import admission as reference
 
 IMPLS = pytest.mark.parametrize("impl", ["native", "reference"])
 BUCKETS = {"native": TokenBucket, "reference": reference.TokenBucket}

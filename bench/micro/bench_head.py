@@ -10,7 +10,7 @@ import pytest
 
 # gateway.http re-exports the native parsing and serialization modules.
 import gateway.http as native
-from gateway.http import reference
+from tests.oracles import http as reference
 
 IMPLS = pytest.mark.parametrize("m", [native, reference], ids=["native", "reference"])
 

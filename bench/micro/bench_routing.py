@@ -11,7 +11,7 @@ import pytest
 from gateway._native import router as native
 from gateway.config.schema import default_classes
 from gateway.http import parse_request_head
-from gateway.routing import reference
+from tests.oracles import routing as reference
 
 IMPLS = pytest.mark.parametrize("m", [native, reference], ids=["native", "reference"])
 

@@ -1,6 +1,6 @@
 """Host routing and traffic classification (native/router.pyx).
 
-Import through `gateway.routing`; `gateway.routing.reference` is the
+Import through `gateway.routing`; `tests/oracles/routing.py` is the
 plain-Python model with the same behaviour.
 """
 

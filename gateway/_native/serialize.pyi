@@ -1,6 +1,6 @@
 """Request/response head serialization (native/serialize.pyx).
 
-Import through `gateway.http`; `gateway.http.reference` is the plain-Python
+Import through `gateway.http`; `tests/oracles/http.py` is the plain-Python
 model with the same behaviour.
 """
 

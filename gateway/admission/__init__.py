@@ -2,7 +2,7 @@
 
 `AdmissionController` is what the proxy shell talks to; `WaitingRoom` tracks
 browser visitors on the waiting page. Native pieces live in gateway._native
-(bucket, scheduler); `reference` holds their plain-Python models.
+(bucket, scheduler); their plain-Python models are in `tests/oracles/admission.py`.
 """
 
 from gateway.admission.bucket import TokenBucket

@@ -1,4 +1,4 @@
-"""Token bucket (native); `gateway.admission.reference.TokenBucket` is the model."""
+"""Token bucket (native); `TokenBucket` in `tests/oracles/admission.py` is the model."""
 
 from gateway._native.bucket import TokenBucket
 

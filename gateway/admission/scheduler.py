@@ -1,4 +1,4 @@
-"""Admission scheduler (native); `gateway.admission.reference.Scheduler` is the model."""
+"""Admission scheduler (native); `Scheduler` in `tests/oracles/admission.py` is the model."""
 
 from gateway._native.scheduler import ADMITTED, CANCELLED, QUEUED, REJECTED, Scheduler, Ticket
 

@@ -2,7 +2,7 @@
 
 Re-exports the compiled implementation (`native/head.pyx` parses and
 validates, `native/serialize.pyx` writes heads out);
-`gateway.http.reference` is the plain-Python model it is tested against.
+`tests/oracles/http.py` is the plain-Python model it is tested against.
 """
 
 from gateway._native.head import (

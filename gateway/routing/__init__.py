@@ -1,7 +1,7 @@
 """Host -> school routing and request -> traffic class classification.
 
 Re-exports the compiled implementation (`native/router.pyx`);
-`gateway.routing.reference` is the plain-Python model it is tested against.
+`tests/oracles/routing.py` is the plain-Python model it is tested against.
 """
 
 from gateway._native.router import Classifier, Router

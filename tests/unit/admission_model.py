@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from gateway.admission.reference import ADMITTED, CANCELLED, QUEUED, REJECTED
+from tests.oracles.admission import ADMITTED, CANCELLED, QUEUED, REJECTED
 
 TERMINAL_OR_LIVE = {QUEUED, ADMITTED, REJECTED, CANCELLED}
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.admission import reference
 from gateway.admission.bucket import TokenBucket
+from tests.oracles import admission as reference
 
 IMPLS = pytest.mark.parametrize("impl", [TokenBucket, reference.TokenBucket],
                                 ids=["native", "reference"])

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 # gateway.http re-exports the native parsing and serialization modules.
 import gateway.http as native
-from gateway.http import reference
+from tests.oracles import http as reference
 
 IMPLS = [pytest.param(native, id="native"), pytest.param(reference, id="reference")]
 

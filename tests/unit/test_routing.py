@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from gateway._native import router as native
 from gateway.config.schema import Match, default_classes
 from gateway.http import parse_request_head
-from gateway.http import reference as http_reference
-from gateway.routing import reference
+from tests.oracles import http as http_reference
+from tests.oracles import routing as reference
 
 IMPLS = [pytest.param(native, id="native"), pytest.param(reference, id="reference")]
 

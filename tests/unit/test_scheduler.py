@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.admission import reference
 from gateway.admission.scheduler import ADMITTED, CANCELLED, QUEUED, REJECTED, Scheduler
+from tests.oracles import admission as reference
 from tests.unit.admission_model import ClassSpec, Model, SchoolSpec
 
 IMPLS = pytest.mark.parametrize("impl", [Scheduler, reference.Scheduler],
