@@ -28,7 +28,6 @@ import re
 import ssl
 import types
 import typing
-from difflib import get_close_matches
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -192,6 +191,9 @@ def _translate_validation(text: str) -> tuple[str, str]:
     if m := _UNKNOWN_RE.fullmatch(what):
         name = m["name"]
         known = [f.encode_name for f in _struct_fields(path)]
+        # Imported here: only a misspelt key needs it, and workers load this module.
+        from difflib import get_close_matches
+
         hint = get_close_matches(name, known, n=1)
         message = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
         return _join(path, name), message
