@@ -69,17 +69,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+# The page renderer's names (waiting.render_status_json, waiting.wants_json) are
+# looked up on use: the first page or status poll loads it (see gateway.waiting).
+from gateway import waiting
 from gateway.admission import ADMITTED, QUEUED, AdmissionController, WaitingRoom
 from gateway.proxy.exchange import PAUSE_ADMISSION
-from gateway.waiting import (
-    SpentTickets,
-    TicketSigner,
-    cookie_header,
-    new_visitor_id,
-    read_cookie,
-    render_status_json,
-)
-from gateway.waiting.negotiate import wants_json
+from gateway.waiting import SpentTickets, TicketSigner, cookie_header, new_visitor_id, read_cookie
 
 if TYPE_CHECKING:
     from gateway.admission import Ticket
@@ -403,7 +398,8 @@ class Admission:
         else:
             kind = "wait"
             accept = head.header(b"accept") or b""  # type: ignore[union-attr]
-            browser = head.method in (b"GET", b"HEAD") and not wants_json(  # type: ignore[union-attr]
+            method = head.method  # type: ignore[union-attr]
+            browser = method in (b"GET", b"HEAD") and not waiting.wants_json(
                 accept, "text/html", requested_with)
             if browser:
                 # Keep (or take) a place in the waiting room; the page polls
@@ -441,13 +437,13 @@ class Admission:
         visitor = self._read_ticket(ex, now)
         headers = list(_JSON_HEADERS)
         if visitor is None or not self.enabled:
-            body = render_status_json("go", None, None, 0)
+            body = waiting.render_status_json("go", None, None, 0)
         else:
             vid, arrived = visitor
             state, position, eta = self.room.status(school.index, vid, now)  # type: ignore[union-attr]
             # Poll sooner when the turn is near, rarely when it is far.
             retry = 1 if state == "go" else max(1, min(10, int(eta / 4)))
-            body = render_status_json(state, position, eta, retry)
+            body = waiting.render_status_json(state, position, eta, retry)
             if state == "wait":
                 # Re-issued only while the visitor waits in this room, so a
                 # waiting visitor's ticket never lapses. "go" (their turn, or a

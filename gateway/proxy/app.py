@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+# waiting.render is looked up on use: the first page loads the page renderer.
+from gateway import waiting
 from gateway.admission.shares import split_limits
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
@@ -26,7 +28,6 @@ from gateway.proxy.admission import STATUS_PATH, Admission
 from gateway.proxy.exchange import WAITING, Exchange
 from gateway.proxy.upstream import Balancer, UpstreamServer
 from gateway.routing import Classifier, Router
-from gateway.waiting import render
 
 if TYPE_CHECKING:
     from gateway.http import RequestHead
@@ -321,7 +322,7 @@ class App:
         with its school's name and templates; `fields` are the rest."""
         school = ex.school
         head = ex.head
-        return render(
+        return waiting.render(
             kind,  # type: ignore[arg-type]
             school_title=school.title,  # type: ignore[union-attr]
             accept=head.header(b"accept") or b"",  # type: ignore[union-attr]
