@@ -37,6 +37,7 @@ cdef class ClientProtocol:
     cdef Py_ssize_t _hdr_bytes
     cdef long long _body_left
     cdef bytes _tail
+    cdef bytes _line
 
     cpdef write(self, bytes data)
     cpdef writelines(self, list parts)
@@ -50,6 +51,7 @@ cdef class ClientProtocol:
     cpdef list enter_tunnel(self, Exchange ex)
     cpdef close(self)
     cpdef abort(self)
+    cdef _line_more(self, bytes piece)
     cdef _fail(self, object err)
     cdef _protocol_error(self, object err)
     cdef bint _upgrade(self, bytes rest) except -1
