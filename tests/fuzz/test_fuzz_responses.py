@@ -40,6 +40,8 @@ CORPUS = [
                  id="response-after-the-body", marks=known(EXTRA_AFTER_BODY)),
     pytest.param(case(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n" + POISON),
                  id="response-after-an-empty-body", marks=known(EXTRA_AFTER_BODY)),
+    pytest.param(case(b"HTTP/1.1 304 Not Modified\r\n\r\n" + POISON),
+                 id="response-after-a-304", marks=known(EXTRA_AFTER_BODY)),
     pytest.param(case(OK + MANY + b"Content-Length: 2\r\n\r\nok"),
                  id="1500-header-fields", marks=known(MANY_HEADERS)),
     pytest.param(case(OK + b"X-Long: " + b"v" * 70000 + b"\r\nContent-Length: 2\r\n\r\nok"),
@@ -70,6 +72,9 @@ CORPUS = [
     pytest.param(case(OK + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\nok"),
                  id="two-content-lengths"),
     pytest.param(case(OK + b"Content-Length: 10\r\n\r\nshort"), id="body-cut-short"),
+    pytest.param(case(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                      + OK + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n"),
+                 id="103-then-bare-lf-in-chunked-body"),
 ]
 
 
