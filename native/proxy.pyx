@@ -24,6 +24,7 @@ name, so those stay `def` methods.
 # Imported under private names: the module exports only the proxy classes
 # and constants (see gateway/_native/proxy.pyi).
 import asyncio as _asyncio
+import re as _re
 import socket as _socket
 from collections import deque as _deque
 
@@ -179,6 +180,7 @@ cdef class ClientProtocol:
         self._body_left = -1
         self._cl_left = 0
         self._tail = b""
+        self._line = None
         self.chunks = _ChunkedFraming(app.limits.max_chunk_ext, app.limits.max_header_bytes)
 
     # -- asyncio protocol -------------------------------------------------
@@ -257,6 +259,12 @@ cdef class ClientProtocol:
             else:
                 piece = data
                 data = b""
+            if phase == C_IDLE:
+                # A head starts in this piece: kept (a reference, no copy)
+                # until its request line is complete, for _parser_error.
+                self._line = piece
+            elif phase == C_HEAD and self._line is not None:
+                self._line_more(piece)
             try:
                 self.parser.feed_data(piece)
             except HttpParserUpgrade as upg:
@@ -269,7 +277,7 @@ cdef class ClientProtocol:
                 err = self.error
                 if err is None:
                     ctx = exc.__context__
-                    err = ctx if isinstance(ctx, _HeadError) else _parser_error(exc)
+                    err = ctx if isinstance(ctx, _HeadError) else _parser_error(exc, self._line)
                 self._protocol_error(err)
                 return
             self._tail = piece[-3:] if self.phase == C_HEAD else b""
@@ -358,6 +366,7 @@ cdef class ClientProtocol:
         if self._hdr_bytes > limits.max_header_bytes:
             self._fail(_HeadError(431, "request header block too large"))
         self._raw_head = 0
+        self._line = None
         p = self.parser
         try:
             head = _parse_request_head(p.get_method(), self._url, p.get_http_version(),
@@ -557,6 +566,17 @@ cdef class ClientProtocol:
         """Whether the framing verdict has read the current body to its end."""
         return self.chunks.done if self._chunked else self._cl_left == 0
 
+    cdef _line_more(self, bytes piece):
+        """A request line split across reads: join its pieces (up to the
+        request-line limit) until its LF has arrived."""
+        cdef bytes line = self._line
+        cdef Py_ssize_t i = 0, n = len(line)
+        while i < n and (line[i] == 13 or line[i] == 10):
+            i += 1  # empty lines before a request line are skipped
+        if line.find(b"\n", i) >= 0 or n > self.app.limits.max_request_line + 16:
+            return
+        self._line = line + piece
+
     cdef _fail(self, object err):
         # Raised inside an httptools callback; data_received picks it up.
         self.error = err
@@ -644,13 +664,28 @@ cdef class ClientProtocol:
             t.close()
 
 
-def _parser_error(exc):
-    text = str(exc) or type(exc).__name__
-    if text == "Invalid HTTP version":
-        # llhttp read a well-formed HTTP/d.d it does not speak (1.2, 3.0):
-        # the protocol is refused, not the syntax.
-        return _HeadError(505, "HTTP version not supported")
-    return _HeadError(400, f"malformed request: {text}")
+# A request line (RFC 9112 section 3) whose version is well formed, as far
+# as it has arrived: llhttp stops at an unsupported version before the CRLF.
+_VERSIONED_LINE = _re.compile(rb"[^ \r\n]+ [^ \r\n]+ HTTP/([0-9])\.([0-9])(?:\r?\n|\r?\Z)")
+
+
+def _parser_error(exc, line):
+    """The answer to a request llhttp refused. `line`: the bytes of the
+    request's head received so far (None if unknown).
+
+    505 when the request line is well formed with a version other than
+    1.0/1.1 (llhttp refuses 1.2, 3.0, ...; 2.0 and 0.9 pass it and are
+    refused by parse_request_head), whatever else is wrong with the
+    request: the protocol is refused, not the syntax (RFC 9110 section
+    15.6.6).
+    Decided from the bytes, not from llhttp's message ("Invalid HTTP
+    version" in llhttp 9), so a reworded message in another llhttp cannot
+    turn a 505 into a 400. Anything else is 400 with llhttp's reason."""
+    if line is not None:
+        m = _VERSIONED_LINE.match(line.lstrip(b"\r\n"))
+        if m is not None and (m[1], m[2]) not in ((b"1", b"1"), (b"1", b"0")):
+            return _HeadError(505, "HTTP version not supported")
+    return _HeadError(400, f"malformed request: {str(exc) or type(exc).__name__}")
 
 
 # == one exchange ================================================================

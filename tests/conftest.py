@@ -15,10 +15,14 @@ if str(ROOT) not in sys.path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip @pytest.mark.slow tests unless a -m expression asks about them."""
-    if "slow" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(skip)
+    """Skip @pytest.mark.slow and @pytest.mark.fuzz tests unless a -m
+    expression asks about them (so `-m "slow or not slow"` still leaves the
+    long fuzz run out)."""
+    markexpr = config.getoption("markexpr") or ""
+    for marker in ("slow", "fuzz"):
+        if marker in markexpr:
+            continue
+        skip = pytest.mark.skip(reason=f"{marker}: run with -m {marker}")
+        for item in items:
+            if item.get_closest_marker(marker):
+                item.add_marker(skip)

@@ -95,6 +95,15 @@ CASES = {
     "duplicate-host": (head("Host: school.test", "Host: school.test"), 400, ("host",)),
     "http2": (head("Host: school.test", request_line="GET / HTTP/2.0"), 505, ("version",)),
     "http09": (head("Host: school.test", request_line="GET / HTTP/0.9"), 505, ("version",)),
+    # llhttp itself refuses these; the gateway tells 505 from 400 by the
+    # request line's bytes, not by llhttp's message.
+    "http12": (head("Host: school.test", request_line="GET / HTTP/1.2"), 505, ("version",)),
+    "http30": (head("Host: school.test", request_line="GET /x HTTP/3.0"), 505, ("version",)),
+    "http11-garbled": (head("Host: school.test", request_line="GET / HTTP/1.x"), 400,
+                       ("malformed",)),
+    "http12-after-empty-line": (b"\r\n" + head("Host: school.test",
+                                                request_line="GET / HTTP/1.2"), 505,
+                                ("version",)),
     "nul-in-value": (head("Host: school.test", "X-A: a\x00b"), 400, ("header", "char")),
     "cr-in-value": (head("Host: school.test", "X-A: a\rb"), 400, ("header", "lf", "cr")),
     "obs-fold": (head("Host: school.test", "X-A: a", " b"), 400, ("header", "whitespace")),
@@ -122,6 +131,20 @@ def test_hostile_head_is_answered_and_closed(case, bytewise):
     proto, transport = connect()
     feed(proto, payload, bytewise)
     expect_refusal(transport, status, *words)
+
+
+@pytest.mark.parametrize(("line", "status"), [
+    (b"GET / HTTP/1.2\r\n", 505), (b"GET / HTTP/1.2", 505), (b"\r\nGET / HTTP/9.9\r\n", 505),
+    (b"GET / HTTP/1.1\r\n", 400), (b"GET / HTTP/1.23\r\n", 400), (b"GET / HTTPS/1.2\r\n", 400),
+    (None, 400),
+])
+def test_parser_error_status_does_not_depend_on_llhttps_message(line, status):
+    # Whatever llhttp calls the error (its text may change between
+    # releases), the request line's own bytes decide 505 against 400.
+    from gateway._native.proxy import _parser_error
+
+    for message in ("Invalid HTTP version", "HPE_INVALID_VERSION", ""):
+        assert _parser_error(ValueError(message), line).status == status
 
 
 @pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])

@@ -113,6 +113,18 @@ def test_not_utf8():
         parse_config(b"\xff\xfe", "gw.toml")
 
 
+def test_not_utf8_names_the_first_bad_byte():
+    # Decided by the loader itself (bytes.decode), whichever exception the
+    # installed msgspec would raise for it.
+    text = SCHOOL.encode() + b'title = "Gymnasium S\xfcd"\n'
+    offset = text.index(b"\xfc")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "gw.toml")
+    # SCHOOL starts with a newline, so the title is on line 6; "\xfc" is
+    # its 21st byte.
+    assert str(info.value) == f"gw.toml: not UTF-8 text at byte {offset} (line 6, column 21)"
+
+
 def test_load_config_names_missing_file(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(missing))}: cannot read: "):

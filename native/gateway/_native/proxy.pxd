@@ -39,6 +39,7 @@ cdef class ClientProtocol:
     cdef long long _cl_left           # Content-Length bytes of the body still to come
     cdef bint _chunked                # the current body's verdict: chunked framing
     cdef bytes _tail
+    cdef bytes _line
 
     cpdef write(self, bytes data)
     cpdef writelines(self, list parts)
@@ -53,6 +54,7 @@ cdef class ClientProtocol:
     cpdef close(self)
     cpdef abort(self)
     cdef bint _body_framed(self)
+    cdef _line_more(self, bytes piece)
     cdef _fail(self, object err)
     cdef _protocol_error(self, object err)
     cdef bint _upgrade(self, bytes rest) except -1
