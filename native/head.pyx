@@ -188,6 +188,15 @@ cdef long long _content_length(bytes value, int status, str who) except -1:
     return length
 
 
+cdef bint _canonical_digits(bytes value) noexcept:
+    """A valid Content-Length value as the gateway would write it: digits
+    only, no leading zero, no surrounding whitespace."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
+    return (n > 0 and _CLASS[p[0]] & C_DIGIT and _CLASS[p[n - 1]] & C_DIGIT
+            and (p[0] != 48 or n == 1))
+
+
 cdef bytes _normalize_host(bytes value):
     """Routing key of a trimmed Host value, or None when it is not an authority."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
@@ -498,7 +507,12 @@ cdef list _scan(_Head head, RequestHead req, tuple raw, bint reject_underscore,
             length = _content_length(value, status, who)
             if head.content_length < 0:
                 head.content_length = length
-                headers.append(item)
+                # Forwarded as the gateway read it: "007" or " 7 " means 7 to
+                # this parser but may be refused or read otherwise by the next.
+                if _canonical_digits(value):
+                    headers.append(item)
+                else:
+                    headers.append((name, b"%d" % length))
             elif length != head.content_length:
                 raise HeadError(status, f"conflicting {who}Content-Length")
         elif kind == K_TE:

@@ -43,6 +43,7 @@ from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
 from gateway.proxy.spool import PIECE as _PIECE
 from gateway.proxy.spool import BodySpool as _BodySpool
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 
@@ -142,6 +143,37 @@ cdef object HttpResponseParser = _httptools.HttpResponseParser
 cdef bytes _CRLFCRLF = b"\r\n\r\n"
 
 
+cdef Py_ssize_t _skip_empty_lines(bytes data, Py_ssize_t pos, bint* pending_cr) except -2:
+    """Skip the empty lines before a start line, from `pos`.
+
+    RFC 9112 section 2.2 lets a recipient skip CRLFs there; llhttp skips any
+    CR or LF. A bare CR or LF is read differently by different parsers (h11
+    refuses it), so it is refused: -1. Otherwise returns the offset of the
+    first byte that is neither; a CR that ends `data` is remembered in
+    `pending_cr` and must be followed by LF in the next read.
+    """
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if pending_cr[0] and pos < n:
+        if p[pos] != 10:
+            return -1
+        pending_cr[0] = False
+        pos += 1
+    while pos < n:
+        if p[pos] == 13:
+            if pos + 1 == n:
+                pending_cr[0] = True
+                return n
+            if p[pos + 1] != 10:
+                return -1
+            pos += 2
+        elif p[pos] == 10:
+            return -1
+        else:
+            break
+    return pos
+
+
 # == client side ================================================================
 
 cdef class ClientProtocol:
@@ -181,6 +213,7 @@ cdef class ClientProtocol:
         self._cl_left = 0
         self._tail = b""
         self._line = None
+        self._pending_cr = False
         self.chunks = _ChunkedFraming(app.limits.max_chunk_ext, app.limits.max_header_bytes)
 
     # -- asyncio protocol -------------------------------------------------
@@ -213,6 +246,13 @@ cdef class ClientProtocol:
         self.touched = monotonic()
         while data:
             phase = self.phase
+            if phase == C_IDLE and (self._pending_cr or data[0] == 13 or data[0] == 10):
+                cut = _skip_empty_lines(data, 0, &self._pending_cr)
+                if cut < 0:
+                    self._protocol_error(_HeadError(400, "bare CR or LF before the request line"))
+                    return
+                data = data[cut:]
+                continue
             cut = len(data)
             if phase == C_BODY:
                 # The gateway's verdict says where the body ends; llhttp gets
@@ -1229,6 +1269,7 @@ cdef class UpstreamConnection:
     cdef _reset(self):
         """Ready for the next exchange's response."""
         self._phase = R_HEAD
+        self._pending_cr = False
         self._headers = []
         self._reason = b""
         self._n_headers = 0
@@ -1289,6 +1330,15 @@ cdef class UpstreamConnection:
         # next. Every turn consumes at least one byte or stops.
         while pos < n:
             phase = self._phase
+            if phase == R_HEAD and self._raw_head == 0 and (
+                    self._pending_cr or data[pos] == 13 or data[pos] == 10):
+                # Empty lines before the status line, as before a request line.
+                cut = _skip_empty_lines(data, pos, &self._pending_cr)
+                if cut < 0:
+                    self._fail(_HeadError(502, "bare CR or LF before the upstream status line"))
+                    break
+                pos = cut
+                continue
             cut = n - pos
             if phase == R_HEAD:
                 tail = self._tail

@@ -294,3 +294,35 @@ def test_refused_connect_ends_the_connection(connect_gateway):
         assert resp.status == 403 and resp.body == b"no\n"
         assert conn.closed()
     assert upstream.heads[-1].startswith(b"CONNECT school.test:25 HTTP/1.1\r\n")
+
+
+# -- found by the fuzzer (tests/fuzz): the verdict is what goes upstream ---------
+
+@pytest.mark.parametrize("spelled", ["0000000000000000000005", " 5", "05"])
+def test_content_length_goes_upstream_as_the_gateway_read_it(gateway, recorder, spelled):
+    payload = (b"POST /cl HTTP/1.1\r\nHost: school.test\r\nContent-Length: "
+               + spelled.encode() + b"\r\n\r\nhello")
+    with RawConn(gateway.port) as conn:
+        conn.send(payload)
+        assert conn.recv_response("POST").status == 200
+    [seen] = recorder.snapshot()
+    assert seen.body == b"hello"
+    assert [v for k, v in seen.headers if k.lower() == "content-length"] == ["5"]
+
+
+@pytest.mark.parametrize("lead", [b"\r", b"\n", b"\r\r\n", b"\n\r\n"],
+                         ids=["cr", "lf", "cr-crlf", "lf-crlf"])
+def test_bare_cr_or_lf_before_the_request_line_is_refused(gateway, recorder, lead):
+    expect_400(gateway, lead + head("GET /lead HTTP/1.1"), ("bare cr or lf",))
+    assert recorder.snapshot() == []
+
+
+def test_empty_lines_before_a_request_line_are_skipped(gateway, recorder):
+    # RFC 9112 2.2: CRLFs before a request line may be ignored, also when a
+    # CRLF is split across reads.
+    with RawConn(gateway.port) as conn:
+        conn.send(b"\r\n\r")
+        time.sleep(0.05)
+        conn.send(b"\n" + head("GET /after-empty-lines HTTP/1.1"))
+        assert conn.recv_response().status == 200
+    assert recorder.targets() == ["/after-empty-lines"]

@@ -278,6 +278,7 @@ def parse_request_head(method: bytes, target: bytes, version: str,
                     raise HeadError(400, "conflicting Content-Length")
                 continue
             length = n
+            value = b"%d" % n  # forwarded as read, never as the peer spelled it
         elif lname == b"transfer-encoding":
             te_count += 1
             te_value = value
@@ -403,6 +404,7 @@ def parse_response_head(status: int, reason: bytes, version: str,
                     raise HeadError(502, "conflicting upstream Content-Length")
                 continue
             length = n
+            value = b"%d" % n  # forwarded as read, never as the peer spelled it
         elif lname == b"transfer-encoding":
             te_count += 1
             te_value = value

@@ -40,6 +40,7 @@ cdef class ClientProtocol:
     cdef bint _chunked                # the current body's verdict: chunked framing
     cdef bytes _tail
     cdef bytes _line
+    cdef bint _pending_cr             # a CR ended the last read, before a request line
 
     cpdef write(self, bytes data)
     cpdef writelines(self, list parts)
@@ -147,6 +148,7 @@ cdef class UpstreamConnection:
     cdef Py_ssize_t _n_headers
     cdef Py_ssize_t _hdr_bytes
     cdef Py_ssize_t _raw_head         # raw bytes of this exchange's response heads
+    cdef bint _pending_cr             # a CR ended the last read, before a status line
     cdef bytes _tail
     cdef long long _body_left         # Content-Length bytes still due, or -1
     cdef bint _chunked
