@@ -709,6 +709,11 @@ cdef class ClientProtocol:
 _VERSIONED_LINE = _re.compile(rb"[^ \r\n]+ [^ \r\n]+ HTTP/([0-9])\.([0-9])(?:\r?\n|\r?\Z)")
 
 
+# The HTTP/2 connection preface (RFC 9113 section 3.4) is not an HTTP/1.1
+# request with another version: to this server it is garbage (400).
+_H2_PREFACE = b"PRI * HTTP/2.0"
+
+
 def _parser_error(exc, line):
     """The answer to a request llhttp refused. `line`: the bytes of the
     request's head received so far (None if unknown).
@@ -722,8 +727,10 @@ def _parser_error(exc, line):
     version" in llhttp 9), so a reworded message in another llhttp cannot
     turn a 505 into a 400. Anything else is 400 with llhttp's reason."""
     if line is not None:
-        m = _VERSIONED_LINE.match(line.lstrip(b"\r\n"))
-        if m is not None and (m[1], m[2]) not in ((b"1", b"1"), (b"1", b"0")):
+        line = line.lstrip(b"\r\n")
+        m = _VERSIONED_LINE.match(line)
+        if m is not None and (m[1], m[2]) not in ((b"1", b"1"), (b"1", b"0")) \
+                and not line.startswith(_H2_PREFACE):
             return _HeadError(505, "HTTP version not supported")
     return _HeadError(400, f"malformed request: {str(exc) or type(exc).__name__}")
 

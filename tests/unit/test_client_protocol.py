@@ -136,7 +136,7 @@ def test_hostile_head_is_answered_and_closed(case, bytewise):
 @pytest.mark.parametrize(("line", "status"), [
     (b"GET / HTTP/1.2\r\n", 505), (b"GET / HTTP/1.2", 505), (b"\r\nGET / HTTP/9.9\r\n", 505),
     (b"GET / HTTP/1.1\r\n", 400), (b"GET / HTTP/1.23\r\n", 400), (b"GET / HTTPS/1.2\r\n", 400),
-    (None, 400),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400), (None, 400),
 ])
 def test_parser_error_status_does_not_depend_on_llhttps_message(line, status):
     # Whatever llhttp calls the error (its text may change between
