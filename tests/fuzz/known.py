@@ -12,54 +12,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.fuzz_strategies import (
-    ABSOLUTE_OTHER_HOST,
-    BARE_CR_START,
-    CONNECT_FRAMING,
-    EXTRA_AFTER_BODY,
-    LONG_CHUNK_SIZE,
-    LONG_CONTENT_LENGTH,
-    MANY_HEADERS,
-    UPGRADE_FRAMING,
-)
-
-KNOWN_FAILING: dict[str, str] = {
-    LONG_CHUNK_SIZE: (
-        "issue 7 A: a chunk-size line of more than 16 digits (leading zeros) makes "
-        "ChunkLimiter give up while llhttp reads on; when the line ends a read, the worker "
-        "spins feeding the upstream endless last-chunks"),
-    CONNECT_FRAMING: (
-        "issue 7 A: CONNECT with Content-Length/Transfer-Encoding: llhttp reads no body, the "
-        "gateway forwards the framing header, so the body bytes run on as the next request "
-        "(to any school) or the upstream waits for them"),
-    UPGRADE_FRAMING: (
-        "issue 7 A: an Upgrade request with a body: httptools skips the body of every "
-        "upgrade request while the head goes upstream with its Content-Length or chunked "
-        "coding, so the upstream waits for a body that never comes"),
-    LONG_CONTENT_LENGTH: (
-        "issue 7 A: Content-Length is forwarded as the peer spelled it (e.g. 22 digits with "
-        "leading zeros) instead of the gateway's own reading; a strict parser (h11) "
-        "refuses it"),
-    BARE_CR_START: (
-        "issue 7 A: a bare CR before a request line (or a response's status line) is "
-        "skipped by llhttp and the message forwarded; RFC 9112 section 2.2 allows only "
-        "empty lines there, h11 refuses it"),
-    ABSOLUTE_OTHER_HOST: (
-        "issue 7 B: an absolute-form target naming another host is routed by Host and "
-        "forwarded with the other host's target"),
-    EXTRA_AFTER_BODY: (
-        "issue 7 C: bytes after a response's body are left in a pooled connection and "
-        "reach the next client as its response"),
-    MANY_HEADERS: (
-        "issue 7 D: response heads over the request-side limits (header count, header "
-        "block, a line that never ends) are relayed or waited for"),
-}
+# Every fault the fuzzer has found so far is fixed (issue 7 A-D); a new one
+# goes here, with its issue point, until its fix lands.
+KNOWN_FAILING: dict[str, str] = {}
 
 
-def known(tag: str) -> pytest.MarkDecorator:
-    """xfail for a corpus case that shows the fault KNOWN_FAILING[tag]
-    (strict=False: it passes as soon as the fault is fixed); no mark once the
-    entry is gone, so the case must pass."""
+def known(tag: str) -> tuple[pytest.MarkDecorator, ...]:
+    """The marks of a corpus case that shows the fault KNOWN_FAILING[tag]:
+    xfail (strict=False: it passes as soon as the fault is fixed), or none
+    once the entry is gone, so the case must pass."""
     if tag not in KNOWN_FAILING:
-        return pytest.mark.usefixtures()  # no-op mark
-    return pytest.mark.xfail(reason=KNOWN_FAILING[tag], strict=False)
+        return ()
+    return (pytest.mark.xfail(reason=KNOWN_FAILING[tag], strict=False),)
