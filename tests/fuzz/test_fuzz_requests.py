@@ -66,6 +66,11 @@ CORPUS = [
                  id="bare-cr-before-request-line", marks=known(BARE_CR_START)),
     pytest.param(case(b"GET http://beta.test/f0 HTTP/1.1\r\nHost: alpha.test\r\n\r\n"),
                  id="absolute-form-other-host", marks=known(ABSOLUTE_OTHER_HOST)),
+    # Found by the long run: a Content-Length that ends inside the smuggled
+    # head leaves "\n\r\n" before the next request line (a bare LF: refused).
+    pytest.param(case(b"GET /f0 HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 40\r\n\r\n"
+                      b"GET /smuggled HTTP/1.1\r\nHost: beta.test\r\n\r\n"),
+                 id="content-length-ends-inside-a-head"),
     # -- must keep passing ---------------------------------------------------------
     pytest.param(case(CHUNKED_POST + b"0000000000000005\r\nhello\r\n0\r\n\r\n"),
                  id="chunk-size-16-digits"),

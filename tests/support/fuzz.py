@@ -152,10 +152,12 @@ class RequestReading:
 
 
 def _strip_empty_lines(data: bytes) -> bytes:
-    # RFC 9112 section 2.2: a server SHOULD ignore empty lines received
-    # before a request-line (llhttp does, h11 does not).
-    while data.startswith((b"\r\n", b"\n")):
-        data = data[2:] if data.startswith(b"\r\n") else data[1:]
+    # RFC 9112 section 2.2: a server SHOULD ignore empty lines (CRLF)
+    # received before a request-line (the gateway does, h11 does not). A
+    # bare LF or CR there is left for h11 to refuse: the gateway refuses it
+    # too, as different parsers read it differently.
+    while data.startswith(b"\r\n"):
+        data = data[2:]
     return data
 
 
