@@ -93,6 +93,10 @@ cdef int _kind(const unsigned char* p, Py_ssize_t n, bint request) noexcept:
     elif n == 7:
         if _is(p, b"upgrade", 7): return K_UPGRADE
         if _is(p, b"trailer", 7): return K_DROP
+    elif n == 9:
+        # RFC 7239 Forwarded: what the client claims about itself; the
+        # gateway says who the client is in X-Forwarded-For.
+        if request and _is(p, b"forwarded", 9): return K_DROP
     elif n == 10:
         if _is(p, b"connection", 10): return K_CONN
         if _is(p, b"keep-alive", 10): return K_DROP
@@ -111,6 +115,12 @@ cdef int _kind(const unsigned char* p, Py_ssize_t n, bint request) noexcept:
     elif n == 19:
         if _is(p, b"proxy-authorization", 19): return K_DROP
     return K_OTHER
+
+
+cdef int _dashed_kind(bytes name):
+    """What a header name would mean with its underscores read as dashes."""
+    cdef bytes dashed = name.replace(b"_", b"-")
+    return _kind(<const unsigned char*>PyBytes_AS_STRING(dashed), PyBytes_GET_SIZE(dashed), False)
 
 
 cdef inline bint _bad_value(const char* p, Py_ssize_t n) noexcept:
@@ -186,6 +196,11 @@ cdef long long _content_length(bytes value, int status, str who) except -1:
     if too_large:
         raise HeadError(status, f"{who}Content-Length too large")
     return length
+
+
+cdef bint _is_content_length(bytes name) noexcept:
+    return PyBytes_GET_SIZE(name) == 14 and _is(
+        <const unsigned char*>PyBytes_AS_STRING(name), b"content-length", 14)
 
 
 cdef bint _canonical_digits(bytes value) noexcept:
@@ -491,10 +506,15 @@ cdef list _scan(_Head head, RequestHead req, tuple raw, bint reject_underscore,
             raise HeadError(status, f"invalid {who}header name")
         if _bad_value(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)):
             raise HeadError(status, f"invalid {who}header value")
-        if underscore and request:
-            if reject_underscore:
-                raise HeadError(400, "underscore in header name")
-            continue
+        if underscore:
+            if request:
+                if reject_underscore:
+                    raise HeadError(400, "underscore in header name")
+                continue
+            if _dashed_kind(name) != K_OTHER:
+                # "Content_Length" in a response: a next hop that maps "_"
+                # to "-" would read framing the gateway did not.
+                continue
         kind = _kind(p, n, request)
         if kind == K_OTHER:
             headers.append(item)
@@ -650,6 +670,11 @@ def parse_response_head(int status, bytes reason not None, str version, raw_head
             raise HeadError(502, "unsupported upstream Transfer-Encoding")
     if named is not None:
         head.headers = _drop_named(head.headers, named)
+    if (status < 200 or status == 204) and head.content_length >= 0:
+        # Such a response has no content and must not say it has any (RFC
+        # 9110 section 8.6): the length is neither forwarded nor framed by.
+        head.headers = [h for h in head.headers if not _is_content_length(h[0])]
+        head.content_length = -1
 
     head.status = status
     head.reason = reason

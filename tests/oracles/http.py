@@ -21,7 +21,11 @@ HOP_BY_HOP = frozenset({
 })
 
 # Set again by the gateway on the way out, so incoming copies never pass through.
-_FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via"})
+_FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via",
+                         b"forwarded"})
+# Header names a response may not carry with underscores for dashes (a next
+# hop mapping "_" to "-" would read framing or hop-by-hop fields).
+_MEANINGFUL = HOP_BY_HOP | {b"content-length", b"via"}
 
 # Never removed because Connection names them: losing them would change how
 # the upstream frames or routes the request.
@@ -397,6 +401,8 @@ def parse_response_head(status: int, reason: bytes, version: str,
     for name, value in raw:
         _check_line(name, value, 502, "upstream ")
         lname = name.lower()
+        if b"_" in lname and lname.replace(b"_", b"-") in _MEANINGFUL:
+            continue
         if lname == b"content-length":
             n = _content_length(value, 502, "upstream ")
             if length >= 0:
@@ -431,6 +437,10 @@ def parse_response_head(status: int, reason: bytes, version: str,
         if te_count > 1 or _trim(te_value).lower() != b"chunked":
             raise HeadError(502, "unsupported upstream Transfer-Encoding")
     _drop_named(headers, tokens)
+    if (status < 200 or status == 204) and length >= 0:
+        # No content, and it must not say it has any (RFC 9110 section 8.6).
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+        length = -1
 
     close = b"close" in tokens
     head = ResponseHead()

@@ -701,3 +701,29 @@ def test_response_impls_agree(status, reason, version, headers, chunked, keep_al
         return mod.serialize_response_head(head, client, chunked, keep_alive, b"sg")
 
     assert _outcome(native, call, serialize) == _outcome(reference, call, serialize)
+
+
+# --- found by the adversarial review (issue 7) ----------------------------------
+
+def test_forwarded_from_the_client_is_not_passed_on(m):
+    # RFC 7239 Forwarded is what the client says about itself; the gateway
+    # says who the client is in X-Forwarded-For.
+    head = req(m, [(b"Host", b"a"), (b"Forwarded", b"for=6.6.6.6"), (b"X-Keep", b"1")])
+    assert [k.lower() for k, _ in head.headers] == [b"host", b"x-keep"]
+
+
+@pytest.mark.parametrize("status", [100, 103, 204])
+def test_no_content_length_on_responses_without_content(m, status):
+    head = m.parse_response_head(status, b"X", "1.1", [(b"Content-Length", b"5"), (b"X-A", b"1")])
+    assert head.content_length == -1
+    assert head.headers == [(b"X-A", b"1")]
+    kept = m.parse_response_head(304, b"X", "1.1", [(b"Content-Length", b"5")])
+    assert kept.content_length == 5
+
+
+def test_response_underscore_names_that_read_as_framing_are_dropped(m):
+    head = m.parse_response_head(200, b"OK", "1.1", [
+        (b"Content_Length", b"5"), (b"Transfer_Encoding", b"chunked"), (b"X_Custom", b"1"),
+        (b"Content-Length", b"2")])
+    assert head.headers == [(b"X_Custom", b"1"), (b"Content-Length", b"2")]
+    assert head.content_length == 2 and not head.chunked
