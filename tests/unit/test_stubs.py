@@ -13,7 +13,7 @@ import pytest
 
 import gateway._native
 
-MODULES = ["head", "proxy", "router", "serialize"]
+MODULES = ["client", "exchange", "head", "link", "proxy", "router", "serialize", "upstream"]
 
 STUBS = Path(gateway._native.__file__).parent
 
