@@ -34,6 +34,7 @@ import httptools as _httptools
 from gateway._native.head import HeadError as _HeadError
 from gateway._native.head import parse_request_head as _parse_request_head
 
+from gateway._native.context cimport Context
 from gateway._native.head cimport RequestHead
 from gateway._native.link cimport *
 from gateway._native.exchange cimport Exchange
@@ -57,6 +58,7 @@ cdef class ClientProtocol(ClientLink):
 
     def __init__(self, app, bytes proto=b"http"):
         self.app = app
+        self.ctx = app.ctx
         self.proto = proto
         self.transport = None
         self.parser = HttpRequestParser(self)
@@ -90,7 +92,7 @@ cdef class ClientProtocol(ClientLink):
         self._tail = b""
         self._line = None
         self._pending_cr = False
-        self.chunks = _ChunkedFraming(app.limits.max_chunk_ext, app.limits.max_header_bytes)
+        self.chunks = _ChunkedFraming(self.ctx.max_chunk_ext, self.ctx.max_header_bytes)
 
     # -- asyncio protocol -------------------------------------------------
     def connection_made(self, transport):
@@ -98,7 +100,7 @@ cdef class ClientProtocol(ClientLink):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0].encode() if isinstance(peer, tuple) else b"unix"
         self.client_key = self.client_ip
-        limit = self.app.limits.max_buffer
+        limit = self.ctx.max_buffer
         transport.set_write_buffer_limits(high=limit, low=limit // 4)
         self.since = monotonic()
         self.app.connection_opened(self)
@@ -166,7 +168,7 @@ cdef class ClientProtocol(ClientLink):
                 # the current head (reset when a head completes).
                 raw = self._raw_head + cut
                 self._raw_head = raw
-                if raw > self.app.head_budget:
+                if raw > self.ctx.head_budget:
                     self._protocol_error(_HeadError(431, "request header block too large"))
                     return
             if cut < len(data):
@@ -263,34 +265,33 @@ cdef class ClientProtocol(ClientLink):
     def on_url(self, bytes url):
         url = self._url + url if self._url else url
         self._url = url
-        if len(url) > self.app.limits.max_request_line:
+        if len(url) > self.ctx.max_request_line:
             self._fail(_HeadError(414, "request line too long"))
 
     def on_header(self, bytes name, bytes value):
         cdef Py_ssize_t n = self._n_headers + 1
         self._n_headers = n
         self._hdr_bytes += len(name) + len(value) + 4
-        if n > self.app.limits.max_headers:
+        if n > self.ctx.max_headers:
             self._fail(_HeadError(431, "too many request headers"))
         self._headers.append((name, value))
 
     def on_headers_complete(self):
         cdef RequestHead head
         cdef Exchange ex
-        app = self.app
-        limits = app.limits
-        if self._hdr_bytes > limits.max_header_bytes:
+        cdef Context ctx = self.ctx
+        cdef long long max_body = ctx.max_body
+        if self._hdr_bytes > ctx.max_header_bytes:
             self._fail(_HeadError(431, "request header block too large"))
         self._raw_head = 0
         self._line = None
         p = self.parser
         try:
             head = _parse_request_head(p.get_method(), self._url, p.get_http_version(),
-                                      self._headers, app.reject_underscore)
+                                      self._headers, ctx.reject_underscore)
         except _HeadError as err:
             self._fail(err)
         self._headers = []
-        max_body = limits.max_body
         if max_body and head.content_length > max_body:
             self._fail(_HeadError(413, "request body too large"))
         self._body_left = max_body or -1
@@ -302,14 +303,14 @@ cdef class ClientProtocol(ClientLink):
             self._cl_left = 0
         else:
             self._cl_left = head.content_length if head.content_length > 0 else 0
-        ex = app.route(self, head)
+        ex = self.app.route(self, head)
         self.current = ex
         queue = self.queue
         queue.append(ex)
         n = len(queue)
         if n == 1:
             ex.start()
-        elif n > limits.max_pipeline:
+        elif n > self.ctx.max_pipeline:
             self.pause_reading_for(P_PIPELINE)
 
     def on_body(self, bytes data):
@@ -404,11 +405,11 @@ cdef class ClientProtocol(ClientLink):
         if not ex.keep_alive or (self.phase == C_BROKEN and not queue):
             self._close_after_response(ex)
             return
-        if self.pause_mask & P_PIPELINE and len(queue) <= self.app.limits.max_pipeline:
+        if self.pause_mask & P_PIPELINE and len(queue) <= self.ctx.max_pipeline:
             self.resume_reading_for(P_PIPELINE)
         if queue:
             (<Exchange>queue[0]).start()
-        elif self.eof or (self.phase == C_IDLE and self.app.draining):
+        elif self.eof or (self.phase == C_IDLE and self.ctx.draining):
             self.close()
         elif self.phase == C_IDLE:
             self.since = monotonic()
@@ -442,10 +443,10 @@ cdef class ClientProtocol(ClientLink):
     # -- timeouts (called by the worker's reaper) ----------------------------
     def check_timeouts(self, double now):
         cdef Exchange ex, cur
+        cdef Context ctx = self.ctx
         phase = self.phase
-        timeouts = self.app.timeouts
         if phase == C_UPGRADED:
-            if now - self.touched > timeouts.tunnel_idle:
+            if now - self.touched > ctx.tunnel_idle_timeout:
                 self.close()
             return
         if phase == C_LINGER:
@@ -455,13 +456,13 @@ cdef class ClientProtocol(ClientLink):
         queue = self.queue
         cur = self.current
         if phase == C_BODY and cur is not None and cur.state == S_RECEIVING \
-                and not self.pause_mask and now > cur.body_deadline(timeouts):
+                and not self.pause_mask and now > cur.body_deadline(self.app.timeouts):
             # A body received before admission took too long in all, however
             # steadily its bytes trickled in (the gap check below would not
             # catch a byte every few seconds).
             self._protocol_error(_HeadError(408, "request body took too long"))
             return
-        if phase == C_BODY and not self.pause_mask and now - self.touched > timeouts.client_body:
+        if phase == C_BODY and not self.pause_mask and now - self.touched > ctx.client_body_timeout:
             # The client stopped sending the body it announced.
             self._protocol_error(_HeadError(408, "request body timeout"))
             return
@@ -470,13 +471,13 @@ cdef class ClientProtocol(ClientLink):
             # `touched` moves with every byte either way, so a long upload or
             # download that keeps flowing never times out.
             if ex.upstream is not None and (ex.state == S_SENT or ex.state == S_RESPONDING) \
-                    and now - ex.touched > timeouts.upstream_read:
+                    and now - ex.touched > ctx.upstream_read_timeout:
                 ex.timed_out()
             return
         if phase == C_HEAD:
-            if now - self.since > timeouts.header:
+            if now - self.since > ctx.header_timeout:
                 self._protocol_error(_HeadError(408, "request header timeout"))
-        elif phase == C_IDLE and now - self.since > timeouts.keepalive:
+        elif phase == C_IDLE and now - self.since > ctx.keepalive_timeout:
             self.close()
 
     # -- internals ---------------------------------------------------------
@@ -491,7 +492,7 @@ cdef class ClientProtocol(ClientLink):
         cdef Py_ssize_t i = 0, n = len(line)
         while i < n and (line[i] == 13 or line[i] == 10):
             i += 1  # empty lines before a request line are skipped
-        if line.find(b"\n", i) >= 0 or n > self.app.limits.max_request_line + 16:
+        if line.find(b"\n", i) >= 0 or n > self.ctx.max_request_line + 16:
             return
         self._line = line + piece
 

@@ -17,12 +17,19 @@ from gateway._native.head import HeadError as _HeadError
 from gateway._native.serialize import serialize_request_head as _serialize_request_head
 from gateway._native.serialize import serialize_response_head as _serialize_response_head
 
+from gateway._native.context cimport AdmissionCore, Context, may_carry_cookie, wall_clock
 from gateway._native.head cimport RequestHead, ResponseHead
+from gateway._native.scheduler cimport Ticket
 from gateway._native.link cimport *
 from gateway._native.upstream cimport Balancer, UpstreamConnection, UpstreamServer
 
 from gateway.proxy.spool import PIECE as _PIECE
 from gateway.proxy.spool import BodySpool as _BodySpool
+from gateway._native.scheduler import ADMITTED as _ADMITTED_STATE
+
+# The waiting-room ticket cookie's name (gateway.proxy.admission.COOKIE).
+cdef bytes _COOKIE = b"schoolgate_ticket"
+cdef int _ADMITTED = _ADMITTED_STATE
 
 
 WAITING, ADMITTING, CONNECTING, SENT, RESPONDING, TUNNEL, DONE, RECEIVING = (
@@ -124,7 +131,7 @@ cdef class Exchange(ExchangeLink):
         # the client sent anyway waits here, in order, bounded by max_buffer.
         self.body_buf.append(data)
         self.body_buffered += len(data)
-        if self.body_buffered > self.client.app.limits.max_buffer:
+        if self.body_buffered > self.client.ctx.max_buffer:
             self.client.pause_reading_for(P_BUFFER)
 
     cpdef on_request_end(self):
@@ -251,7 +258,59 @@ cdef class Exchange(ExchangeLink):
             self._write_local()
             return
         self.state = S_ADMITTING
-        self.client.app.admission.admit(self)
+        self._admit()
+
+    cdef _admit(self):
+        """Admission.admit without a Python frame when the shell has
+        nothing to add: no body to receive first, no second request, no
+        waiting-room cookie, no class window boundary due. The Scheduler's
+        decision is the one the shell would get; anything but ADMITTED goes
+        on in the shell (Admission.decided: queue, waiting page)."""
+        cdef AdmissionCore core = self.client.ctx.core
+        cdef Ticket t
+        cdef double now
+        if self.school is None or self.body_first() or self.arrived_at > 0.0:
+            core.shell.admit(self)
+            return
+        if not core.enabled:
+            self.admitted()
+            return
+        if may_carry_cookie(self.head.headers, _COOKIE):
+            core.shell.admit(self)
+            return
+        controller = core.controller
+        now = wall_clock()
+        due = controller._windows_due
+        if due is not None and now >= <double>due:
+            core.shell.admit(self)  # the class shares change first
+            return
+        controller._now = now
+        t = core.scheduler.request(self.school.index, self.klass, self.client.client_key,
+                                   now, None, None)
+        if t.state == _ADMITTED:
+            self.ticket = t
+            self.admitted()
+        else:
+            core.shell.decided(self, t, now, None)
+
+    cdef _release(self):
+        """Admission.release without a Python frame when the freed slot
+        admits nothing and no poll timer needs moving."""
+        cdef AdmissionCore core = self.client.ctx.core
+        cdef Ticket t = self.ticket
+        cdef double now
+        controller = core.controller
+        shell = core.shell
+        due = controller._windows_due
+        if t.state != _ADMITTED or due is not None or shell._timer is not None:
+            shell.release(self)
+            return
+        self.ticket = None
+        now = wall_clock()
+        controller._now = now
+        admitted = core.scheduler.release(t, now, False)
+        if admitted or core.scheduler.next_deadline() is not None:
+            shell.released(admitted)
 
     cpdef admitted(self):
         if self.state != S_ADMITTING:
@@ -276,7 +335,7 @@ cdef class Exchange(ExchangeLink):
         # on_message_complete (admission decides inside on_headers_complete).
         done = self.request_done or self.body_received or (
             head is not None and head.content_length <= 0 and not head.chunked)
-        keep = self.keep_alive and done and not self.client.app.draining
+        keep = self.keep_alive and done and not self.client.ctx.draining
         self.keep_alive = keep
         return keep
 
@@ -322,7 +381,6 @@ cdef class Exchange(ExchangeLink):
         self.sent_at = self.touched = monotonic()
         if client.write_paused:
             conn.pause_reading()
-        app = client.app
         spool = self.spool
         length = -1
         if spool is not None and self.body_received and head.chunked:
@@ -331,7 +389,7 @@ cdef class Exchange(ExchangeLink):
             length = spool.size
         chunked = head.chunked and length < 0
         self.up_chunked = chunked
-        parts = [_serialize_request_head(head, client.client_ip, client.proto, app.via, length)]
+        parts = [_serialize_request_head(head, client.client_ip, client.proto, client.ctx.via, length)]
         if self.body_buf:
             if chunked:
                 for piece in self.body_buf:
@@ -363,11 +421,11 @@ cdef class Exchange(ExchangeLink):
                 conn.abort()  # 101 to a request that did not ask: unusable
             else:
                 self.tunnel_buf = [_serialize_response_head(
-                    head, self.head.version, False, True, self.client.app.via)]
+                    head, self.head.version, False, True, self.client.ctx.via)]
             return
         if head.status == 100 or self.head.version < 11:
             return  # 100 was answered by us; HTTP/1.0 clients get no 1xx
-        self.client.cork(_serialize_response_head(head, 11, False, True, self.client.app.via))
+        self.client.cork(_serialize_response_head(head, 11, False, True, self.client.ctx.via))
 
     cpdef on_response_head(self, object up, ResponseHead head):
         cdef RequestHead req = self.head
@@ -376,8 +434,8 @@ cdef class Exchange(ExchangeLink):
         cdef bint keep, chunked
         self.state = S_RESPONDING
         self.touched = monotonic()
-        app = client.app
-        keep = self.keep_alive and self.request_done and not app.draining
+        cdef Context ctx = client.ctx
+        keep = self.keep_alive and self.request_done and not ctx.draining
         if self.is_head or status == 204 or status == 304 or head.content_length >= 0:
             chunked = False
         elif req.version >= 11:
@@ -389,7 +447,7 @@ cdef class Exchange(ExchangeLink):
         self.keep_alive = keep
         if self.response_headers is not None:
             head.headers.extend(self.response_headers)
-        client.cork(_serialize_response_head(head, req.version, chunked, keep, app.via))
+        client.cork(_serialize_response_head(head, req.version, chunked, keep, ctx.via))
 
     cpdef on_response_body(self, bytes data):
         self.touched = monotonic()
@@ -492,7 +550,7 @@ cdef class Exchange(ExchangeLink):
         (RFC 9110 section 9.3.6), exactly as after a 101."""
         self.touched = monotonic()
         self.tunnel_buf = [_serialize_response_head(
-            head, self.head.version, False, True, self.client.app.via)]
+            head, self.head.version, False, True, self.client.ctx.via)]
         self.on_upstream_upgraded(b"")
 
     cpdef on_tunnel_client_data(self, bytes data):
@@ -558,8 +616,8 @@ cdef class Exchange(ExchangeLink):
         self.state = S_DONE
         if self.spool is not None:
             self._drop_spool()
-        if self.ticket is not None:  # no Python call for unticketed exchanges
-            self.client.app.admission.release(self)
+        if self.ticket is not None:
+            self._release()
         self.client.exchange_done(self)
 
 

@@ -47,7 +47,6 @@ class ClientProtocol(ClientLink):
     eof: bool
     error: Exception | None
     client_ip: bytes
-    client_key: bytes
     school: int
     trusted_peer: bool
     chunks: ChunkedFraming

@@ -11,12 +11,15 @@ subclasses are ever instantiated.
 import asyncio
 from typing import Any
 
+from gateway._native.context import Context
 from gateway._native.head import ResponseHead
 
 class ClientLink:
     """What an exchange uses of its client connection (see ClientProtocol)."""
 
     app: Any
+    ctx: Context
+    client_key: bytes
     proto: bytes
     transport: asyncio.Transport | None
     touched: float

@@ -5,7 +5,7 @@
 from gateway._native.exchange cimport Exchange
 from gateway._native.link cimport ClientLink
 
-# Inherited from ClientLink: app, proto, transport, touched, write_paused,
+# Inherited from ClientLink: app, ctx, client_key, proto, transport, touched, write_paused,
 # client_ip, and the cpdef methods an exchange calls.
 cdef class ClientProtocol(ClientLink):
     cdef public object parser
@@ -18,7 +18,6 @@ cdef class ClientProtocol(ClientLink):
     cdef public int pause_mask
     cdef public bint eof
     cdef public object error
-    cdef public bytes client_key
     cdef public int school
     cdef public bint trusted_peer
     cdef public object chunks

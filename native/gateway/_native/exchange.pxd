@@ -50,6 +50,8 @@ cdef class Exchange(ExchangeLink):
     cpdef on_tunnel_client_data(self, bytes data)
     cpdef on_tunnel_client_eof(self)
     cpdef on_client_lost(self)
+    cdef _admit(self)
+    cdef _release(self)
     cdef _spool_failed(self)
     cdef _drop_spool(self)
     cdef _pump(self)

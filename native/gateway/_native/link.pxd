@@ -9,6 +9,7 @@
 # method through the C vtable, as a call between classes of one module
 # would, and Cython needs no cimport cycle.
 
+from gateway._native.context cimport Context
 from gateway._native.head cimport ResponseHead
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -68,6 +69,8 @@ cdef class ExchangeLink
 cdef class ClientLink:
     """What an exchange uses of its client connection (ClientProtocol)."""
     cdef public object app
+    cdef public Context ctx           # app's typed native context (App.ctx)
+    cdef public bytes client_key
     cdef public bytes proto
     cdef public object transport
     cdef public double touched
