@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING
 # The page renderer's names (waiting.render_status_json, waiting.wants_json) are
 # looked up on use: the first page or status poll loads it (see gateway.waiting).
 from gateway import waiting
+from gateway._native.context import AdmissionCore
 from gateway.admission import ADMITTED, QUEUED, AdmissionController, WaitingRoom
 from gateway.proxy.exchange import PAUSE_ADMISSION
 from gateway.waiting import SpentTickets, TicketSigner, cookie_header, new_visitor_id, read_cookie
@@ -130,6 +131,10 @@ class Admission:
     def __init__(self, app: App, cfg: Config) -> None:
         self.controller = AdmissionController(cfg, time.time())
         self.room = WaitingRoom(self.controller)
+        # What Exchange.start/_finish use to admit and release without a
+        # Python frame on the common path (see gateway._native.context).
+        self.core = AdmissionCore(self, self.controller, self.controller._scheduler,
+                                  cfg.admission.enabled)
         self._configure(app, cfg)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
@@ -137,6 +142,7 @@ class Admission:
     def _configure(self, app: App, cfg: Config) -> None:
         self.app = app
         self.enabled = cfg.admission.enabled
+        self.core.enabled = self.enabled
         secret = cfg.admission.secret.encode() or process_secret()
         self.signer = TicketSigner(secret)
         self.ttl = cfg.admission.ticket_ttl
@@ -220,6 +226,14 @@ class Admission:
             arrived, client_key, max_wait = ex.arrived_at, None, ex.wait_left
         t = self.controller.request(school.index, ex.klass,  # type: ignore[union-attr]
                                     client_key, now, arrived, max_wait)
+        self.decided(ex, t, now, visitor)
+
+    def decided(self, ex: Exchange, t: Ticket, now: float,
+                visitor: tuple[bytes, float] | None) -> None:
+        """Act on the controller's answer `t` to ex's request at `now`
+        (visitor: its waiting-room ticket, from _read_ticket). Called by
+        admit, and by Exchange.start for any answer but an admission of a
+        request the native path could ask for on its own."""
         state = t.state
         if state == ADMITTED:
             if visitor is not None:
@@ -254,8 +268,14 @@ class Admission:
             return
         ex.ticket = None
         if t.state == ADMITTED:
-            self._dispatch(self.controller.release(t, time.time()))
-            self._rearm()
+            self.released(self.controller.release(t, time.time()))
+
+    def released(self, admitted: list[Ticket]) -> None:
+        """A slot was given back and `admitted` are the tickets it let in
+        (Exchange._finish calls this after a native release only when
+        there are any, or a deadline to arm)."""
+        self._dispatch(admitted)
+        self._rearm()
 
     def cancel(self, ex: Exchange) -> None:
         """The exchange's client is gone: give back its place or its slot."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 # waiting.render is looked up on use: the first page loads the page renderer.
 from gateway import waiting
+from gateway._native.context import Context
 from gateway.admission.shares import split_limits
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
@@ -76,7 +77,6 @@ class App:
         self.reject_underscore = cfg.limits.underscore_headers == "reject"
         # Raw bytes a request head may take before it is refused outright.
         self.head_budget = cfg.limits.max_request_line + cfg.limits.max_header_bytes
-        self.draining = False
         # The App a reload replaced this one with (route follows it).
         self.successor: App | None = None
         self.connections: set[ClientProtocol] = set()
@@ -132,6 +132,18 @@ class App:
         # Each worker process enforces its share of the schools' limits.
         self.admission_cfg = split_limits(cfg, worker, workers)
         self.admission = Admission(self, self.admission_cfg) if admission is None else admission
+        # The typed view of this config the native protocol objects read
+        # (limits, timeouts, via, draining, the admission core).
+        self.ctx = Context(self, cfg, self.admission.core)
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: finish what is in flight, keep no connection alive."""
+        return self.ctx.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.ctx.draining = value
 
     def take_over(self, previous: list[App]) -> None:
         """Become the worker's current App after a reload.
@@ -256,6 +268,7 @@ class App:
             self.connections.discard(client)
             app.connections.add(client)
             client.app = app
+            client.ctx = app.ctx
             # As connection_opened would have judged it under the new config.
             client.trusted_peer = bool(app.trusted) and _in_networks(client.client_ip,
                                                                      app.trusted)

@@ -10,11 +10,13 @@ request-line length (414), header count and header-block size (431), chunk
 extension size (400), and the total-header and keep-alive deadlines (408 /
 close) through the worker's reaper, which calls check_timeouts().
 
-The implementation is compiled: native/proxy.pyx (gateway._native.proxy),
-as cdef classes so the per-request calls between them are C calls.
+The implementation is compiled: native/client.pyx (gateway._native.client), as
+cdef classes so the per-request calls between them are C calls. A request
+walks down native/client.pyx -> exchange.pyx -> upstream.pyx; calls back up
+go through the base classes of native/link.pyx (ClientLink, ExchangeLink).
 """
 
-from gateway._native.proxy import (
+from gateway._native.client import (
     BODY,
     BROKEN,
     CLOSED,

@@ -38,11 +38,13 @@ Invariants:
   the gateway) or, if a forwarded response broke mid-body, an aborted client
   connection, which is the only honest signal left at that point.
 
-The implementation is compiled: native/proxy.pyx (gateway._native.proxy),
-as cdef classes so the per-request calls between them are C calls.
+The implementation is compiled: native/exchange.pyx (gateway._native.exchange), as
+cdef classes so the per-request calls between them are C calls. A request
+walks down native/client.pyx -> exchange.pyx -> upstream.pyx; calls back up
+go through the base classes of native/link.pyx (ClientLink, ExchangeLink).
 """
 
-from gateway._native.proxy import (
+from gateway._native.exchange import (
     ADMITTING,
     CONNECTING,
     CONTINUE_100,

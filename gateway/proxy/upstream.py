@@ -46,11 +46,13 @@ estimate current. A request that fails on a reused connection before any
 byte of an answer dates the timeout too, and is retried (if replayable) on
 a new connection, never on another pooled one.
 
-The implementation is compiled: native/proxy.pyx (gateway._native.proxy),
-as cdef classes so the per-request calls between them are C calls.
+The implementation is compiled: native/upstream.pyx (gateway._native.upstream), as
+cdef classes so the per-request calls between them are C calls. A request
+walks down native/client.pyx -> exchange.pyx -> upstream.pyx; calls back up
+go through the base classes of native/link.pyx (ClientLink, ExchangeLink).
 """
 
-from gateway._native.proxy import (
+from gateway._native.upstream import (
     FAIL_COOLDOWN,
     FAIL_THRESHOLD,
     REUSE_MARGIN,

@@ -13,7 +13,8 @@ import pytest
 
 import gateway._native
 
-MODULES = ["head", "proxy", "router", "serialize"]
+MODULES = ["client", "context", "exchange", "head", "link", "proxy", "router", "serialize",
+           "upstream"]
 
 STUBS = Path(gateway._native.__file__).parent
 

@@ -1,0 +1,47 @@
+"""The typed native context of one App and the worker's admission core
+(native/context.pyx): what the proxy's cdef classes read per request as C
+fields. App builds a Context from its config at start and on reload; the
+Admission shell keeps the AdmissionCore for the worker's life.
+"""
+
+from typing import Any
+
+from gateway._native.scheduler import Scheduler
+
+class AdmissionCore:
+    """Whether admission is on, the shell (gateway.proxy.admission.Admission,
+    for the rare paths), the controller and its native Scheduler."""
+
+    enabled: bool
+    shell: Any
+    controller: Any
+    scheduler: Scheduler
+    def __init__(self, shell: Any, controller: Any, scheduler: Scheduler,
+                 enabled: bool) -> None: ...
+
+class Context:
+    """One config's protocol limits ([limits], bytes and counts), timeouts
+    ([timeouts], seconds), Via name and draining flag, C-typed, with the
+    worker's AdmissionCore; `app` is the App it was built for."""
+
+    app: Any
+    core: AdmissionCore
+    via: bytes
+    draining: bool
+    reject_underscore: bool
+    max_request_line: int
+    max_headers: int
+    max_header_bytes: int
+    head_budget: int
+    """Raw bytes a request head may take: max_request_line + max_header_bytes."""
+    max_body: int
+    """Bytes of a request body (0: unlimited)."""
+    max_pipeline: int
+    max_buffer: int
+    max_chunk_ext: int
+    header_timeout: float
+    keepalive_timeout: float
+    client_body_timeout: float
+    upstream_read_timeout: float
+    tunnel_idle_timeout: float
+    def __init__(self, app: Any, cfg: Any, core: AdmissionCore) -> None: ...

@@ -1,0 +1,623 @@
+# cython: wraparound=True, nonecheck=True
+# (wraparound and nonecheck: see native/client.pyx.)
+"""One request/response exchange: admission, request buffering, the
+upstream attempt (connect, retry), relaying the response, tunnels.
+
+The middle of the request's walk (client.pyx -> here -> upstream.pyx): it
+holds its client as a ClientLink and is an ExchangeLink to its upstream
+connection (link.pxd). Re-exported and documented by gateway.proxy.exchange;
+stub: gateway/_native/exchange.pyi.
+"""
+
+# Imported under private names: the module exports only the class and
+# constants in gateway/_native/exchange.pyi.
+import asyncio as _asyncio
+
+from gateway._native.head import HeadError as _HeadError
+from gateway._native.serialize import serialize_request_head as _serialize_request_head
+from gateway._native.serialize import serialize_response_head as _serialize_response_head
+
+from gateway._native.context cimport AdmissionCore, Context, may_carry_cookie, wall_clock
+from gateway._native.head cimport RequestHead, ResponseHead
+from gateway._native.scheduler cimport Ticket
+from gateway._native.link cimport *
+from gateway._native.upstream cimport Balancer, UpstreamConnection, UpstreamServer
+
+from gateway.proxy.spool import PIECE as _PIECE
+from gateway.proxy.spool import BodySpool as _BodySpool
+from gateway._native.scheduler import ADMITTED as _ADMITTED_STATE
+
+# The waiting-room ticket cookie's name (gateway.proxy.admission.COOKIE).
+cdef bytes _COOKIE = b"schoolgate_ticket"
+cdef int _ADMITTED = _ADMITTED_STATE
+
+
+WAITING, ADMITTING, CONNECTING, SENT, RESPONDING, TUNNEL, DONE, RECEIVING = (
+    S_WAITING, S_ADMITTING, S_CONNECTING, S_SENT, S_RESPONDING, S_TUNNEL, S_DONE, S_RECEIVING)
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+CRLF = b"\r\n"
+
+PAUSE_BUFFER = P_BUFFER        # body bytes buffered for an exchange without upstream,
+                               # or a held body being forwarded before the rest is read
+PAUSE_UPSTREAM = P_UPSTREAM    # the upstream transport's write buffer is full
+PAUSE_PIPELINE = P_PIPELINE    # too many pipelined requests waiting
+PAUSE_ADMISSION = P_ADMISSION  # waiting for admission: do not read the upload yet
+PAUSE_TUNNEL = P_TUNNEL        # upgrade requested, 101 not yet received
+
+TUNNEL_CLIENT_EOF = T_CLIENT_EOF
+TUNNEL_UPSTREAM_EOF = T_UPSTREAM_EOF
+
+
+cdef class Exchange(ExchangeLink):
+    """One request/response exchange (see gateway/proxy/exchange.py)."""
+
+    def __init__(self, ClientLink client, RequestHead head, school, int klass):
+        self.client = client
+        self.head = head
+        self.school = school
+        self.klass = klass
+        self.state = S_WAITING
+        self.upstream = None
+        self.server = None
+        self.body_buf = []
+        self.body_buffered = 0
+        self.request_done = False
+        self.keep_alive = head.keep_alive if head is not None else False
+        self.is_head = head is not None and head.method == b"HEAD"
+        # Only reaches here for a school with allow_connect (App.route).
+        self.is_connect = head is not None and head.method == b"CONNECT"
+        self.out_chunked = False
+        self.continue_sent = False
+        self.attempts = 0
+        self.sent_at = 0.0
+        self.touched = 0.0
+        # A response the gateway makes itself (error, waiting page), written
+        # when this exchange reaches the head of the queue.
+        self.local = None
+        self.tunnel_buf = None
+        # Which tunnel directions have ended (TUNNEL_*_EOF bits); once both
+        # have, nothing more can flow and both connections are closed.
+        self.tunnel_eof = 0
+        # Client bytes sent after an upgrade request, held until the 101.
+        self.pending = None
+        self.ticket = None
+        # Headers the gateway adds to the upstream's response (the cookie of
+        # a waiting-room ticket this request used up, cleared).
+        self.response_headers = None
+        # Request buffering: the body held at the gateway (a BodySpool) from
+        # receive_body() until it has been forwarded.
+        self.spool = None
+        self.body_received = False
+        self.up_chunked = False
+        self.body_since = 0.0
+        # Set when the request gave an admitted slot back to read its body:
+        # its first arrival and what was left of its max_wait then.
+        self.arrived_at = 0.0
+        self.wait_left = 0.0
+
+    # -- request side (driven by ClientProtocol) ----------------------------
+    cpdef on_request_body(self, bytes data):
+        cdef ClientLink client
+        if not data:
+            return  # framed as a chunk, an empty piece would end the body
+        if self.local is not None or self.state == S_DONE:
+            return  # the answer is already decided; drain and drop
+        up = self.upstream
+        spool = self.spool
+        if up is not None and spool is None and (self.state == S_SENT or self.state == S_RESPONDING):
+            self.touched = self.client.touched
+            if self.up_chunked:
+                up.writelines([b"%x\r\n" % len(data), data, CRLF])
+            else:
+                up.write(data)
+            return
+        if spool is not None:
+            try:
+                spool.append(data)
+            except OSError:
+                self._spool_failed()
+                return
+            if self.state == S_RECEIVING and spool.size > self.school.request_buffer_max:
+                # Too large to hold whole: it asks for a slot with what is
+                # here, and once forwarded the rest streams from the client.
+                client = self.client
+                client.pause_reading_for(P_BUFFER)
+                self.state = S_ADMITTING
+                client.app.admission.admit(self)
+            return
+        # Not started yet (pipelined), or queued with its body unread: what
+        # the client sent anyway waits here, in order, bounded by max_buffer.
+        self.body_buf.append(data)
+        self.body_buffered += len(data)
+        if self.body_buffered > self.client.ctx.max_buffer:
+            self.client.pause_reading_for(P_BUFFER)
+
+    cpdef on_request_end(self):
+        self.body_received = True
+        if self.local is not None or self.state == S_DONE:
+            self.request_done = True
+            return
+        if self.spool is not None:
+            if self.state == S_RECEIVING:
+                # The whole body is here: only now does it ask for a slot.
+                self.state = S_ADMITTING
+                self.client.app.admission.admit(self)
+            # Being forwarded from the spool: _pump ends the request.
+            return
+        up = self.upstream
+        if up is not None and (self.state == S_SENT or self.state == S_RESPONDING) \
+                and self.up_chunked:
+            up.write(LAST_CHUNK)
+        # (Before an upstream is attached, _attach frames what body_buf holds.)
+        self.request_done = True
+
+    cpdef bint body_first(self) except -1:
+        """Whether the body is to be received whole before the request asks
+        for a slot: its school buffers requests, a body is announced, and it
+        is neither all here already nor being received."""
+        cdef RequestHead head = self.head
+        if head is None or self.school is None or self.local is not None \
+                or self.body_received or self.spool is not None or head.upgrade is not None:
+            return False
+        if head.content_length <= 0 and not head.chunked:
+            return False
+        return self.school.request_buffering
+
+    cpdef receive_body(self):
+        """Read the body into a spool (memory, then a temporary file) before
+        the request takes a slot; 100 Continue if the client asked for it.
+        on_request_end (or the body outgrowing request_buffer_max) asks the
+        admission shell for a slot afterwards."""
+        cdef ClientLink client = self.client
+        app = client.app
+        spool = _BodySpool(self.school.request_buffer_memory, app.cfg.server.temp_dir)
+        self.spool = spool
+        self.state = S_RECEIVING
+        self.body_since = monotonic()
+        if self.body_buf:
+            try:
+                for piece in self.body_buf:
+                    spool.append(piece)
+            except OSError:
+                self._spool_failed()
+                return
+            self.body_buf = []
+            self.body_buffered = 0
+        client.resume_reading_for(P_BUFFER)
+        if self.head.expect_continue and not self.continue_sent:
+            self.continue_sent = True
+            client.write(CONTINUE_100)
+
+    cpdef double body_deadline(self, object timeouts) except? -1.0:
+        """Monotonic time by which a body being received must be complete:
+        client_body_total after receiving began, plus one second per
+        client_body_min_rate bytes received (Apache mod_reqtimeout's
+        MinRate), so a real upload always has time and a trickle does not."""
+        cdef double deadline = self.body_since + timeouts.client_body_total
+        rate = timeouts.client_body_min_rate
+        if rate > 0 and self.spool is not None:
+            deadline += self.spool.size / rate
+        return deadline
+
+    cdef _spool_failed(self):
+        # The temporary file could not be written (a full disk): the body
+        # cannot be held, so the request is answered here and the rest of
+        # the body drained.
+        self._drop_spool()
+        if self.ticket is not None:  # queued past request_buffer_max: leave the line
+            self.client.app.admission.cancel(self)
+        self.keep_alive = False
+        self.rejected(self.client.app.error_response(
+            _HeadError(503, "the gateway could not store the request body")))
+
+    cdef _drop_spool(self):
+        spool = self.spool
+        if spool is not None:
+            self.spool = None
+            spool.close()
+
+    cdef _pump(self):
+        """Forward the held body as far as the upstream takes it now (its
+        transport's write buffer up to its high-water mark); the rest goes
+        from on_upstream_write_resumed. Once all of it is out the request is
+        done, or, for a body beyond request_buffer_max, the client is read
+        again and the rest streams through."""
+        cdef ClientLink client = self.client
+        cdef UpstreamConnection up = self.upstream
+        spool = self.spool
+        if spool is None or up is None or up.transport is None:
+            return
+        transport = up.transport
+        high = self.server.max_buffer
+        chunked = self.up_chunked
+        while transport.get_write_buffer_size() <= high:
+            piece = spool.read(_PIECE)
+            if not piece:
+                break
+            if chunked:
+                up.writelines([b"%x\r\n" % len(piece), piece, CRLF])
+            else:
+                up.write(piece)
+        self.touched = monotonic()
+        if spool.remaining:
+            return  # pause_writing fired; resume_writing brings us back
+        self._drop_spool()
+        if not self.body_received:
+            client.resume_reading_for(P_BUFFER)
+            return
+        if chunked:
+            up.write(LAST_CHUNK)
+        self.request_done = True
+
+    # -- driving the exchange --------------------------------------------
+    cpdef start(self):
+        """Called once this exchange is at the head of its client's queue."""
+        if self.local is not None:
+            self._write_local()
+            return
+        self.state = S_ADMITTING
+        self._admit()
+
+    cdef _admit(self):
+        """Admission.admit without a Python frame when the shell has
+        nothing to add: no body to receive first, no second request, no
+        waiting-room cookie, no class window boundary due. The Scheduler's
+        decision is the one the shell would get; anything but ADMITTED goes
+        on in the shell (Admission.decided: queue, waiting page)."""
+        cdef AdmissionCore core = self.client.ctx.core
+        cdef Ticket t
+        cdef double now
+        if self.school is None or self.body_first() or self.arrived_at > 0.0:
+            core.shell.admit(self)
+            return
+        if not core.enabled:
+            self.admitted()
+            return
+        if may_carry_cookie(self.head.headers, _COOKIE):
+            core.shell.admit(self)
+            return
+        controller = core.controller
+        now = wall_clock()
+        due = controller._windows_due
+        if due is not None and now >= <double>due:
+            core.shell.admit(self)  # the class shares change first
+            return
+        controller._now = now
+        t = core.scheduler.request(self.school.index, self.klass, self.client.client_key,
+                                   now, None, None)
+        if t.state == _ADMITTED:
+            self.ticket = t
+            self.admitted()
+        else:
+            core.shell.decided(self, t, now, None)
+
+    cdef _release(self):
+        """Admission.release without a Python frame when the freed slot
+        admits nothing and no poll timer needs moving."""
+        cdef AdmissionCore core = self.client.ctx.core
+        cdef Ticket t = self.ticket
+        cdef double now
+        controller = core.controller
+        shell = core.shell
+        due = controller._windows_due
+        if t.state != _ADMITTED or due is not None or shell._timer is not None:
+            shell.release(self)
+            return
+        self.ticket = None
+        now = wall_clock()
+        controller._now = now
+        admitted = core.scheduler.release(t, now, False)
+        if admitted or core.scheduler.next_deadline() is not None:
+            shell.released(admitted)
+
+    cpdef admitted(self):
+        if self.state != S_ADMITTING:
+            return
+        self.state = S_CONNECTING
+        self._connect(None)
+
+    cpdef rejected(self, bytes response):
+        """Answer for the gateway (waiting page, upstream down). `response`
+        must carry the Connection header matching self.keep_alive, which
+        settle_keep_alive() fixed before it was rendered."""
+        if self.state == S_DONE:
+            return
+        self.local = response
+        self._write_local()
+
+    cpdef bint settle_keep_alive(self) except -1:
+        """Decide whether the connection survives a gateway-made answer: not
+        if the client is still sending a body nobody will read."""
+        head = self.head
+        # A bodiless request is complete at its head, before llhttp's
+        # on_message_complete (admission decides inside on_headers_complete).
+        done = self.request_done or self.body_received or (
+            head is not None and head.content_length <= 0 and not head.chunked)
+        keep = self.keep_alive and done and not self.client.ctx.draining
+        self.keep_alive = keep
+        return keep
+
+    cdef _connect(self, UpstreamServer exclude, bint fresh=False):
+        cdef Balancer balancer = self.school.balancer
+        cdef UpstreamServer server = balancer.pick(exclude)
+        self.server = server
+        self.attempts += 1
+        if not fresh:
+            conn = server.take_idle(monotonic())
+            if conn is not None:
+                self._attach(conn)
+                return
+        _asyncio.get_running_loop().create_task(self._dial(server))
+
+    async def _dial(self, UpstreamServer server):
+        try:
+            conn = await server.connect()
+        except (TimeoutError, OSError):
+            server.record_failure(monotonic())
+            if self.state != S_CONNECTING:
+                return
+            # Nothing of the request left the gateway: retrying is always safe.
+            if self.attempts < 2 and len(self.school.balancer.servers) > 1:
+                self._connect(server)
+            else:
+                self._unavailable()
+            return
+        if self.state != S_CONNECTING:
+            # The client went away while we dialed; keep the fresh connection.
+            server.release(conn, monotonic())
+            return
+        self._attach(conn)
+
+    cdef _attach(self, UpstreamConnection conn):
+        cdef ClientLink client = self.client
+        cdef RequestHead head = self.head
+        cdef list parts
+        self.upstream = conn
+        conn.exchange = self
+        self.server.inflight += 1
+        self.state = S_SENT
+        self.sent_at = self.touched = monotonic()
+        if client.write_paused:
+            conn.pause_reading()
+        spool = self.spool
+        length = -1
+        if spool is not None and self.body_received and head.chunked:
+            # The whole chunked body is here: forwarded decoded, with its
+            # length, like nginx does (old upstreams may not take chunked).
+            length = spool.size
+        chunked = head.chunked and length < 0
+        self.up_chunked = chunked
+        parts = [_serialize_request_head(head, client.client_ip, client.proto, client.ctx.via, length)]
+        if self.body_buf:
+            if chunked:
+                for piece in self.body_buf:
+                    parts.append(b"%x\r\n" % len(piece))
+                    parts.append(piece)
+                    parts.append(CRLF)
+            else:
+                parts.extend(self.body_buf)
+            self.body_buf = []
+            self.body_buffered = 0
+            client.resume_reading_for(P_BUFFER)
+        if chunked and self.request_done and spool is None:
+            parts.append(LAST_CHUNK)
+        conn.writelines(parts)
+        if spool is not None:
+            self._pump()
+        elif head.expect_continue and not self.request_done and not self.continue_sent:
+            # The upstream never sees Expect: the gateway promises the body
+            # only once it knows where the body will go.
+            self.continue_sent = True
+            client.write(CONTINUE_100)
+
+    # -- response side (driven by UpstreamConnection) -----------------------
+    cpdef on_interim_response(self, object up, ResponseHead head):
+        cdef UpstreamConnection conn = <UpstreamConnection>up
+        self.touched = monotonic()
+        if head.status == 101:
+            if self.head.upgrade is None:
+                conn.abort()  # 101 to a request that did not ask: unusable
+            else:
+                self.tunnel_buf = [_serialize_response_head(
+                    head, self.head.version, False, True, self.client.ctx.via)]
+            return
+        if head.status == 100 or self.head.version < 11:
+            return  # 100 was answered by us; HTTP/1.0 clients get no 1xx
+        self.client.cork(_serialize_response_head(head, 11, False, True, self.client.ctx.via))
+
+    cpdef on_response_head(self, object up, ResponseHead head):
+        cdef RequestHead req = self.head
+        cdef ClientLink client = self.client
+        cdef int status = head.status
+        cdef bint keep, chunked
+        self.state = S_RESPONDING
+        self.touched = monotonic()
+        cdef Context ctx = client.ctx
+        keep = self.keep_alive and self.request_done and not ctx.draining
+        if self.is_head or status == 204 or status == 304 or head.content_length >= 0:
+            chunked = False
+        elif req.version >= 11:
+            chunked = True  # re-frame chunked or close-delimited bodies
+        else:
+            chunked = False
+            keep = False  # HTTP/1.0 without a length: the close ends the body
+        self.out_chunked = chunked
+        self.keep_alive = keep
+        if self.response_headers is not None:
+            head.headers.extend(self.response_headers)
+        client.cork(_serialize_response_head(head, req.version, chunked, keep, ctx.via))
+
+    cpdef on_response_body(self, bytes data):
+        self.touched = monotonic()
+        if not data:
+            return  # framed as a chunk, an empty piece would end the body
+        if self.out_chunked:
+            self.client.corklines([b"%x\r\n" % len(data), data, CRLF])
+        else:
+            self.client.cork(data)
+
+    cpdef on_response_end(self, object up, bint reusable):
+        cdef UpstreamConnection conn = <UpstreamConnection>up
+        cdef UpstreamServer server = self.server
+        server.inflight -= 1
+        server.record_success()
+        self.upstream = None
+        if reusable and self.request_done and not self.is_connect:
+            server.release(conn, monotonic())
+        else:
+            conn.close()
+        if self.out_chunked:
+            self.client.cork(LAST_CHUNK)
+        self._finish()
+
+    cpdef on_upstream_lost(self, object up, object exc):
+        cdef UpstreamConnection conn = <UpstreamConnection>up
+        cdef UpstreamServer server = self.server
+        server.inflight -= 1
+        self.upstream = None
+        if self.state == S_DONE:
+            return
+        if self.state == S_RESPONDING:
+            # Part of the response is already with the client; cutting the
+            # connection is the only way left to say it is incomplete.
+            self.state = S_DONE
+            self.client.abort()
+            return
+        if conn.requests > 0 and conn._raw_head == 0:
+            # A pooled connection that ended before any byte of an answer:
+            # most likely the upstream closed it, idle, as the request went
+            # out. That dates its keep-alive timeout; the server is fine.
+            server.observe_closed(self.sent_at - conn.idle_since)
+        else:
+            server.record_failure(monotonic())
+        head = self.head
+        replayable = head.idempotent and head.content_length <= 0 and not head.chunked
+        if replayable and self.attempts < 2 and not self.continue_sent:
+            self.state = S_CONNECTING
+            # On a new connection: another pooled one may be just as stale.
+            self._connect(server, True)
+            return
+        self._unavailable()
+
+    cpdef on_upstream_write_paused(self):
+        self.client.pause_reading_for(P_UPSTREAM)
+
+    cpdef on_upstream_write_resumed(self):
+        self.client.resume_reading_for(P_UPSTREAM)
+        if self.spool is not None:
+            self._pump()
+
+    cpdef timed_out(self):
+        """The upstream sent nothing within upstream_read."""
+        conn = self.upstream
+        if conn is not None:
+            conn.exchange = None
+            conn.abort()
+            self.upstream = None
+            self.server.inflight -= 1
+        if self.state == S_RESPONDING:
+            self.state = S_DONE
+            self.client.abort()
+        else:
+            self._unavailable()
+
+    # -- upgrade / tunnel ----------------------------------------------
+    cpdef on_upstream_upgraded(self, bytes rest):
+        conn = self.upstream
+        if self.tunnel_buf is None or conn is None:
+            if conn is not None:
+                conn.abort()
+            return
+        self.state = S_TUNNEL
+        conn.tunnel = True
+        client = self.client
+        # A tunnel may stay open for hours: it counts against the school's
+        # connections, not its request slots.
+        if self.ticket is not None:
+            client.app.admission.release(self)
+        client.writelines(self.tunnel_buf)
+        self.tunnel_buf = None
+        if rest:
+            client.write(rest)
+        pending = client.enter_tunnel(self)
+        if pending:
+            conn.writelines(pending)
+
+    cpdef on_tunnel_established(self, object up, ResponseHead head):
+        """A 2xx answer to CONNECT: the tunnel starts right after its head
+        (RFC 9110 section 9.3.6), exactly as after a 101."""
+        self.touched = monotonic()
+        self.tunnel_buf = [_serialize_response_head(
+            head, self.head.version, False, True, self.client.ctx.via)]
+        self.on_upstream_upgraded(b"")
+
+    cpdef on_tunnel_client_data(self, bytes data):
+        if self.upstream is not None:
+            self.upstream.write(data)
+
+    cpdef on_tunnel_upstream_data(self, bytes data):
+        self.client.write(data)
+        self.client.touched = monotonic()
+
+    cpdef on_tunnel_upstream_eof(self):
+        self.client.write_eof()
+        self._tunnel_half_closed(T_UPSTREAM_EOF)
+
+    cpdef on_tunnel_client_eof(self):
+        if self.upstream is not None:
+            self.upstream.write_eof()
+        self._tunnel_half_closed(T_CLIENT_EOF)
+
+    cdef _tunnel_half_closed(self, int side):
+        self.tunnel_eof |= side
+        if self.tunnel_eof != T_CLIENT_EOF | T_UPSTREAM_EOF:
+            return
+        conn = self.upstream
+        if conn is not None:
+            # Closing the transport leads to connection_lost and from there
+            # to on_tunnel_upstream_lost, which closes the client side.
+            conn.close()
+        else:
+            self.state = S_DONE
+            self.client.close()
+
+    cpdef on_tunnel_upstream_lost(self):
+        self.upstream = None
+        self.server.inflight -= 1
+        self.state = S_DONE
+        self.client.close()
+
+    cpdef on_client_lost(self):
+        """The client connection is gone: release whatever this holds."""
+        self.state = S_DONE
+        self._drop_spool()
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.exchange = None
+            self.server.inflight -= 1
+            conn.abort()  # mid-exchange: the upstream's framing state is unknown
+        if self.ticket is not None:
+            self.client.app.admission.cancel(self)
+
+    # -- endings -----------------------------------------------------------
+    cdef _unavailable(self):
+        self.settle_keep_alive()
+        self.rejected(self.client.app.unavailable_page(self))
+
+    cdef _write_local(self):
+        self.state = S_RESPONDING
+        self.client.write(self.local)
+        self._finish()
+
+    cdef _finish(self):
+        self.state = S_DONE
+        if self.spool is not None:
+            self._drop_spool()
+        if self.ticket is not None:
+            self._release()
+        self.client.exchange_done(self)
+
+

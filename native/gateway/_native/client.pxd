@@ -1,0 +1,42 @@
+# Declarations for native/client.pyx, built as gateway._native.client (documented
+# in gateway/_native/client.pyi). Attributes read or set by the Python shell
+# (app.py, admission.py, worker.py, tests) are `public`.
+
+from gateway._native.exchange cimport Exchange
+from gateway._native.link cimport ClientLink
+
+# Inherited from ClientLink: app, ctx, client_key, proto, transport, touched, write_paused,
+# client_ip, and the cpdef methods an exchange calls.
+cdef class ClientProtocol(ClientLink):
+    cdef public object parser
+    cdef public object queue          # deque[Exchange]
+    cdef public list out
+    cdef public Exchange current
+    cdef public Exchange tunnel
+    cdef public int phase
+    cdef public double since
+    cdef public int pause_mask
+    cdef public bint eof
+    cdef public object error
+    cdef public int school
+    cdef public bint trusted_peer
+    cdef public object chunks
+    cdef bytes _url
+    cdef list _headers
+    cdef Py_ssize_t _n_headers
+    cdef Py_ssize_t _raw_head
+    cdef Py_ssize_t _hdr_bytes
+    cdef long long _body_left
+    cdef long long _cl_left           # Content-Length bytes of the body still to come
+    cdef bint _chunked                # the current body's verdict: chunked framing
+    cdef bytes _tail
+    cdef bytes _line
+    cdef bint _pending_cr             # a CR ended the last read, before a request line
+
+    cdef bint _body_framed(self)
+    cdef _line_more(self, bytes piece)
+    cdef _fail(self, object err)
+    cdef _protocol_error(self, object err)
+    cdef bint _upgrade(self, bytes rest) except -1
+    cdef _close_after_response(self, Exchange ex)
+    cdef _linger(self)

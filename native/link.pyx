@@ -1,0 +1,127 @@
+"""The base classes that break the cimport cycles between the proxy's
+modules (declared in native/gateway/_native/link.pxd), and what the client
+and upstream sides share.
+
+ClientProtocol (client.pyx) subclasses ClientLink and Exchange
+(exchange.pyx) subclasses ExchangeLink; nothing else does. The methods here
+are never called: every one is overridden, and a typed reference reaches
+the override through the C vtable.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from gateway._native.head cimport ResponseHead
+
+
+cdef Py_ssize_t skip_empty_lines(bytes data, Py_ssize_t pos, bint* pending_cr) except -2:
+    """Skip the empty lines before a start line, from `pos`.
+
+    RFC 9112 section 2.2 lets a recipient skip CRLFs there; llhttp skips any
+    CR or LF. A bare CR or LF is read differently by different parsers (h11
+    refuses it), so it is refused: -1. Otherwise returns the offset of the
+    first byte that is neither; a CR that ends `data` is remembered in
+    `pending_cr` and must be followed by LF in the next read.
+    """
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if pending_cr[0] and pos < n:
+        if p[pos] != 10:
+            return -1
+        pending_cr[0] = False
+        pos += 1
+    while pos < n:
+        if p[pos] == 13:
+            if pos + 1 == n:
+                pending_cr[0] = True
+                return n
+            if p[pos + 1] != 10:
+                return -1
+            pos += 2
+        elif p[pos] == 10:
+            return -1
+        else:
+            break
+    return pos
+
+
+cdef _abstract(obj, name):
+    raise NotImplementedError(f"{type(obj).__name__}.{name}")
+
+
+cdef class ClientLink:
+    """What an exchange uses of its client connection."""
+
+    cpdef write(self, bytes data):
+        _abstract(self, "write")
+
+    cpdef writelines(self, list parts):
+        _abstract(self, "writelines")
+
+    cpdef cork(self, bytes data):
+        _abstract(self, "cork")
+
+    cpdef corklines(self, list parts):
+        _abstract(self, "corklines")
+
+    cpdef flush(self):
+        _abstract(self, "flush")
+
+    cpdef write_eof(self):
+        _abstract(self, "write_eof")
+
+    cpdef pause_reading_for(self, int reason):
+        _abstract(self, "pause_reading_for")
+
+    cpdef resume_reading_for(self, int reason):
+        _abstract(self, "resume_reading_for")
+
+    cpdef exchange_done(self, ExchangeLink ex):
+        _abstract(self, "exchange_done")
+
+    cpdef list enter_tunnel(self, ExchangeLink ex):
+        _abstract(self, "enter_tunnel")
+
+    cpdef close(self):
+        _abstract(self, "close")
+
+    cpdef abort(self):
+        _abstract(self, "abort")
+
+
+cdef class ExchangeLink:
+    """What an upstream connection uses of its exchange."""
+
+    cpdef on_interim_response(self, object conn, ResponseHead head):
+        _abstract(self, "on_interim_response")
+
+    cpdef on_response_head(self, object conn, ResponseHead head):
+        _abstract(self, "on_response_head")
+
+    cpdef on_response_body(self, bytes data):
+        _abstract(self, "on_response_body")
+
+    cpdef on_response_end(self, object conn, bint reusable):
+        _abstract(self, "on_response_end")
+
+    cpdef on_upstream_lost(self, object conn, object exc):
+        _abstract(self, "on_upstream_lost")
+
+    cpdef on_upstream_write_paused(self):
+        _abstract(self, "on_upstream_write_paused")
+
+    cpdef on_upstream_write_resumed(self):
+        _abstract(self, "on_upstream_write_resumed")
+
+    cpdef on_upstream_upgraded(self, bytes rest):
+        _abstract(self, "on_upstream_upgraded")
+
+    cpdef on_tunnel_established(self, object conn, ResponseHead head):
+        _abstract(self, "on_tunnel_established")
+
+    cpdef on_tunnel_upstream_data(self, bytes data):
+        _abstract(self, "on_tunnel_upstream_data")
+
+    cpdef on_tunnel_upstream_eof(self):
+        _abstract(self, "on_tunnel_upstream_eof")
+
+    cpdef on_tunnel_upstream_lost(self):
+        _abstract(self, "on_tunnel_upstream_lost")
