@@ -326,9 +326,7 @@ cdef class UpstreamConnection:
             self._interim = True
             ex.on_interim_response(self, head)
             return
-        keep_alive = head.header(b"keep-alive")
-        if keep_alive is not None:
-            server.learn_keep_alive(keep_alive)
+        server.learn_keep_alive(head.header(b"keep-alive"))
         self._phase = R_BODY
         if ex.is_connect and status < 300:
             if head.content_length >= 0 or head.chunked:
@@ -491,9 +489,11 @@ cdef class UpstreamServer:
 
     # -- keep-alive timeout ---------------------------------------------------
     cpdef learn_keep_alive(self, bytes value):
-        cdef double timeout = _keep_alive_timeout(value)
-        if timeout >= 0:
-            self.keep_alive_timeout = timeout
+        """The latest response's Keep-Alive header (None: it had none) says
+        what the upstream's idle timeout is now. Only the latest counts: a
+        value once seen (timeout=0 on one answer, say) must not switch the
+        pool off for good, and an unreadable one says nothing."""
+        self.keep_alive_timeout = _keep_alive_timeout(value) if value is not None else -1.0
 
     cpdef observe_closed(self, double idle):
         if self.closed_idle < 0 or idle < self.closed_idle:

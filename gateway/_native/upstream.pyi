@@ -116,10 +116,11 @@ class UpstreamServer:
                    max_chunk_ext: int) -> None:
         """Bound what this upstream may send (a reload passes its new [limits])."""
     def available(self, now: float) -> bool: ...
-    def learn_keep_alive(self, value: bytes) -> None:
-        """Note the timeout parameter (whole seconds) of a Keep-Alive header value,
-        e.g. b"timeout=5, max=100" (RFC 2068 section 19.7.1.1); other values are
-        ignored."""
+    def learn_keep_alive(self, value: bytes | None) -> None:
+        """The latest response's Keep-Alive header value (None: it had none), e.g.
+        b"timeout=5, max=100" (RFC 2068 section 19.7.1.1): its timeout parameter
+        (whole seconds) is the idle timeout learned from headers until the next
+        response; a value without a readable timeout, or no header, clears it."""
     def observe_closed(self, idle: float) -> None:
         """The upstream closed a pooled connection idle for `idle` seconds (or one
         failed under a request before any answer): its timeout is at most that."""

@@ -414,3 +414,17 @@ def test_a_full_pool_lets_the_oldest_go():
     c, _ = pooled(s, 2.0)
     assert a_t.closed
     assert list(s.idle) == [b, c]
+
+
+@pytest.mark.parametrize("later", [None, b"max=5", b"timeout=99999999999999999999999",
+                                   b"timeout=nan"])
+def test_a_keep_alive_value_lasts_only_until_the_next_response(later):
+    # Found by the adversarial review: one "timeout=0" switched pooling off
+    # for good. The latest response speaks for the upstream now.
+    s = server(idle_timeout=300.0)
+    s.learn_keep_alive(b"timeout=0")
+    assert s.reuse_limit() < 0
+    s.learn_keep_alive(later)
+    assert s.reuse_limit() == UNPROVEN_IDLE
+    s.learn_keep_alive(b"timeout=5")
+    assert s.reuse_limit() == pytest.approx(5 * (1 - REUSE_MARGIN_SHARE))
