@@ -294,6 +294,22 @@ def test_exits_when_its_parent_pipe_closes(upstream):
 # ------------------------------------------------------------------ schoolgate demo
 
 
+def test_demo_on_a_busy_port_says_so_before_starting_anything():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = cli("demo", "--port", str(port))
+    assert result.returncode == 1
+    # No banner, no upstreams started, no temporary config file named.
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    m = re.fullmatch(rf"schoolgate demo: port {port} is in use; try ./scripts/demo --port "
+                     r"(\d+) \(or schoolgate demo --port (\d+)\)", line)
+    assert m is not None, line
+    assert m[1] == m[2] and int(m[1]) > port
+
+
 def test_demo_serves_pages_through_the_gateway_and_stops_cleanly(tmp_path):
     port = free_port()
     log = (tmp_path / "demo.log").open("wb")
