@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import ConfigError, config_warnings, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,11 +69,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        load_config(args.config)
+        cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"schoolgate: {exc}", file=sys.stderr)
         print(f"schoolgate: configuration file {args.config} test failed", file=sys.stderr)
         return 1
+    # Like nginx -t: warnings go to stderr and the test still succeeds.
+    for warning in config_warnings(cfg, args.config):
+        print(f"schoolgate: warning: {warning}", file=sys.stderr)
     print(f"schoolgate: configuration file {args.config} test is successful")
     return 0
 

@@ -1,14 +1,14 @@
 """The project's direct dependencies, read from pyproject.toml.
 
-    python3 scripts/deps.py lowest      pip constraints pinning each direct
-                                        dependency to its declared minimum
-                                        ("msgspec>=0.18" -> "msgspec==0.18")
-    python3 scripts/deps.py names       the direct dependencies' names
-    python3 scripts/deps.py installed   "name==version" of each direct
-                                        dependency as installed here
-    python3 scripts/deps.py check-lowest
-                                        exit 1 unless what is installed is
-                                        exactly the declared minimum
+    scripts/python scripts/deps.py lowest
+        pip constraints pinning each direct dependency to its declared
+        minimum ("msgspec>=0.18" -> "msgspec==0.18")
+    scripts/python scripts/deps.py names
+        the direct dependencies' names
+    scripts/python scripts/deps.py installed
+        "name==version" of each direct dependency as installed here
+    scripts/python scripts/deps.py check-lowest
+        exit 1 unless what is installed is exactly the declared minimum
 
 Both lists come from `[project] dependencies`, so the lowest-versions CI run
 cannot drift from what the package declares. A dependency without a `>=`

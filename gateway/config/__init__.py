@@ -4,7 +4,15 @@
 returns has passed the checks documented in :mod:`gateway.config.load`.
 """
 
-from .load import ConfigError, effective_classes, load_config, parse_config, parse_hostport
+from .load import (
+    ConfigError,
+    ConfigWarning,
+    config_warnings,
+    effective_classes,
+    load_config,
+    parse_config,
+    parse_hostport,
+)
 from .schema import (
     Admission,
     Config,
@@ -21,7 +29,7 @@ from .schema import (
 )
 
 __all__ = [
-    "Admission", "Config", "ConfigError", "Limits", "Match", "Pool", "Redis", "School",
-    "Server", "Timeouts", "TrafficClass", "Window", "default_classes", "effective_classes",
-    "load_config", "parse_config", "parse_hostport",
+    "Admission", "Config", "ConfigError", "ConfigWarning", "Limits", "Match", "Pool", "Redis",
+    "School", "Server", "Timeouts", "TrafficClass", "Window", "config_warnings",
+    "default_classes", "effective_classes", "load_config", "parse_config", "parse_hostport",
 ]

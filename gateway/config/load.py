@@ -6,6 +6,11 @@ expected int, got str``; TOML syntax errors name the line and column instead
 (``gw.toml:3:7: invalid TOML: ...``). Checks run in document order and the
 first problem is reported, like ``nginx -t``.
 
+A setting that is valid but probably not what was meant is no error:
+:func:`config_warnings` lists those of a loaded config as
+:class:`ConfigWarning` (same text format), which ``schoolgate check`` prints
+and ``schoolgate run`` logs at start and at each reload.
+
 The returned :class:`Config` is normalised so that consumers compare plain
 values instead of re-deriving them:
 
@@ -31,6 +36,7 @@ import types
 import typing
 from datetime import date, datetime, time
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -46,7 +52,10 @@ from .schema import (
     default_classes,
 )
 
-__all__ = ["ConfigError", "effective_classes", "load_config", "parse_config", "parse_hostport"]
+__all__ = [
+    "ConfigError", "ConfigWarning", "config_warnings", "effective_classes", "load_config",
+    "parse_config", "parse_hostport",
+]
 
 
 class ConfigError(ValueError):
@@ -81,6 +90,17 @@ class ConfigError(ValueError):
 
 def _rebuild_error(source, key_path, message, line, column) -> ConfigError:
     return ConfigError(source, key_path, message, line=line, column=column)
+
+
+class ConfigWarning(NamedTuple):
+    """A valid setting that is probably not what was meant: where and why."""
+
+    source: str
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.source, self.key_path, self.message) if part)
 
 
 class _Invalid(Exception):
@@ -134,6 +154,28 @@ def parse_config(text: bytes, source: str, *, base_dir: str | None = None) -> Co
         return _check(cfg, Path(base_dir or os.getcwd()))
     except _Invalid as exc:
         raise ConfigError(source, exc.key_path, exc.message) from None
+
+
+def config_warnings(cfg: Config, source: str) -> list[ConfigWarning]:
+    """Settings of a loaded ``cfg`` that work but probably not as meant, in
+    document order; ``source`` names the file in each warning.
+
+    * a school's ``request_buffer_memory`` above its ``request_buffer_max``
+      (with request buffering on): a body is received whole only up to
+      request_buffer_max, but one that streams on past it still keeps up to
+      request_buffer_memory bytes in memory, so the excess costs memory
+      without holding any more bodies whole.
+    """
+    out = []
+    for i, school in enumerate(cfg.schools):
+        memory, most = school.request_buffer_memory, school.request_buffer_max
+        if school.request_buffering and memory > most:
+            out.append(ConfigWarning(
+                source, f"schools[{i}].request_buffer_memory",
+                f"{memory} is larger than request_buffer_max ({most}): bodies are received "
+                f"whole only up to {most} bytes, yet one that streams on past that still "
+                f"holds up to {memory} bytes in memory; set it to {most} or less"))
+    return out
 
 
 def _not_utf8(text: bytes, start: int) -> str:

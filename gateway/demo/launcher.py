@@ -10,6 +10,7 @@ here leaves them behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import secrets
 import select
@@ -98,6 +99,46 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_problem(port: int, host: str = "127.0.0.1") -> str | None:
+    """Why the gateway could not listen on ``host:port``, or None if it can.
+
+    Bound without SO_REUSEPORT, unlike the gateway's own listeners, so that
+    a gateway already running there (a second demo, say) counts as using
+    the port instead of silently sharing it. SO_REUSEADDR as there, so a
+    port left in TIME_WAIT by the last demo is free.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} is in use; try {_try_port(port, host)}"
+            if exc.errno == errno.EACCES and port < 1024:
+                return (f"cannot listen on {host}:{port}: ports below 1024 need root; "
+                        "try --port 8080")
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def _try_port(port: int, host: str) -> str:
+    """The advice for a busy port: the next free one above it, if one is near."""
+    for candidate in range(port + 1, min(port + 100, 65535) + 1):
+        if _free(candidate, host):
+            return f"./scripts/demo --port {candidate} (or schoolgate demo --port {candidate})"
+    return "another with --port N"
+
+
+def _free(port: int, host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _toml(value: object) -> str:
     # JSON strings and arrays of strings are valid TOML basic strings/arrays.
     return json.dumps(value)
@@ -172,7 +213,14 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(port: int = 8080) -> int:
-    """Run the demo with the gateway on 127.0.0.1:``port``; returns an exit status."""
+    """Run the demo with the gateway on 127.0.0.1:``port``; returns an exit status
+    (1, with one line saying why and what to try, when the port is taken)."""
+    # Checked before anything starts or is printed: the gateway's own check
+    # would come after the banner and name the demo's temporary config file.
+    problem = port_problem(port)
+    if problem is not None:
+        print(f"schoolgate demo: {problem}", file=sys.stderr)
+        return 1
     # Until the gateway installs its own handlers (and after it removes
     # them), SIGTERM unwinds through the finally blocks below.
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -205,7 +253,9 @@ def _banner(port: int, admin_port: int, ports: dict[str, list[int]], path: Path)
         lines.append(f"  {school.title:<20} http://{school.name}.localhost:{port}/"
                      f"   (upstream port {backends})")
     lines += [
-        f"  {'default school':<20} http://127.0.0.1:{port}/",
+        # demo_config gives the first school the catch-all host "*".
+        f"  {'catch-all school':<20} http://127.0.0.1:{port}/"
+        f"   (any other host name reaches {SCHOOLS[0].title})",
         f"  {'metrics':<20} http://127.0.0.1:{admin_port}/metrics",
         "",
         f"  config: {path}",

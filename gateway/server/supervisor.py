@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, config_warnings, load_config
 
 log = logging.getLogger("schoolgate")
 
@@ -45,13 +45,24 @@ def _setup_logging() -> None:
     )
 
 
-def _check_bind(cfg: Config) -> None:
-    """Fail in the parent, with one clear message, if the port is taken."""
+def _check_bind(cfg: Config) -> tuple[str, str, OSError] | None:
+    """Fail in the parent, with one clear message, if a port is taken:
+    None, or the key, the address and the error of the first that is."""
     from gateway.server.worker import bind_socket
 
-    bind_socket(cfg.server.listen, 1).close()
-    if cfg.server.admin_listen:
-        bind_socket(cfg.server.admin_listen, 1).close()
+    for key, addr in (("server.listen", cfg.server.listen),
+                      ("server.admin_listen", cfg.server.admin_listen)):
+        if addr:
+            try:
+                bind_socket(addr, 1).close()
+            except OSError as err:
+                return key, addr, err
+    return None
+
+
+def _log_warnings(cfg: Config, config_path: str) -> None:
+    for warning in config_warnings(cfg, config_path):
+        log.warning("%s", warning)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -99,12 +110,13 @@ def run(config_path: str) -> int:
     except OSError as err:
         print(f"schoolgate: {config_path}: {err.strerror}", file=sys.stderr)
         return 1
-    try:
-        _check_bind(cfg)
-    except OSError as err:
-        print(f"schoolgate: {config_path}: server.listen: cannot listen on "
-              f"{cfg.server.listen}: {err.strerror}", file=sys.stderr)
+    taken = _check_bind(cfg)
+    if taken is not None:
+        key, addr, err = taken
+        print(f"schoolgate: {config_path}: {key}: cannot listen on {addr}: "
+              f"{err.strerror or err}", file=sys.stderr)
         return 1
+    _log_warnings(cfg, config_path)
 
     if cfg.redis.url:
         log.warning("redis.url is set, but limits shared through Redis are not implemented "
@@ -140,6 +152,7 @@ def run(config_path: str) -> int:
             except (ConfigError, OSError) as err:
                 log.error("reload refused, keeping the running configuration: %s", err)
             else:
+                _log_warnings(new_cfg, config_path)
                 if new_cfg.server.workers != cfg.server.workers:
                     log.warning("server.workers changes take effect on restart only")
                 cfg = new_cfg

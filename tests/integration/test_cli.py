@@ -18,6 +18,7 @@ import pytest
 
 from gateway.demo.launcher import free_port
 from tests.support.clients import RawConn, build_request, chunked, wait_until
+from tests.support.procs import gateway_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gateway.toml"
@@ -82,6 +83,19 @@ def test_check_names_file_key_and_problem(tmp_path):
     ]
 
 
+def test_check_prints_warnings_and_succeeds(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text('[[schools]]\nname = "a"\nhosts = ["a.org"]\n'
+                    'upstreams = ["127.0.0.1:80"]\nrequest_buffer_max = 4096\n')
+    result = cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"schoolgate: configuration file {path} test is successful\n"
+    assert result.stderr.startswith(
+        f"schoolgate: warning: {path}: schools[0].request_buffer_memory: "
+        "65536 is larger than request_buffer_max (4096): ")
+    assert len(result.stderr.splitlines()) == 1
+
+
 def test_check_reports_toml_syntax_with_line(tmp_path):
     bad = tmp_path / "gw.toml"
     bad.write_text('[server]\nlisten = "127.0.0.1:80"\n[schools\n')
@@ -96,6 +110,38 @@ def test_check_missing_file_and_usage_errors(tmp_path):
     assert "none.toml: cannot read: " in result.stderr
     assert cli("check").returncode == 2
     assert cli("demo", "--port", "70000").returncode == 2
+
+
+# ------------------------------------------------------------------ schoolgate run
+
+WARNED = "schools[0].request_buffer_memory: 65536 is larger than request_buffer_max (4096)"
+
+
+def test_run_logs_config_warnings_at_start_and_reload(make_gateway, upstream):
+    gw = make_gateway(upstreams=[f"127.0.0.1:{upstream.port}"],
+                      school={"request_buffer_max": 4096})
+    assert wait_until(lambda: WARNED in gw.log(), timeout=10), gw.log()
+    assert f"WARNING schoolgate: {gw.config_path}: {WARNED}" in gw.log()
+    gw.write_config(gateway_config([f"127.0.0.1:{upstream.port}"],
+                                   port=gw.port, school={"request_buffer_max": 4096}))
+    gw.signal(signal.SIGHUP)
+    assert wait_until(lambda: gw.log().count(WARNED) == 2, timeout=10), gw.log()
+
+
+def test_run_names_the_listener_whose_port_is_taken(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        admin = busy.getsockname()[1]
+        path = tmp_path / "gw.toml"
+        path.write_text(f'[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+                        f'admin_listen = "127.0.0.1:{admin}"\n'
+                        '[[schools]]\nname = "a"\nhosts = ["a.org"]\n'
+                        'upstreams = ["127.0.0.1:80"]\n')
+        result = cli("run", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stderr == (f"schoolgate: {path}: server.admin_listen: cannot listen on "
+                             f"127.0.0.1:{admin}: Address already in use\n")
 
 
 def test_version():
@@ -246,6 +292,22 @@ def test_exits_when_its_parent_pipe_closes(upstream):
 
 
 # ------------------------------------------------------------------ schoolgate demo
+
+
+def test_demo_on_a_busy_port_says_so_before_starting_anything():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = cli("demo", "--port", str(port))
+    assert result.returncode == 1
+    # No banner, no upstreams started, no temporary config file named.
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    m = re.fullmatch(rf"schoolgate demo: port {port} is in use; try ./scripts/demo --port "
+                     r"(\d+) \(or schoolgate demo --port (\d+)\)", line)
+    assert m is not None, line
+    assert m[1] == m[2] and int(m[1]) > port
 
 
 def test_demo_serves_pages_through_the_gateway_and_stops_cleanly(tmp_path):

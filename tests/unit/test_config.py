@@ -15,6 +15,8 @@ import pytest
 from gateway.config import (
     Config,
     ConfigError,
+    ConfigWarning,
+    config_warnings,
     default_classes,
     effective_classes,
     load_config,
@@ -499,6 +501,46 @@ def test_request_buffering_keys_are_checked():
     assert error(school(request_buffering='"yes"')).key_path == "schools[0].request_buffering"
     assert error("[timeouts]\nclient_body_total = 0\n" + SCHOOL).key_path == (
         "timeouts.client_body_total")
+
+
+def test_request_buffer_memory_above_request_buffer_max_is_a_warning():
+    # Valid (the config loads and runs), but the memory above request_buffer_max
+    # holds no more bodies whole: a warning naming the key, never an error.
+    text = SCHOOL + school(name='"b"', hosts='["b.example.org"]',
+                           request_buffer_memory="1048576", request_buffer_max="4096")
+    cfg = parse(text)
+    assert (cfg.schools[1].request_buffer_memory, cfg.schools[1].request_buffer_max) == (
+        1048576, 4096)
+    (warning,) = config_warnings(cfg, "gw.toml")
+    assert warning == ConfigWarning(
+        "gw.toml", "schools[1].request_buffer_memory",
+        "1048576 is larger than request_buffer_max (4096): bodies are received whole only "
+        "up to 4096 bytes, yet one that streams on past that still holds up to 1048576 "
+        "bytes in memory; set it to 4096 or less")
+    assert str(warning) == f"gw.toml: schools[1].request_buffer_memory: {warning.message}"
+
+
+def test_request_buffer_max_below_the_default_memory_is_a_warning():
+    # request_buffer_memory keeps its default (65536) here.
+    (warning,) = config_warnings(parse(school(request_buffer_max="200")), "gw.toml")
+    assert (warning.key_path, warning.message.split(":")[0]) == (
+        "schools[0].request_buffer_memory",
+        "65536 is larger than request_buffer_max (200)")
+
+
+@pytest.mark.parametrize("fields", [
+    {},                                                          # the defaults
+    {"request_buffer_memory": "4096", "request_buffer_max": "4096"},
+    {"request_buffer_memory": "1024", "request_buffer_max": "4096"},
+    # Nothing is held while request buffering is off.
+    {"request_buffering": "false", "request_buffer_max": "200"},
+])
+def test_no_warning_when_request_buffer_memory_fits(fields):
+    assert config_warnings(parse(school(**fields)), "gw.toml") == []
+
+
+def test_example_config_has_no_warnings():
+    assert config_warnings(load_config(EXAMPLE), str(EXAMPLE)) == []
 
 
 def test_temp_dir_must_be_a_directory_and_becomes_absolute(tmp_path):
