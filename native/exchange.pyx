@@ -50,6 +50,18 @@ TUNNEL_CLIENT_EOF = T_CLIENT_EOF
 TUNNEL_UPSTREAM_EOF = T_UPSTREAM_EOF
 
 
+cdef bint _offered(bytes offered, bytes chosen):
+    """Whether `chosen` (a 101's Upgrade, lower-cased) is one of the
+    protocols of the request's Upgrade list `offered` (lower-cased)."""
+    if chosen is None:
+        return False
+    chosen = chosen.strip()
+    for token in offered.split(b","):
+        if token.strip() == chosen:
+            return True
+    return False
+
+
 cdef class Exchange(ExchangeLink):
     """One request/response exchange (see gateway/proxy/exchange.py)."""
 
@@ -417,8 +429,10 @@ cdef class Exchange(ExchangeLink):
         cdef UpstreamConnection conn = <UpstreamConnection>up
         self.touched = monotonic()
         if head.status == 101:
-            if self.head.upgrade is None:
-                conn.abort()  # 101 to a request that did not ask: unusable
+            if self.head.upgrade is None or not _offered(self.head.upgrade, head.upgrade):
+                # A 101 to a request that did not ask, or to a protocol it did
+                # not offer (RFC 9110 7.8; h2c is never offered): unusable.
+                conn.abort()
             else:
                 self.tunnel_buf = [_serialize_response_head(
                     head, self.head.version, False, True, self.client.ctx.via)]

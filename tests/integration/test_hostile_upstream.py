@@ -382,3 +382,20 @@ def test_a_close_after_the_response_is_not_a_leftover(gateway, hostile):
     resp = get(gateway, "/bye")
     assert (resp.status, resp.body) == (200, b"bye")
     assert get(gateway, "/after").json()["target"] == "/after"
+
+
+# == found by the adversarial review =============================================
+
+@pytest.mark.parametrize("protocol", ["h2c", "other", ""])
+def test_a_101_to_a_protocol_not_offered_is_not_tunnelled(gateway, hostile, protocol):
+    hostile.routes["/ws"] = lambda req: (
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "
+        + protocol.encode() + b"\r\n\r\nsmuggled bytes")
+    with RawConn(gateway.port) as conn:
+        conn.send(b"GET /ws HTTP/1.1\r\nHost: school.test\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        resp = conn.recv_response()
+    expect_unavailable(resp)
+    assert b"smuggled" not in resp.body
+    expect_all_closed(hostile, "/ws")
+    expect_other_school_served(gateway)
