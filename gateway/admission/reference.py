@@ -20,15 +20,17 @@ SWEEP_EVERY = 60.0
 
 
 class TokenBucket:
-    __slots__ = ("capacity", "level", "rate", "stamp")
+    __slots__ = ("capacity", "level", "rate", "stamp", "unlimited")
 
     def __init__(self, rate: float, burst: int, now: float):
         if not rate >= 0:
             raise ValueError(f"rate must be >= 0, got {rate}")
         if burst < 0:
             raise ValueError(f"burst must be >= 0, got {burst}")
+        # Fixed for life: a retuned rate of 0 means "no refill", not unlimited.
+        self.unlimited = rate == 0.0
         self.rate = float(rate)
-        self.capacity = float(burst) if burst > 0 else max(self.rate, 1.0)
+        self.capacity = _capacity(self.rate, burst)
         self.level = self.capacity
         self.stamp = now
 
@@ -38,7 +40,7 @@ class TokenBucket:
             self.stamp = now
 
     def try_take(self, now: float, n: float = 1.0) -> bool:
-        if self.rate == 0.0:
+        if self.unlimited:
             return True
         self._refill(now)
         if self.level + self.rate * EARLY >= n:
@@ -47,29 +49,70 @@ class TokenBucket:
         return False
 
     def time_until(self, now: float, n: float = 1.0) -> float:
-        if self.rate == 0.0:
+        if self.unlimited:
             return 0.0
         if n > self.capacity:
             return math.inf
         self._refill(now)
-        return 0.0 if self.level + self.rate * EARLY >= n else (n - self.level) / self.rate
+        if self.level + self.rate * EARLY >= n:
+            return 0.0
+        return math.inf if self.rate == 0.0 else (n - self.level) / self.rate
 
     def reserve(self, now: float, n: float = 1.0, max_wait: float = math.inf) -> float:
         delay = self.time_until(now, n)
         if delay > max_wait:
             return -1.0
-        if self.rate != 0.0:
+        if not self.unlimited:
             self.level -= n
         return delay
 
+    def set_rate(self, now: float, rate: float, burst: int) -> None:
+        if self.unlimited:
+            raise ValueError("an unlimited bucket (made with rate 0) has no rate to set")
+        if not 0 <= rate < math.inf:
+            raise ValueError(f"rate must be finite and >= 0, got {rate}")
+        if burst < 0:
+            raise ValueError(f"burst must be >= 0, got {burst}")
+        self._refill(now)
+        self.rate = float(rate)
+        self.capacity = _capacity(self.rate, burst)
+        self.level = min(self.level, self.capacity)
+
+    def deposit(self, now: float, n: float) -> float:
+        _check_amount(n)
+        if self.unlimited:
+            return 0.0
+        self._refill(now)
+        n = max(0.0, min(n, self.capacity - self.level))
+        self.level += n
+        return n
+
+    def withdraw(self, now: float, n: float) -> float:
+        _check_amount(n)
+        if self.unlimited:
+            return 0.0
+        self._refill(now)
+        n = max(0.0, min(n, self.level))
+        self.level -= n
+        return n
+
     def tokens(self, now: float) -> float:
-        if self.rate == 0.0:
+        if self.unlimited:
             return math.inf
         self._refill(now)
         return self.level
 
     def idle(self, now: float) -> bool:
         return self.tokens(now) >= self.capacity
+
+
+def _capacity(rate: float, burst: int) -> float:
+    return float(burst) if burst > 0 else max(rate, 1.0)
+
+
+def _check_amount(n: float) -> None:
+    if not 0.0 <= n < math.inf:
+        raise ValueError(f"a token amount must be finite and >= 0, got {n}")
 
 
 class Ticket:
