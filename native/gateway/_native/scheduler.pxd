@@ -8,6 +8,7 @@ from gateway._native.bucket cimport TokenBucket
 
 
 cdef class _Pool:
+    # The pool's allotment: its config limit until set_pool_allotment.
     cdef int max_inflight
     cdef int inflight
     # QUEUED tickets over all member schools.
@@ -44,6 +45,9 @@ cdef class Ticket:
 
 cdef class _School:
     cdef int index
+    # The school's allotment (the limits enforced here): its config limits
+    # until set_allotment; UNLIMITED (INT_MAX) where there is no limit, so
+    # the hot path compares once.
     cdef int max_inflight
     cdef int max_connections
     cdef int max_queue
@@ -66,6 +70,9 @@ cdef class _School:
     cdef long long* admitted
     cdef long long* rejected
     cdef long long cancelled
+    # Admissions counted under classes a reload removed (usage() stays
+    # monotonic across reloads).
+    cdef long long admitted_gone
     # Admission-rate estimator (events/s, exponentially decayed).
     cdef double rate_value
     cdef double rate_stamp
@@ -109,6 +116,7 @@ cdef class Scheduler:
     cdef list _take_outbox(self)
     cdef bint _school_room(self, _School s, double now) noexcept
     cdef bint _class_room(self, _School s, int klass) noexcept
+    cdef void _class_limits(self, _School s) noexcept
     cdef bint _admit_at_once(self, _School s, Ticket t, double now) except -1
     cdef void _admit(self, _School s, Ticket t, double now) except *
     cdef Ticket _best(self, _School s, double now)
