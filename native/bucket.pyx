@@ -5,7 +5,9 @@ level is only brought up to date when the bucket is used, so an idle bucket
 costs nothing. A clock that steps backwards is ignored (the stamp only moves
 forward), so a bucket can never mint tokens out of a clock jump.
 
-A bucket made with rate 0 is unlimited for its whole life. A limited bucket
+A bucket made with rate 0 is unlimited for its whole life: its capacity and
+level are infinite, so the same arithmetic always succeeds and the hot path
+needs no test for it. A limited bucket
 can be retuned (set_rate) and topped up or drained by hand (deposit,
 withdraw): the admission allotment, where the school's part of a shared rate
 changes while it runs, and where tokens may come as grants from elsewhere
@@ -41,11 +43,14 @@ cdef class TokenBucket:
             raise ValueError(f"rate must be >= 0, got {rate}")
         if burst < 0:
             raise ValueError(f"burst must be >= 0, got {burst}")
-        self.unlimited = rate == 0.0
         self.rate = rate
-        self.capacity = _capacity(rate, burst)
+        self.capacity = INFINITY if rate == 0.0 else _capacity(rate, burst)
         self.level = self.capacity
         self.stamp = now
+
+    @property
+    def unlimited(self):
+        return self.capacity == INFINITY
 
     cdef void refill(self, double now) noexcept:
         if now > self.stamp:
@@ -55,8 +60,6 @@ cdef class TokenBucket:
             self.stamp = now
 
     cdef bint take(self, double now, double n) noexcept:
-        if self.unlimited:
-            return True
         self.refill(now)
         if self.level + self.rate * EARLY >= n:
             self.level -= n
@@ -64,8 +67,6 @@ cdef class TokenBucket:
         return False
 
     cdef double wait(self, double now, double n) noexcept:
-        if self.unlimited:
-            return 0.0
         if n > self.capacity:
             return INFINITY
         self.refill(now)
@@ -79,8 +80,7 @@ cdef class TokenBucket:
         cdef double delay = self.wait(now, n)
         if delay > max_wait:
             return -1.0
-        if not self.unlimited:
-            self.level -= n
+        self.level -= n  # an unlimited bucket's infinite level stays infinite
         return delay
 
     cdef void retune(self, double now, double rate, double capacity) noexcept:
@@ -138,14 +138,10 @@ cdef class TokenBucket:
         return 0.0 if self.unlimited else self.withdraw_c(now, n)
 
     def tokens(self, double now):
-        if self.unlimited:
-            return INFINITY
         self.refill(now)
         return self.level
 
     def idle(self, double now):
-        if self.unlimited:
-            return True
         self.refill(now)
         return self.level >= self.capacity
 

@@ -17,12 +17,13 @@ class TokenBucket:
 
     @property
     def unlimited(self) -> bool:
-        """Made with rate 0: every take succeeds, whatever set_rate does."""
+        """Made with rate 0: every take succeeds, for the bucket's whole life."""
     @property
     def rate(self) -> float:
         """Tokens per second; 0 in a limited bucket means no refill at all."""
     @property
-    def capacity(self) -> float: ...
+    def capacity(self) -> float:
+        """Most tokens held (the burst); inf for an unlimited bucket."""
     def __init__(self, rate: float, burst: int, now: float) -> None: ...
     def try_take(self, now: float, n: float = 1.0) -> bool:
         """Take n tokens if the bucket holds them; False leaves it untouched."""

@@ -24,19 +24,23 @@ SWEEP_EVERY = 60.0
 
 
 class TokenBucket:
-    __slots__ = ("capacity", "level", "rate", "stamp", "unlimited")
+    __slots__ = ("capacity", "level", "rate", "stamp")
 
     def __init__(self, rate: float, burst: int, now: float):
         if not rate >= 0:
             raise ValueError(f"rate must be >= 0, got {rate}")
         if burst < 0:
             raise ValueError(f"burst must be >= 0, got {burst}")
-        # Fixed for life: a retuned rate of 0 means "no refill", not unlimited.
-        self.unlimited = rate == 0.0
         self.rate = float(rate)
-        self.capacity = _capacity(self.rate, burst)
+        # Made with rate 0: unlimited for life, an infinite capacity and
+        # level (a retuned rate of 0 means "no refill", not unlimited).
+        self.capacity = math.inf if rate == 0.0 else _capacity(self.rate, burst)
         self.level = self.capacity
         self.stamp = now
+
+    @property
+    def unlimited(self) -> bool:
+        return self.capacity == math.inf
 
     def _refill(self, now: float) -> None:
         if now > self.stamp:
@@ -44,8 +48,6 @@ class TokenBucket:
             self.stamp = now
 
     def try_take(self, now: float, n: float = 1.0) -> bool:
-        if self.unlimited:
-            return True
         self._refill(now)
         if self.level + self.rate * EARLY >= n:
             self.level -= n
@@ -53,8 +55,6 @@ class TokenBucket:
         return False
 
     def time_until(self, now: float, n: float = 1.0) -> float:
-        if self.unlimited:
-            return 0.0
         if n > self.capacity:
             return math.inf
         self._refill(now)
@@ -66,8 +66,7 @@ class TokenBucket:
         delay = self.time_until(now, n)
         if delay > max_wait:
             return -1.0
-        if not self.unlimited:
-            self.level -= n
+        self.level -= n
         return delay
 
     def set_rate(self, now: float, rate: float, burst: int) -> None:
@@ -101,8 +100,6 @@ class TokenBucket:
         return n
 
     def tokens(self, now: float) -> float:
-        if self.unlimited:
-            return math.inf
         self._refill(now)
         return self.level
 

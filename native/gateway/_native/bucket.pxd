@@ -5,11 +5,10 @@
 # the .pyx; scheduler.pyx cimports TokenBucket through the same name.
 
 cdef class TokenBucket:
-    # Made with rate 0: every take succeeds, for the bucket's whole life.
-    cdef readonly bint unlimited
     # Tokens added per second (0 in a limited bucket: no refill, see retune).
     cdef readonly double rate
-    # Most tokens the bucket holds (the burst).
+    # Most tokens the bucket holds (the burst); infinite for a bucket made
+    # with rate 0, which is unlimited for life (level infinite too).
     cdef readonly double capacity
     # Tokens held at `stamp`; negative while reservations are outstanding.
     cdef double level

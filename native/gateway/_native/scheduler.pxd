@@ -70,13 +70,13 @@ cdef class _School:
     cdef long long* admitted
     cdef long long* rejected
     cdef long long cancelled
-    # Admissions counted under classes a reload removed (usage() stays
-    # monotonic across reloads).
-    cdef long long admitted_gone
     # Admission-rate estimator (events/s, exponentially decayed).
     cdef double rate_value
     cdef double rate_stamp
     cdef double rate_since
+    # Admissions counted under classes a reload removed (usage() stays
+    # monotonic across reloads). Last: the fields above keep their offsets.
+    cdef long long admitted_gone
 
     cdef double rate(self, double now) noexcept
     cdef void count_admission(self, double now) noexcept
