@@ -186,10 +186,11 @@ class AdmissionController:
     def set_allotment(self, school: int, now: float, **limits: int | float | None) -> None:
         """Set the school's allotment: any of max_inflight, max_connections,
         max_queue (int >= 0, 0: none; None: no limit), rate (tokens/s) and
-        burst (tokens). Lowered: nothing more is admitted until use is below
-        it; raised: queued requests are admitted at once and come out of the
-        next poll(). ValueError (nothing changed) for a value out of range,
-        or rate/burst for a school whose config sets no rate."""
+        burst (tokens); gateway/_native/scheduler.pyi has the details.
+        Lowered: nothing more is admitted until use is below it; a raised
+        max_inflight admits queued requests at once, and they come out of
+        the next poll(). ValueError (nothing changed) for a value out of
+        range, or rate/burst for a school whose config sets no rate."""
         self._tick(now)
         self._scheduler.set_allotment(school, now, **limits)
 
