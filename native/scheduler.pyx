@@ -7,11 +7,12 @@ small integers, fixed at construction and renumbered only by `reconfigure`.
 Invariants (each call preserves them; the property tests check them):
 
 1. Slots. A ticket holds a slot from admission until `release`. For every
-   school: inflight <= max_inflight (0 = unlimited); per class:
-   class_inflight <= class_limit (when limited); per pool:
-   inflight <= max_inflight. Tokens are taken from the school bucket only at
-   admission, one per ticket, and given back only by release(refund=True)
-   (an admitted request that gave its slot back unused).
+   school: inflight <= max_inflight (unlimited when the config sets 0); per
+   class: class_inflight <= class_limit (when limited); per pool:
+   inflight <= max_inflight. These are the allotted limits (invariant 8).
+   Tokens are taken from the school bucket only at admission, one per
+   ticket, and given back only by release(refund=True) (an admitted request
+   that gave its slot back unused).
 2. Order. Waiting tickets of a school are ordered by
    key = arrived_at - priority * aging, then arrived_at, then seq.
    With aging seconds per priority step, this is the order of "priority +
@@ -41,10 +42,28 @@ Invariants (each call preserves them; the property tests check them):
    that, so nothing is counted twice, lost or driven negative; a ticket
    whose school is gone keeps only its pool's slot, if the pool continues.
    Queued tickets of a removed school or class end REJECTED ("removed").
+   Allotments start again from the new config's limits.
+8. Allotments. The limits enforced here are each school's and pool's
+   allotment: the part of its configured limit this participant (worker)
+   may use now. They start as the configured limits and a slower, separate
+   task moves them (set_allotment, set_pool_allotment, grant_tokens,
+   reclaim_tokens; gateway/admission/allotment.py). The hot path reads the
+   same fields as ever, so an allotment costs nothing per request. An
+   allotment lowered below what is in use takes nothing back: nothing more
+   is admitted until use is below it (as for a lowered limit in 7). Only
+   more slots (a school's or pool's max_inflight raised) or granted tokens
+   admit, at once, in queue order (2) and pool fairness (4), into the
+   outbox that the next poll() or release() returns; so a pass that lowers
+   first and raises after never admits beyond where it ends.
+   Class shares follow the school's allotted slots. Tokens: the school
+   bucket refills at its allotted rate up to its allotted burst; granted
+   tokens fill it up to that burst and reclaimed ones leave it; neither
+   ever drives its level below zero or above its capacity.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.math cimport INFINITY, ceil, exp, floor, isnan
+from libc.limits cimport INT_MAX
+from libc.math cimport INFINITY, ceil, exp, floor, isfinite, isnan
 
 import heapq
 
@@ -60,6 +79,13 @@ cdef enum:
     S_ADMITTED = 1
     S_REJECTED = 2
     S_CANCELLED = 3
+
+# An absent limit: above any count, so "count >= limit" is the whole check.
+cdef enum:
+    UNLIMITED = INT_MAX
+
+# set_allotment's "leave this limit as it is".
+_KEEP = object()
 
 # Time constant of the admission-rate estimate, seconds.
 cdef double RATE_TAU = 10.0
@@ -176,11 +202,27 @@ cdef class _School:
         self.rate_stamp = now
 
     cdef int capacity(self) noexcept:
-        if self.max_inflight > 0:
+        """The slots a class share is a share of (-1: unlimited)."""
+        if self.max_inflight != UNLIMITED:
             return self.max_inflight
         if self.pool is not None:
             return self.pool.max_inflight
-        return 0
+        return -1
+
+
+cdef int _limit(object value, str name) except -2:
+    """A count limit given to set_allotment: None -> UNLIMITED, else >= 0."""
+    if value is None:
+        return UNLIMITED
+    cdef long long n = value
+    if not 0 <= n < UNLIMITED:
+        raise ValueError(f"{name} must be None or 0..{UNLIMITED - 1}, got {value}")
+    return <int>n
+
+
+cdef inline int _config_limit(long long value) noexcept:
+    """A configured count limit: 0 (and below) means none."""
+    return <int>value if value > 0 else UNLIMITED
 
 
 cdef class Scheduler:
@@ -220,8 +262,8 @@ cdef class Scheduler:
                 client_rate, client_burst) in enumerate(schools):
             s = _School(self.n_classes)
             s.index = i
-            s.max_inflight = max_inflight
-            s.max_connections = max_connections
+            s.max_inflight = _config_limit(max_inflight)
+            s.max_connections = _config_limit(max_connections)
             s.max_queue = max_queue
             s.weight = weight
             if weight <= 0:
@@ -256,21 +298,134 @@ cdef class Scheduler:
         acted upon by the next `poll`.
         """
         cdef _School s
-        cdef int cap, limit
         self._check_class(klass)
         self.share[klass] = 0.0 if share is None else share
         for s in self.schools:
-            cap = s.capacity()
-            if share is None or cap == 0:
-                limit = -1
-            else:
-                # At least one slot, so a limited class still moves.
-                limit = <int>floor(share * cap + 1e-9)
-                if limit < 1:
-                    limit = 1
-            s.class_limit[klass] = limit
+            self._class_limits(s)
             if s.queued:
                 self.waiting.add(s)
+
+    # -- allotments (invariant 8) ---------------------------------------------
+
+    def set_allotment(self, int school, double now, *, max_inflight=_KEEP,
+                      max_connections=_KEEP, max_queue=_KEEP, rate=_KEEP, burst=_KEEP):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        cdef int inflight = s.max_inflight, connections = s.max_connections
+        cdef int queue = s.max_queue
+        cdef double r = 0.0, cap = 0.0
+        cdef long long b = 0
+        # Everything is checked before anything changes.
+        if max_inflight is not _KEEP:
+            inflight = _limit(max_inflight, "max_inflight")
+        if max_connections is not _KEEP:
+            connections = _limit(max_connections, "max_connections")
+        if max_queue is not _KEEP:
+            queue = _limit(max_queue, "max_queue")
+        if rate is not _KEEP or burst is not _KEEP:
+            if s.bucket is None:
+                raise ValueError(f"school {school} has no token bucket (its config sets no rate)")
+            r = s.bucket.rate if rate is _KEEP else rate
+            if not (r >= 0.0 and isfinite(r)):
+                raise ValueError(f"rate must be finite and >= 0, got {rate}")
+            cap = s.bucket.capacity
+            if burst is not _KEEP:
+                b = burst
+                if b < 0:
+                    raise ValueError(f"burst must be >= 0, got {burst}")
+                # 0: one second's worth of the allotted rate, as in the config.
+                cap = <double>b if b > 0 else (r if r > 1.0 else 1.0)
+            s.bucket.retune(now, r, cap)
+        # Only more slots can admit anything now (more tokens per second or
+        # a bigger burst hold no more tokens yet). A pass of calls that
+        # lowers first therefore admits nothing until its raises, when every
+        # lowered value is already in force.
+        cdef bint raised = inflight > s.max_inflight
+        s.max_inflight = inflight
+        s.max_connections = connections
+        s.max_queue = queue
+        self._class_limits(s)
+        self.last_now = now
+        if raised and (s.queued or (s.pool is not None and s.pool.queued)):
+            self._dispatch(s, now)
+
+    def set_pool_allotment(self, int pool, double now, max_inflight):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _Pool p
+        cdef _School s
+        if not 0 <= pool < len(self.pools):
+            raise IndexError(f"no pool {pool}")
+        p = <_Pool>self.pools[pool]
+        if max_inflight is None:
+            raise ValueError("a pool is always limited: max_inflight must be >= 0")
+        cdef int limit = _limit(max_inflight, "max_inflight")
+        cdef bint raised = limit > p.max_inflight
+        p.max_inflight = limit
+        for s in p.members:
+            self._class_limits(s)
+        self.last_now = now
+        if raised and p.queued:
+            self._dispatch_pool(p, now)
+
+    def grant_tokens(self, int school, double n, double now):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        cdef double added
+        if s.bucket is None:
+            raise ValueError(f"school {school} has no token bucket (its config sets no rate)")
+        if not (n >= 0.0 and isfinite(n)):
+            raise ValueError(f"a token amount must be finite and >= 0, got {n}")
+        added = s.bucket.deposit_c(now, n)
+        self.last_now = now
+        if added > 0.0 and (s.queued or (s.pool is not None and s.pool.queued)):
+            self._dispatch(s, now)
+        return added
+
+    def reclaim_tokens(self, int school, double n, double now):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        if s.bucket is None:
+            raise ValueError(f"school {school} has no token bucket (its config sets no rate)")
+        if not (n >= 0.0 and isfinite(n)):
+            raise ValueError(f"a token amount must be finite and >= 0, got {n}")
+        return s.bucket.withdraw_c(now, n)
+
+    def usage(self, int school, double now):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        cdef TokenBucket b = s.bucket
+        cdef long long admitted = s.admitted_gone
+        cdef int k
+        for k in range(self.n_classes):
+            admitted += s.admitted[k]
+        if b is not None:
+            b.refill(now)
+        return {
+            "inflight": s.inflight,
+            "queued": s.queued,
+            "connections": s.connections,
+            "admitted": admitted,
+            "admission_rate": s.rate(now),
+            "tokens": INFINITY if b is None else b.level,
+            "max_inflight": None if s.max_inflight == UNLIMITED else s.max_inflight,
+            "max_connections": None if s.max_connections == UNLIMITED else s.max_connections,
+            "max_queue": None if s.max_queue == UNLIMITED else s.max_queue,
+            "rate": None if b is None else b.rate,
+            "burst": None if b is None else b.capacity,
+        }
+
+    def pool_usage(self, int pool, double now):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _Pool p
+        cdef _School s
+        cdef double rate = 0.0
+        if not 0 <= pool < len(self.pools):
+            raise IndexError(f"no pool {pool}")
+        p = <_Pool>self.pools[pool]
+        for s in p.members:
+            rate += s.rate(now)
+        return {"inflight": p.inflight, "queued": p.queued, "admission_rate": rate,
+                "max_inflight": p.max_inflight}
 
     # -- the shell's calls --------------------------------------------------
 
@@ -437,7 +592,8 @@ cdef class Scheduler:
             when = self.delayed[0][0]
         for s in self.waiting:
             b = s.bucket
-            if b is not None and s.queued and b.level < 1.0:
+            # A bucket allotted no refill waits for a grant, not for time.
+            if b is not None and s.queued and b.level < 1.0 and b.rate > 0.0:
                 due = b.stamp + (1.0 - b.level) / b.rate
                 # A token due by the last call is not what holds the school
                 # back (a slot or the pool is); a release dispatches it, so
@@ -489,7 +645,7 @@ cdef class Scheduler:
         """Requests the school could admit right now with nobody queued."""
         cdef _School s = self._school(school)
         cdef double free = INFINITY
-        if s.max_inflight > 0:
+        if s.max_inflight != UNLIMITED:
             free = s.max_inflight - s.inflight
         if s.pool is not None and s.pool.max_inflight - s.pool.inflight < free:
             free = s.pool.max_inflight - s.pool.inflight
@@ -505,7 +661,7 @@ cdef class Scheduler:
     def connection_open(self, int school):
         """Count a client connection; False (not counted) at max_connections."""
         cdef _School s = self._school(school)
-        if 0 < s.max_connections <= s.connections:
+        if s.connections >= s.max_connections:
             return False
         s.connections += 1
         return True
@@ -551,6 +707,10 @@ cdef class Scheduler:
             s = fresh.schools[j]
             s.connections = old.connections
             s.cancelled = old.cancelled
+            s.admitted_gone = old.admitted_gone
+            for k0 in range(self.n_classes):
+                if class_to[k0] < 0:
+                    s.admitted_gone += old.admitted[k0]
             s.rate_value = old.rate_value
             s.rate_stamp = old.rate_stamp
             s.rate_since = old.rate_since
@@ -686,7 +846,7 @@ cdef class Scheduler:
         return out
 
     cdef bint _school_room(self, _School s, double now) noexcept:
-        if s.max_inflight > 0 and s.inflight >= s.max_inflight:
+        if s.inflight >= s.max_inflight:
             return False
         if s.bucket is not None and s.bucket.wait(now, 1.0) > 0.0:
             return False
@@ -694,6 +854,23 @@ cdef class Scheduler:
 
     cdef bint _class_room(self, _School s, int klass) noexcept:
         return s.class_limit[klass] < 0 or s.class_inflight[klass] < s.class_limit[klass]
+
+    cdef void _class_limits(self, _School s) noexcept:
+        """Each class's slot limit at the school: its share of the school's
+        allotted slots (of its pool's when the school has no own limit)."""
+        cdef int k, limit
+        cdef int cap = s.capacity()
+        cdef double share
+        for k in range(self.n_classes):
+            share = self.share[k]
+            if share == 0.0 or cap < 0:
+                limit = -1
+            else:
+                # At least one slot, so a limited class still moves.
+                limit = <int>floor(share * cap + 1e-9)
+                if limit < 1:
+                    limit = 1
+            s.class_limit[k] = limit
 
     cdef bint _admit_at_once(self, _School s, Ticket t, double now) except -1:
         # Only when nobody could be ahead: an empty school queue and, in a

@@ -2,7 +2,9 @@
 
 A bucket holds up to `capacity` tokens and gains `rate` tokens a second. The
 level is only brought up to date when the bucket is used. A clock that steps
-backwards is ignored, so a clock jump never mints tokens.
+backwards is ignored, so a clock jump never mints tokens. A bucket made with
+rate 0 is unlimited for life; a limited one can be retuned and topped up or
+drained while it runs (the admission allotment, gateway.admission.allotment).
 """
 
 class TokenBucket:
@@ -14,9 +16,14 @@ class TokenBucket:
     """
 
     @property
-    def rate(self) -> float: ...
+    def unlimited(self) -> bool:
+        """Made with rate 0: every take succeeds, for the bucket's whole life."""
     @property
-    def capacity(self) -> float: ...
+    def rate(self) -> float:
+        """Tokens per second; 0 in a limited bucket means no refill at all."""
+    @property
+    def capacity(self) -> float:
+        """Most tokens held (the burst); inf for an unlimited bucket."""
     def __init__(self, rate: float, burst: int, now: float) -> None: ...
     def try_take(self, now: float, n: float = 1.0) -> bool:
         """Take n tokens if the bucket holds them; False leaves it untouched."""
@@ -30,6 +37,24 @@ class TokenBucket:
         max_wait. The level goes negative while reservations are outstanding,
         so later callers queue up behind earlier ones.
         """
+    def set_rate(self, now: float, rate: float, burst: int) -> None:
+        """Refill at `rate` tokens/s up to `burst` tokens from now on.
+
+        burst 0 means one second's worth of the new rate (at least one), as
+        in the constructor. Tokens accrued until now count at the old rate;
+        the level is capped at the new capacity, never raised, so retuning
+        mints nothing. rate 0 stops the refill (only deposit adds tokens).
+        ValueError on an unlimited bucket, a negative or non-finite rate, or
+        a negative burst.
+        """
+    def deposit(self, now: float, n: float) -> float:
+        """Add up to n tokens, as far as the capacity allows; returns the
+        number added (0 for an unlimited bucket). ValueError if n < 0 or
+        not finite."""
+    def withdraw(self, now: float, n: float) -> float:
+        """Remove up to n of the tokens held now (never into debt); returns
+        the number removed (0 for an unlimited bucket). ValueError if n < 0
+        or not finite."""
     def tokens(self, now: float) -> float:
         """Tokens held now (inf when unlimited, negative while in debt)."""
     def idle(self, now: float) -> bool:

@@ -5,7 +5,39 @@ documented at the top of native/scheduler.pyx: slot limits per school, class
 and pool; order by arrived_at - priority * aging, FCFS within a class; work
 conservation; weighted fair sharing of pool slots by inflight / weight;
 bounded queues; every ticket ends ADMITTED, REJECTED or CANCELLED;
-reconfigure keeps every count and ticket across a config reload.
+reconfigure keeps every count and ticket across a config reload; the limits
+enforced are allotments that a separate task moves (set_allotment).
+
+Allotments (invariant 8). The configured limits are the global truth; what
+this scheduler enforces is each school's and pool's allotment, the part of
+those limits this participant (a worker process) may use right now. They
+start as the configured limits. A slower task (gateway/admission/allotment.py)
+moves them without touching the per-request path, which reads the same
+fields as before, so an allotment costs nothing per request. The design is
+meant to be driven in batches from a shared store (issue 9):
+
+- Slots and connections are counts a participant holds as a lease: the task
+  borrows k slots from the shared counter in one round trip, sets
+  max_inflight=k, and every local release re-uses them without asking again.
+  It gives back only what is free (max_inflight - inflight from usage()):
+  lowering an allotment below what is in use is safe here (nothing more is
+  admitted until use is below it) but the slots are still occupied.
+- Tokens come two ways into the same school bucket. A rate allotment
+  (set_allotment rate/burst) refills locally at this participant's part of
+  the rate: the static split, and a fail-static fallback that needs nobody
+  else. Grants (grant_tokens, usually with rate 0: no local refill) bring
+  tokens minted in one place (a GCRA key in Redis) in batches; unspent ones
+  go back with reclaim_tokens when the school is idle, so the fleet-wide
+  rate holds exactly however demand is spread. A task can mix the two.
+- usage() and pool_usage() are read-only snapshots with cumulative counters
+  (admitted): the task diffs two looks, so readers never steal each other's
+  "since the last look".
+
+Order within one rebalance: lower allotments first, then raise them. Only a
+raise of max_inflight (a school's or a pool's) or a token grant admits
+anything, and it does so at once; a pass that lowers first therefore never
+admits beyond the allotments it ends with, while one that raised a school
+before lowering its pool could admit up to the old pool allotment.
 """
 
 from collections.abc import Hashable, Iterable
@@ -70,8 +102,9 @@ class Scheduler:
     def set_share(self, klass: int, share: float | None) -> None:
         """Limit a class to share of each school's slots (at least one slot).
 
-        The base is the school's max_inflight, or its pool's when the school
-        has none; None lifts the limit. Raised limits act at the next poll.
+        The base is the school's allotted max_inflight, or its pool's when
+        the school has no limit of its own (set_allotment follows it); None
+        lifts the limit. Raised limits act at the next poll.
         """
     def request(self, school: int, klass: int, client_key: Hashable | None, now: float,
                 arrived_at: float | None = None, max_wait: float | None = None) -> Ticket:
@@ -103,6 +136,73 @@ class Scheduler:
         `arrived_at` would line up behind (for a visitor outside the queue)."""
     def free_slots(self, school: int, now: float) -> int:
         """Admissions possible now beyond the queue (-1: unlimited)."""
+    def set_allotment(
+        self,
+        school: int,
+        now: float,
+        *,
+        max_inflight: int | None = ...,
+        max_connections: int | None = ...,
+        max_queue: int | None = ...,
+        rate: float = ...,
+        burst: int = ...,
+    ) -> None:
+        """Set the school's allotment; an omitted keyword leaves that part as it is.
+
+        max_inflight: slots (requests in flight); max_connections: client
+        connections; max_queue: QUEUED tickets. Each an int >= 0, where 0
+        means none (everything queues, is refused or rejected), or None for
+        no limit (unlike the config, where 0 means no limit).
+        rate: tokens/s the school bucket refills by here (finite, >= 0; 0: no
+        local refill, tokens come only from grant_tokens). burst: the most
+        tokens the bucket holds here (int >= 0; 0 means one second's worth of
+        the allotted rate, at least one, as in the config). Tokens held are
+        kept, capped at the new burst; nothing is minted.
+
+        A value below what is in use takes nothing back: nothing more is
+        admitted (no connection counted) until use is below it. A raised
+        max_inflight admits queued tickets at once, in queue order and pool
+        fairness; they come out of the next poll() (next_deadline() is then
+        `now`) or release(). Nothing else admits here (a raised rate or
+        burst holds no more tokens yet; next_deadline() moves with the
+        rate). Class shares follow the allotted slots.
+        IndexError for no such school; ValueError (nothing changed) for a
+        value out of range, or rate/burst for a school whose config sets no
+        rate (it has no bucket). reconfigure() resets allotments to the new
+        config's limits.
+        """
+    def set_pool_allotment(self, pool: int, now: float, max_inflight: int) -> None:
+        """Set the pool's allotment of slots (int >= 0; 0: none). Lowered:
+        nothing more is admitted until the pool's inflight is below it;
+        raised: queued tickets of member schools are admitted at once, by
+        pool fairness, into the outbox as for set_allotment. IndexError for
+        no such pool; ValueError for None or a value out of range."""
+    def grant_tokens(self, school: int, n: float, now: float) -> float:
+        """Put n tokens (a grant from a shared bucket) into the school's
+        bucket, up to its allotted burst; returns how many it took (the rest
+        belongs back where it came from). Queued tickets the tokens let in
+        are admitted at once, as for set_allotment. ValueError if n is
+        negative or not finite, or the school has no bucket."""
+    def reclaim_tokens(self, school: int, n: float, now: float) -> float:
+        """Take up to n unspent tokens out of the school's bucket (never
+        into debt); returns how many, to be given back to the shared bucket.
+        ValueError as for grant_tokens."""
+    def usage(self, school: int, now: float) -> dict[str, Any]:
+        """What the allotment task rebalances by, for one school.
+
+        Keys: inflight, queued, connections (counts now); admitted
+        (admissions so far, net of refunds and kept across reloads: each one
+        took one school token, so the difference of two looks is the tokens
+        spent between them); admission_rate (admissions/s, decayed over
+        ~10 s); tokens (held now, float; inf without a bucket). The allotment
+        in force: max_inflight, max_connections, max_queue (None: no limit),
+        rate (tokens/s) and burst (bucket capacity in tokens, float), both
+        None without a bucket. Read-only; IndexError for no such school.
+        """
+    def pool_usage(self, pool: int, now: float) -> dict[str, Any]:
+        """The same for a pool: inflight and queued (over its member schools),
+        admission_rate (sum of its members'), max_inflight (its allotment).
+        IndexError for no such pool."""
     def reconfigure(
         self,
         schools: Iterable[tuple[int, int, float, int, float, int | None, int, float, int]],
@@ -128,7 +228,8 @@ class Scheduler:
         place (ordered by the new priorities and aging). New limits apply to
         the carried counts: a lowered max_inflight admits nothing until
         inflight is below it; raised limits act at the next poll() (call it
-        next, as after set_share).
+        next, as after set_share). Allotments start again from the new
+        limits (the allotment task sets them anew).
 
         A held ticket of a removed school keeps its slot in its pool if that
         pool continues (school becomes -1), and release() frees it there.
@@ -137,6 +238,8 @@ class Scheduler:
         in request order. ValueError (nothing changed) on a bad config or a
         mapping of the wrong length, out of range, or naming one index twice.
         """
-    def connection_open(self, school: int) -> bool: ...
+    def connection_open(self, school: int) -> bool:
+        """Count a client connection; False (not counted) at the school's
+        allotted max_connections."""
     def connection_close(self, school: int) -> None: ...
     def stats(self, school: int, now: float) -> dict[str, Any]: ...

@@ -15,6 +15,13 @@ Shell protocol:
                     retry_after).
   next_deadline() -> when poll() is due; it can move earlier after any call,
                     so re-arm the timer after each one.
+
+Allotments: the scheduler enforces each school's and pool's allotment, the
+part of its configured limit this worker may use now. An allotment task
+(gateway/admission/allotment.py) sets them at construction and after each
+reconfigure, and moves them from poll() when it is due; tickets a raised
+allotment admits come out of poll() like any other. The default task,
+StaticAllotment(0, workers=1), enforces the configured limits whole.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from gateway._native.scheduler import (
     Scheduler,
     Ticket,
 )
+from gateway.admission.allotment import AllotmentTask, StaticAllotment
 from gateway.admission.windows import ClassWindows
 from gateway.config.schema import Config, default_classes
 
@@ -36,7 +44,13 @@ from gateway.config.schema import Config, default_classes
 class AdmissionController:
     """Per-process admission state for every school in one config."""
 
-    def __init__(self, cfg: Config, now: float = 0.0):
+    def __init__(self, cfg: Config, now: float = 0.0,
+                 allotment: AllotmentTask | None = None):
+        """`allotment` sets what part of each limit this worker enforces
+        (default: all of it, StaticAllotment(0, workers=1)); its start()
+        runs here, before any request."""
+        # The configured limits: the global truth the allotment task divides.
+        self.cfg = cfg
         self.classes = list(cfg.classes) or default_classes()
         self.school_names = [s.name for s in cfg.schools]
         self.class_names = [c.name for c in self.classes]
@@ -48,6 +62,9 @@ class AdmissionController:
         self._windows_due: float | None = -math.inf
         self._now = now
         self._refresh_shares(now)
+        self.allotment: AllotmentTask = (
+            StaticAllotment(0, workers=1) if allotment is None else allotment)
+        self._allotment_due = self.allotment.start(self, now)
 
     def reconfigure(self, cfg: Config, now: float) -> tuple[list[Ticket], list[Ticket]]:
         """Take a reloaded config, keeping the admission state.
@@ -55,7 +72,9 @@ class AdmissionController:
         Schools, classes and pools continue by name (their indices may
         change): connections, tokens, counters, queued requests and admitted
         requests' slots carry over, and the new limits apply to those counts
-        (Scheduler.reconfigure). Returns (admitted, rejected) like poll():
+        (Scheduler.reconfigure); the allotment task then sets the allotments
+        for the new config (its start()). Returns (admitted, rejected) like
+        poll():
         tickets the new limits admit now, and tickets that end REJECTED, with
         reason 'removed' for those whose school or class the config dropped
         (they were queued: nothing was sent). ValueError leaves everything
@@ -75,10 +94,14 @@ class AdmissionController:
         )
         self.classes, self.school_names, self.class_names, self.pool_names = (
             classes, school_names, class_names, pool_names)
+        self.cfg = cfg
         self._windows = windows
         # Every class's share is set anew (windows and max_share may differ).
         self._shares = [math.nan] * len(classes)
         self._windows_due = -math.inf
+        # The scheduler took the configured limits whole; nothing was
+        # decided since, so the task's allotments apply before anything is.
+        self._allotment_due = self.allotment.start(self, now)
         admitted, expired = self.poll(now)
         return admitted, removed + expired
 
@@ -125,17 +148,22 @@ class AdmissionController:
         return self._scheduler.cancel(ticket, now)
 
     def poll(self, now: float) -> tuple[list[Ticket], list[Ticket]]:
-        """(tickets admitted since the last call, tickets expired as REJECTED)."""
+        """(tickets admitted since the last call, tickets expired as REJECTED).
+
+        Runs the allotment task's tick() first when it is due, so what its
+        raised allotments admit is in this poll's admitted list."""
         self._tick(now)
+        if self._allotment_due is not None and now >= self._allotment_due:
+            self._allotment_due = self.allotment.tick(now)
         return self._scheduler.poll(now)
 
     def next_deadline(self) -> float | None:
         """When poll() must run next (None: only another call changes things)."""
         due = self._scheduler.next_deadline()
-        windows = self._windows_due
-        if windows is None:
-            return due
-        return windows if due is None else min(due, windows)
+        for other in (self._windows_due, self._allotment_due):
+            if other is not None and (due is None or other < due):
+                due = other
+        return due
 
     def position(self, ticket: Ticket) -> int:
         """1-based place among the school's waiting requests (0 if not queued)."""
@@ -152,6 +180,47 @@ class AdmissionController:
 
     def connection_close(self, school: int) -> None:
         self._scheduler.connection_close(school)
+
+    # -- allotments (the allotment task's calls; see Scheduler) -------------------
+
+    def set_allotment(self, school: int, now: float, **limits: int | float | None) -> None:
+        """Set the school's allotment: any of max_inflight, max_connections,
+        max_queue (int >= 0, 0: none; None: no limit), rate (tokens/s) and
+        burst (tokens); gateway/_native/scheduler.pyi has the details.
+        Lowered: nothing more is admitted until use is below it; a raised
+        max_inflight admits queued requests at once, and they come out of
+        the next poll(). ValueError (nothing changed) for a value out of
+        range, or rate/burst for a school whose config sets no rate."""
+        self._tick(now)
+        self._scheduler.set_allotment(school, now, **limits)
+
+    def set_pool_allotment(self, pool: int, now: float, max_inflight: int) -> None:
+        """Set the pool's allotment of slots (int >= 0), as set_allotment."""
+        self._tick(now)
+        self._scheduler.set_pool_allotment(pool, now, max_inflight)
+
+    def grant_tokens(self, school: int, n: float, now: float) -> float:
+        """Put n granted tokens into the school's bucket (up to its allotted
+        burst); returns how many it took."""
+        self._tick(now)
+        return self._scheduler.grant_tokens(school, n, now)
+
+    def reclaim_tokens(self, school: int, n: float, now: float) -> float:
+        """Take up to n unspent tokens out of the school's bucket; returns
+        how many."""
+        self._tick(now)
+        return self._scheduler.reclaim_tokens(school, n, now)
+
+    def usage(self, school: int, now: float) -> dict:
+        """Use and allotment of one school (Scheduler.usage): inflight,
+        queued, connections, admitted (cumulative), admission_rate, tokens,
+        and the allotted max_inflight, max_connections, max_queue, rate,
+        burst."""
+        return self._scheduler.usage(school, now)
+
+    def pool_usage(self, pool: int, now: float) -> dict:
+        """inflight, queued, admission_rate and allotted max_inflight of a pool."""
+        return self._scheduler.pool_usage(pool, now)
 
     def queued(self, school: int) -> int:
         """Requests of the school waiting in the queue."""

@@ -1,4 +1,5 @@
-"""Splitting a school's limits across the worker processes of one gateway.
+"""Splitting a school's limits across the worker processes of one gateway,
+by rewriting the config (the mechanism before allotments).
 
 Each worker runs its own AdmissionController (no shared memory between
 processes), and SO_REUSEPORT spreads connections evenly across workers, so
@@ -10,21 +11,19 @@ n - 1; with workers = 1 the limits are exact.
 
 Per-client buckets are not split: one client's connections normally land on
 one worker.
+
+Superseded by gateway.admission.allotment.StaticAllotment, which sets the
+same numbers as allotments on a controller built from the whole config
+(AdmissionController(cfg, now, allotment=StaticAllotment(worker, workers))),
+so a shared allotment task can later move them. Both use share() below.
 """
 
 from __future__ import annotations
 
 from msgspec.structs import replace
 
+from gateway.admission.allotment import share
 from gateway.config.schema import Config
-
-
-def share(limit: int, index: int, workers: int) -> int:
-    """Worker `index`'s part of an integer limit (0 = unlimited stays 0)."""
-    if limit <= 0 or workers <= 1:
-        return limit
-    base, extra = divmod(limit, workers)
-    return max(base + (1 if index < extra else 0), 1)
 
 
 def split_limits(cfg: Config, index: int, workers: int | None = None) -> Config:

@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING
 from gateway import waiting
 from gateway._native.context import AdmissionCore
 from gateway.admission import ADMITTED, QUEUED, AdmissionController, WaitingRoom
+from gateway.admission.allotment import AllotmentTask
 from gateway.proxy.exchange import PAUSE_ADMISSION
 from gateway.waiting import SpentTickets, TicketSigner, cookie_header, new_visitor_id, read_cookie
 
@@ -128,8 +129,11 @@ class Admission:
     """One worker's admission state, serving the current App (config); it
     outlives reloads (see reconfigure)."""
 
-    def __init__(self, app: App, cfg: Config) -> None:
-        self.controller = AdmissionController(cfg, time.time())
+    def __init__(self, app: App, cfg: Config,
+                 allotment: AllotmentTask | None = None) -> None:
+        """`allotment` sets the part of each limit this worker enforces
+        (AdmissionController; default: the whole limits)."""
+        self.controller = AdmissionController(cfg, time.time(), allotment)
         self.room = WaitingRoom(self.controller)
         # What Exchange.start/_finish use to admit and release without a
         # Python frame on the common path (see gateway._native.context).
@@ -154,8 +158,9 @@ class Admission:
 
     def reconfigure(self, app: App, cfg: Config,
                     renumber: Callable[[list[int], list[int]], None]) -> None:
-        """Serve `app`, built from the reloaded `cfg` (this worker's share of
-        its limits), keeping every count and ticket.
+        """Serve `app`, built from the reloaded `cfg` (the whole config: the
+        allotment task sets this worker's share again), keeping every count
+        and ticket.
 
         `renumber(schools, classes)` is called once the state has moved,
         with schools[i] = the new index of old school i (-1: removed), and

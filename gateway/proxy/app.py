@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 # waiting.render is looked up on use: the first page loads the page renderer.
 from gateway import waiting
 from gateway._native.context import Context
-from gateway.admission.shares import split_limits
+from gateway.admission.allotment import StaticAllotment
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
 from gateway.proxy.admission import STATUS_PATH, Admission
@@ -129,9 +129,12 @@ class App:
         # is judged as the least urgent class rather than not at all.
         prio = [c.priority for c in self.classes]
         self.fallback_class = max(range(len(prio)), key=lambda k: (-prio[k], k))
-        # Each worker process enforces its share of the schools' limits.
-        self.admission_cfg = split_limits(cfg, worker, workers)
-        self.admission = Admission(self, self.admission_cfg) if admission is None else admission
+        # Each worker process enforces its share of the schools' limits: the
+        # controller holds the whole config, the allotment task sets the
+        # shares (at start and on every reload).
+        self.admission_cfg = cfg
+        self.admission = (Admission(self, cfg, StaticAllotment(worker, workers))
+                          if admission is None else admission)
         # The typed view of this config the native protocol objects read
         # (limits, timeouts, via, draining, the admission core).
         self.ctx = Context(self, cfg, self.admission.core)

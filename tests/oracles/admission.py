@@ -14,6 +14,10 @@ import math
 import sys
 
 QUEUED, ADMITTED, REJECTED, CANCELLED = 0, 1, 2, 3
+# An absent count limit (the native INT_MAX): above any count.
+UNLIMITED = 2**31 - 1
+# set_allotment's "leave this limit as it is".
+_KEEP = object()
 RATE_TAU = 10.0
 EARLY = 1e-6
 SWEEP_EVERY = 60.0
@@ -28,9 +32,15 @@ class TokenBucket:
         if burst < 0:
             raise ValueError(f"burst must be >= 0, got {burst}")
         self.rate = float(rate)
-        self.capacity = float(burst) if burst > 0 else max(self.rate, 1.0)
+        # Made with rate 0: unlimited for life, an infinite capacity and
+        # level (a retuned rate of 0 means "no refill", not unlimited).
+        self.capacity = math.inf if rate == 0.0 else _capacity(self.rate, burst)
         self.level = self.capacity
         self.stamp = now
+
+    @property
+    def unlimited(self) -> bool:
+        return self.capacity == math.inf
 
     def _refill(self, now: float) -> None:
         if now > self.stamp:
@@ -38,8 +48,6 @@ class TokenBucket:
             self.stamp = now
 
     def try_take(self, now: float, n: float = 1.0) -> bool:
-        if self.rate == 0.0:
-            return True
         self._refill(now)
         if self.level + self.rate * EARLY >= n:
             self.level -= n
@@ -47,29 +55,65 @@ class TokenBucket:
         return False
 
     def time_until(self, now: float, n: float = 1.0) -> float:
-        if self.rate == 0.0:
-            return 0.0
         if n > self.capacity:
             return math.inf
         self._refill(now)
-        return 0.0 if self.level + self.rate * EARLY >= n else (n - self.level) / self.rate
+        if self.level + self.rate * EARLY >= n:
+            return 0.0
+        return math.inf if self.rate == 0.0 else (n - self.level) / self.rate
 
     def reserve(self, now: float, n: float = 1.0, max_wait: float = math.inf) -> float:
         delay = self.time_until(now, n)
         if delay > max_wait:
             return -1.0
-        if self.rate != 0.0:
-            self.level -= n
+        self.level -= n
         return delay
 
+    def set_rate(self, now: float, rate: float, burst: int) -> None:
+        if self.unlimited:
+            raise ValueError("an unlimited bucket (made with rate 0) has no rate to set")
+        if not 0 <= rate < math.inf:
+            raise ValueError(f"rate must be finite and >= 0, got {rate}")
+        if burst < 0:
+            raise ValueError(f"burst must be >= 0, got {burst}")
+        self._refill(now)
+        self.rate = float(rate)
+        self.capacity = _capacity(self.rate, burst)
+        self.level = min(self.level, self.capacity)
+
+    def deposit(self, now: float, n: float) -> float:
+        _check_amount(n)
+        if self.unlimited:
+            return 0.0
+        self._refill(now)
+        n = max(0.0, min(n, self.capacity - self.level))
+        self.level += n
+        return n
+
+    def withdraw(self, now: float, n: float) -> float:
+        _check_amount(n)
+        if self.unlimited:
+            return 0.0
+        self._refill(now)
+        n = max(0.0, min(n, self.level))
+        self.level -= n
+        return n
+
     def tokens(self, now: float) -> float:
-        if self.rate == 0.0:
-            return math.inf
         self._refill(now)
         return self.level
 
     def idle(self, now: float) -> bool:
         return self.tokens(now) >= self.capacity
+
+
+def _capacity(rate: float, burst: int) -> float:
+    return float(burst) if burst > 0 else max(rate, 1.0)
+
+
+def _check_amount(n: float) -> None:
+    if not 0.0 <= n < math.inf:
+        raise ValueError(f"a token amount must be finite and >= 0, got {n}")
 
 
 class Ticket:
@@ -116,6 +160,7 @@ class _School:
         self.admitted = [0] * n_classes
         self.rejected = [0] * n_classes
         self.cancelled = self.connections = self.inflight = self.queued = 0
+        self.admitted_gone = 0
         self.clients: dict = {}
         self.pool: _Pool | None = None
         self.bucket: TokenBucket | None = None
@@ -135,9 +180,18 @@ class _School:
         self.rate_stamp = now
 
     def capacity(self) -> int:
-        if self.max_inflight > 0:
+        """The slots a class share is a share of (-1: unlimited)."""
+        if self.max_inflight != UNLIMITED:
             return self.max_inflight
-        return self.pool.max_inflight if self.pool is not None else 0
+        return self.pool.max_inflight if self.pool is not None else -1
+
+
+def _limit(value, name: str) -> int:
+    if value is None:
+        return UNLIMITED
+    if not 0 <= value < UNLIMITED:
+        raise ValueError(f"{name} must be None or 0..{UNLIMITED - 1}, got {value}")
+    return int(value)
 
 
 def _inverse(name: str, sources, n_new: int, n_old: int) -> list[int]:
@@ -185,7 +239,9 @@ class Scheduler:
             if weight <= 0:
                 raise ValueError(f"school {i}: weight must be > 0")
             s = _School(self.n_classes)
-            s.index, s.max_inflight, s.max_connections = i, max_inflight, max_connections
+            s.index = i
+            s.max_inflight = max_inflight if max_inflight > 0 else UNLIMITED
+            s.max_connections = max_connections if max_connections > 0 else UNLIMITED
             s.max_queue, s.weight = max_queue, weight
             if pool is not None and pool >= 0:
                 s.pool = self.pools[pool]
@@ -208,11 +264,98 @@ class Scheduler:
     def set_share(self, klass, share):
         self.shares[klass] = share
         for s in self.schools:
-            cap = s.capacity()
-            limit = -1 if share is None or cap == 0 else max(1, math.floor(share * cap + 1e-9))
-            s.class_limit[klass] = limit
+            self._class_limits(s)
             if s.queued:
                 self.waiting.add(s)
+
+    # -- allotments (invariant 8 of native/scheduler.pyx) -------------------------
+
+    def set_allotment(self, school, now, *, max_inflight=_KEEP, max_connections=_KEEP,
+                      max_queue=_KEEP, rate=_KEEP, burst=_KEEP):
+        s = self.schools[school]
+        inflight, connections, queue = s.max_inflight, s.max_connections, s.max_queue
+        if max_inflight is not _KEEP:
+            inflight = _limit(max_inflight, "max_inflight")
+        if max_connections is not _KEEP:
+            connections = _limit(max_connections, "max_connections")
+        if max_queue is not _KEEP:
+            queue = _limit(max_queue, "max_queue")
+        if rate is not _KEEP or burst is not _KEEP:
+            b = s.bucket
+            if b is None:
+                raise ValueError(f"school {school} has no token bucket (its config sets no rate)")
+            r = b.rate if rate is _KEEP else rate
+            if not 0 <= r < math.inf:
+                raise ValueError(f"rate must be finite and >= 0, got {rate}")
+            cap = b.capacity
+            if burst is not _KEEP:
+                if burst < 0:
+                    raise ValueError(f"burst must be >= 0, got {burst}")
+                cap = _capacity(r, burst)
+            b._refill(now)
+            b.rate, b.capacity = float(r), cap
+            b.level = min(b.level, cap)
+        # Only more slots admit anything now (see the native scheduler).
+        raised = inflight > s.max_inflight
+        s.max_inflight, s.max_connections, s.max_queue = inflight, connections, queue
+        self._class_limits(s)
+        self.last_now = now
+        if raised and (s.queued or (s.pool is not None and s.pool.queued)):
+            self._dispatch(s, now)
+
+    def set_pool_allotment(self, pool, now, max_inflight):
+        p = self.pools[pool]
+        if max_inflight is None:
+            raise ValueError("a pool is always limited: max_inflight must be >= 0")
+        limit = _limit(max_inflight, "max_inflight")
+        raised = limit > p.max_inflight
+        p.max_inflight = limit
+        for s in p.members:
+            self._class_limits(s)
+        self.last_now = now
+        if raised and p.queued:
+            self._dispatch_pool(p, now)
+
+    def grant_tokens(self, school, n, now):
+        s = self.schools[school]
+        if s.bucket is None:
+            raise ValueError(f"school {school} has no token bucket (its config sets no rate)")
+        added = s.bucket.deposit(now, n)
+        self.last_now = now
+        if added > 0.0 and (s.queued or (s.pool is not None and s.pool.queued)):
+            self._dispatch(s, now)
+        return added
+
+    def reclaim_tokens(self, school, n, now):
+        s = self.schools[school]
+        if s.bucket is None:
+            raise ValueError(f"school {school} has no token bucket (its config sets no rate)")
+        return s.bucket.withdraw(now, n)
+
+    def usage(self, school, now):
+        s = self.schools[school]
+        b = s.bucket
+
+        def shown(limit):
+            return None if limit == UNLIMITED else limit
+
+        return {
+            "inflight": s.inflight, "queued": s.queued, "connections": s.connections,
+            "admitted": s.admitted_gone + sum(s.admitted),
+            "admission_rate": s.rate(now),
+            "tokens": math.inf if b is None else b.tokens(now),
+            "max_inflight": shown(s.max_inflight),
+            "max_connections": shown(s.max_connections),
+            "max_queue": shown(s.max_queue),
+            "rate": None if b is None else b.rate,
+            "burst": None if b is None else b.capacity,
+        }
+
+    def pool_usage(self, pool, now):
+        p = self.pools[pool]
+        return {"inflight": p.inflight, "queued": p.queued,
+                "admission_rate": sum(s.rate(now) for s in p.members),
+                "max_inflight": p.max_inflight}
 
     def request(self, school, klass, client_key, now, arrived_at=None, max_wait=None):
         s = self.schools[school]
@@ -278,7 +421,7 @@ class Scheduler:
         if refund:
             # Its request never reached the upstream: the token goes back and
             # the admission is not counted (see the native scheduler).
-            if s.bucket is not None and s.bucket.rate > 0.0:
+            if s.bucket is not None:
                 s.bucket._refill(now)
                 s.bucket.level = min(s.bucket.capacity, s.bucket.level + 1.0)
             if ticket.klass >= 0:
@@ -342,7 +485,8 @@ class Scheduler:
             when.append(self.delayed[0][0])
         for s in self.waiting:
             b = s.bucket
-            if b is not None and s.queued and b.level < 1.0:
+            # A bucket allotted no refill waits for a grant, not for time.
+            if b is not None and s.queued and b.level < 1.0 and b.rate > 0.0:
                 due = b.stamp + (1.0 - b.level) / b.rate
                 # Due already: not the bucket holding the school back.
                 if due > self.last_now:
@@ -379,7 +523,7 @@ class Scheduler:
 
     def connection_open(self, school):
         s = self.schools[school]
-        if 0 < s.max_connections <= s.connections:
+        if s.connections >= s.max_connections:
             return False
         s.connections += 1
         return True
@@ -404,6 +548,8 @@ class Scheduler:
                 continue
             old, s = self.schools[i], fresh.schools[j]
             s.connections, s.cancelled = old.connections, old.cancelled
+            s.admitted_gone = old.admitted_gone + sum(
+                n for k0, n in enumerate(old.admitted) if class_to[k0] < 0)
             s.rate_value, s.rate_stamp, s.rate_since = old.rate_value, old.rate_stamp, \
                 old.rate_since
             for k, k0 in enumerate(class_from):
@@ -475,12 +621,18 @@ class Scheduler:
         return out
 
     def _school_room(self, s, now):
-        if 0 < s.max_inflight <= s.inflight:
+        if s.inflight >= s.max_inflight:
             return False
         return s.bucket is None or s.bucket.time_until(now) == 0.0
 
     def _class_room(self, s, klass):
         return s.class_limit[klass] < 0 or s.class_inflight[klass] < s.class_limit[klass]
+
+    def _class_limits(self, s):
+        cap = s.capacity()
+        s.class_limit = [
+            -1 if share is None or cap < 0 else max(1, math.floor(share * cap + 1e-9))
+            for share in self.shares]
 
     def _admit_at_once(self, s, t, now):
         if s.queued:

@@ -52,18 +52,42 @@ class Model:
     # Held tickets whose school a reload removed: seq -> the pool they still
     # count in (None: none).
     orphans: dict = field(default_factory=dict)
-    # Held or queued at the last reload: these may exceed limits it lowered.
+    # Held or queued at the last reload or allotment change: these may
+    # exceed limits it lowered.
     carried: set = field(default_factory=set)
+    # Allotments set since the last reload (a reload resets them to the
+    # config): school -> {"max_inflight": n | None, "max_queue": n | None},
+    # pool -> n. An allotment's 0 means none, its None no limit.
+    allotted: dict = field(default_factory=dict)
+    pool_allotted: dict = field(default_factory=dict)
 
     def order(self, t) -> tuple[float, float, int]:
         return (t.arrived_at - self.classes[t.klass].priority * self.aging,
                 t.arrived_at, t.seq)
 
+    def school_limit(self, school: int) -> int | None:
+        """The slots the school may hold (None: no limit)."""
+        allotted = self.allotted.get(school, {})
+        if "max_inflight" in allotted:
+            return allotted["max_inflight"]
+        return self.schools[school].max_inflight or None
+
+    def queue_limit(self, school: int) -> int | None:
+        allotted = self.allotted.get(school, {})
+        if "max_queue" in allotted:
+            return allotted["max_queue"]
+        return self.schools[school].max_queue
+
+    def pool_limit(self, pool: int) -> int:
+        return self.pool_allotted.get(pool, self.pools[pool])
+
     def class_limit(self, school: int, klass: int) -> int | None:
         share = self.classes[klass].share
         spec = self.schools[school]
-        cap = spec.max_inflight or (self.pools[spec.pool] if spec.pool is not None else 0)
-        if share is None or cap == 0:
+        cap = self.school_limit(school)
+        if cap is None and spec.pool is not None:
+            cap = self.pool_limit(spec.pool)
+        if share is None or cap is None:
             return None
         return max(1, math.floor(share * cap + 1e-9))
 
@@ -118,18 +142,32 @@ class Model:
                 self.orphans[t.seq] = None if pool is None else pool_to.get(pool)
         assert [t.seq for t in rejected] == expect_rejected
         self.schools, self.classes, self.pools = schools, classes, pools
+        self.allotted, self.pool_allotted = {}, {}
+        self.carried = self.held | {t.seq for t in self.tickets if t.state == QUEUED}
+
+    def allot(self, school: int, **limits) -> None:
+        """The scheduler's set_allotment(school, **limits) (max_inflight,
+        max_queue) was called; what is held or queued now may stay above a
+        lowered limit."""
+        self.allotted.setdefault(school, {}).update(limits)
+        self.carried = self.held | {t.seq for t in self.tickets if t.state == QUEUED}
+
+    def allot_pool(self, pool: int, max_inflight: int) -> None:
+        self.pool_allotted[pool] = max_inflight
         self.carried = self.held | {t.seq for t in self.tickets if t.state == QUEUED}
 
     # -- the rules -------------------------------------------------------------
 
-    def counts(self, only: set | None = None):
+    def counts(self, only: set | None = None, extra: frozenset = frozenset()):
         """Slots held by school, (school, class) and pool, and queued tickets
-        by school; `only` limits the count to those tickets."""
+        by school; `only` limits the count to those tickets; tickets in
+        `extra` (seqs) count as holding a slot (a what-if)."""
         by_school = [0] * len(self.schools)
         by_class = [[0] * len(self.classes) for _ in self.schools]
         by_pool = [0] * len(self.pools)
         queued = [0] * len(self.schools)
         held = self.held if only is None else self.held & only
+        held = held | extra
         for t in self.tickets:
             if t.seq in held:
                 if t.school >= 0:
@@ -153,33 +191,39 @@ class Model:
         stays within max(limit, carried slots still held)."""
         by_school, by_class, by_pool, queued = self.counts()
         c_school, c_class, c_pool, c_queued = self.counts(self.carried)
-        for i, spec in enumerate(self.schools):
-            if spec.max_inflight:
-                assert by_school[i] <= max(spec.max_inflight, c_school[i]), (i, by_school[i])
-            assert queued[i] <= max(spec.max_queue, c_queued[i])
+        for i in range(len(self.schools)):
+            limit = self.school_limit(i)
+            if limit is not None:
+                assert by_school[i] <= max(limit, c_school[i]), (i, by_school[i], limit)
+            limit = self.queue_limit(i)
+            if limit is not None:
+                assert queued[i] <= max(limit, c_queued[i])
             for k in range(len(self.classes)):
                 limit = self.class_limit(i, k)
                 if limit is not None:
                     assert by_class[i][k] <= max(limit, c_class[i][k]), \
                         (i, k, by_class[i][k], limit)
-        for p, limit in enumerate(self.pools):
+        for p in range(len(self.pools)):
+            limit = self.pool_limit(p)
             assert by_pool[p] <= max(limit, c_pool[p]), (p, by_pool[p], limit)
         for t in self.tickets:
             assert t.state in TERMINAL_OR_LIVE
             assert (t.seq in self.held) <= (t.state == ADMITTED)
 
-    def eligible(self, school: int):
+    def eligible(self, school: int, extra: frozenset = frozenset()):
         """Queued tickets of a school that the limits would let in right now
-        (bucket-less schools only: tokens are not modelled here)."""
-        by_school, by_class, by_pool, _ = self.counts()
+        (bucket-less schools only: tokens are not modelled here); tickets in
+        `extra` count as admitted."""
+        by_school, by_class, by_pool, _ = self.counts(extra=extra)
         spec = self.schools[school]
-        if spec.max_inflight and by_school[school] >= spec.max_inflight:
+        limit = self.school_limit(school)
+        if limit is not None and by_school[school] >= limit:
             return []
-        if spec.pool is not None and by_pool[spec.pool] >= self.pools[spec.pool]:
+        if spec.pool is not None and by_pool[spec.pool] >= self.pool_limit(spec.pool):
             return []
         out = []
         for t in self.tickets:
-            if t.school == school and t.state == QUEUED:
+            if t.school == school and t.state == QUEUED and t.seq not in extra:
                 limit = self.class_limit(school, t.klass)
                 if limit is None or by_class[school][t.klass] < limit:
                     out.append(t)
@@ -190,6 +234,17 @@ class Model:
         for i in range(len(self.schools)):
             assert not self.eligible(i), f"school {i} left {self.eligible(i)} waiting"
 
-    def expected_next(self, school: int):
+    def expected_next(self, school: int, extra: frozenset = frozenset()):
         """The ticket the rules say a freed slot of this school goes to."""
-        return min(self.eligible(school), key=self.order, default=None)
+        return min(self.eligible(school, extra), key=self.order, default=None)
+
+    def expected_admissions_after(self, school: int, **limits) -> list:
+        """The tickets, in order, the rules admit from this (pool-less)
+        school at once when its allotment becomes `limits`."""
+        saved = dict(self.allotted.get(school, {}))
+        self.allotted.setdefault(school, {}).update(limits)
+        out: list = []
+        while (t := self.expected_next(school, frozenset(x.seq for x in out))) is not None:
+            out.append(t)
+        self.allotted[school] = saved
+        return out

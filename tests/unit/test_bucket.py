@@ -109,3 +109,117 @@ def test_property_waiting_time_until_always_suffices(rate, burst, now):
         wait = bucket.time_until(now)
         assert wait > 0
         assert bucket.try_take(now + wait)
+
+
+# -- allotment: retuning, grants and give-backs ---------------------------------------
+
+@IMPLS
+def test_set_rate_keeps_what_accrued_and_mints_nothing(impl):
+    b = impl(2.0, 4, 0.0)
+    assert all(b.try_take(0.0) for _ in range(4))
+    # One second at the old rate accrued 2 tokens before the change.
+    b.set_rate(1.0, 10.0, 3)
+    assert (b.rate, b.capacity) == (10.0, 3.0)
+    assert b.tokens(1.0) == pytest.approx(2.0)
+    assert b.tokens(1.05) == pytest.approx(2.5)
+    # A lowered burst caps the level; it never raises it.
+    b.set_rate(2.0, 10.0, 1)
+    assert b.tokens(2.0) == 1.0
+    b.set_rate(2.0, 10.0, 5)
+    assert b.tokens(2.0) == 1.0
+    # burst 0: one second of the new rate, at least one token.
+    b.set_rate(2.0, 0.5, 0)
+    assert b.capacity == 1.0
+
+
+@IMPLS
+def test_rate_zero_after_set_rate_means_no_refill_not_unlimited(impl):
+    b = impl(1.0, 2, 0.0)
+    b.set_rate(0.0, 0.0, 2)
+    assert not b.unlimited
+    assert b.try_take(0.0) and b.try_take(0.0) and not b.try_take(1000.0)
+    assert b.time_until(1000.0) == math.inf
+    assert b.reserve(1000.0, 1.0, 5.0) == -1.0
+    assert b.deposit(1000.0, 5.0) == 2.0  # up to the capacity
+    assert b.try_take(1000.0) and b.try_take(1000.0) and not b.try_take(1000.0)
+
+
+@IMPLS
+def test_deposit_and_withdraw_stay_within_zero_and_capacity(impl):
+    b = impl(1.0, 3, 0.0)
+    assert b.withdraw(0.0, 2.0) == 2.0
+    assert b.deposit(0.0, 0.5) == 0.5
+    assert b.withdraw(0.0, 10.0) == 1.5  # never into debt
+    assert b.withdraw(0.0, 1.0) == 0.0
+    assert b.deposit(0.5, 10.0) == 2.5  # half a token accrued, room for the rest
+    assert b.tokens(0.5) == 3.0
+    b.reserve(0.5, 3.0)
+    b.reserve(0.5, 1.0)  # in debt: nothing to withdraw
+    assert b.withdraw(0.5, 1.0) == 0.0
+
+
+@IMPLS
+def test_unlimited_bucket_has_no_rate_to_set_and_moves_no_tokens(impl):
+    b = impl(0.0, 0, 0.0)
+    with pytest.raises(ValueError):
+        b.set_rate(0.0, 1.0, 1)
+    assert b.deposit(0.0, 1.0) == 0.0 and b.withdraw(0.0, 1.0) == 0.0
+    assert b.unlimited and b.tokens(0.0) == math.inf
+
+
+@IMPLS
+def test_allotment_arguments_are_checked(impl):
+    b = impl(1.0, 1, 0.0)
+    for rate in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError):
+            b.set_rate(0.0, rate, 1)
+    with pytest.raises(ValueError):
+        b.set_rate(0.0, 1.0, -1)
+    for n in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError):
+            b.deposit(0.0, n)
+        with pytest.raises(ValueError):
+            b.withdraw(0.0, n)
+    assert (b.rate, b.capacity, b.tokens(0.0)) == (1.0, 1.0, 1.0)
+
+
+allot_steps = st.lists(st.tuples(
+    st.floats(0, 2, allow_nan=False),
+    st.sampled_from(["take", "take", "rate", "deposit", "withdraw"]),
+    st.floats(0, 5, allow_nan=False), st.integers(0, 6)), max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(0.1, 20), st.integers(0, 6), allot_steps)
+def test_property_retuned_bucket_only_spends_what_came_in(rate, burst, script):
+    """Whatever the rate changes, grants and give-backs, the tokens taken
+    never exceed what the bucket started with, accrued at the rate in force
+    and was deposited, minus what was withdrawn; native matches reference."""
+    native, model = TokenBucket(rate, burst, 0.0), reference.TokenBucket(rate, burst, 0.0)
+    now = 0.0
+    income = native.capacity
+    taken = 0.0
+    for dt, op, x, n in script:
+        income += dt * native.rate + native.rate * 1e-6  # EARLY slack per step
+        now += dt
+        if op == "take":
+            got = native.try_take(now, 1.0)
+            assert got == model.try_take(now, 1.0)
+            taken += got
+        elif op == "rate":
+            native.set_rate(now, x, n)
+            model.set_rate(now, x, n)
+        elif op == "deposit":
+            got = native.deposit(now, x)
+            assert got == pytest.approx(model.deposit(now, x))
+            assert 0.0 <= got <= x
+            income += got
+        else:
+            got = native.withdraw(now, x)
+            assert got == pytest.approx(model.withdraw(now, x))
+            assert 0.0 <= got <= x
+            income -= got
+        level = native.tokens(now)
+        assert level == pytest.approx(model.tokens(now))
+        assert level <= native.capacity + 1e-9
+        assert taken <= income + 1e-6

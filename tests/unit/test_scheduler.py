@@ -297,7 +297,9 @@ def drive(impl, model: Model, script, *, check_next=True, reloads=()):
 
     A "reload" op reconfigures the scheduler with the next entry of reloads:
     (schools, classes, pools, seed); seed picks which old schools and classes
-    the new ones continue (the same choice for every impl)."""
+    the new ones continue (the same choice for every impl). An "allot" op
+    sets school a's allotment (b picks max_inflight, max_queue or both), a
+    "pallot" op pool 0's (see allot_values)."""
     sched = impl([sp.as_tuple() for sp in model.schools],
                  [c.as_tuple() for c in model.classes], model.pools, aging=model.aging)
     for k, c in enumerate(model.classes):
@@ -325,6 +327,28 @@ def drive(impl, model: Model, script, *, check_next=True, reloads=()):
             model.admitted(admitted)
             held += admitted
             log.append(("reload", [x.seq for x in rejected], [x.seq for x in admitted],
+                        [x.seq for x in expired]))
+        elif op == "allot":
+            i = a % len(model.schools)
+            limits = allot_values(b, pick)
+            pooled = model.schools[i].pool is not None
+            expected = None if pooled else model.expected_admissions_after(i, **limits)
+            queued = [t for t in model.tickets if t.state == QUEUED]
+            assert sched.set_allotment(i, now, **limits) is None
+            model.allot(i, **limits)
+            admitted, expired = _taken_at_once(sched, model, queued, now)
+            if expected is not None and check_next:
+                assert admitted == expected  # queue order, FCFS within a class
+            held += admitted
+            log.append(("allot", i, sorted(limits.items(), key=str),
+                        [x.seq for x in admitted], [x.seq for x in expired]))
+        elif op == "pallot" and model.pools:
+            queued = [t for t in model.tickets if t.state == QUEUED]
+            sched.set_pool_allotment(0, now, pick % 7)
+            model.allot_pool(0, pick % 7)
+            admitted, expired = _taken_at_once(sched, model, queued, now)
+            held += admitted
+            log.append(("pallot", pick % 7, [x.seq for x in admitted],
                         [x.seq for x in expired]))
         elif op == "req":
             t = sched.request(a % len(model.schools), b % len(model.classes), None, now)
@@ -371,6 +395,30 @@ def drive(impl, model: Model, script, *, check_next=True, reloads=()):
     model.admitted(sched.poll(now)[0])
     assert all(t.state in (ADMITTED, REJECTED, CANCELLED) for t in model.tickets)
     return log
+
+
+def allot_values(b: int, pick: int) -> dict:
+    """An allotment change: 0..4 slots or None (no limit), a queue bound of
+    0..8, or slots with the queue bound lifted."""
+    slots = None if pick % 6 == 5 else pick % 6
+    if b % 3 == 0:
+        return {"max_inflight": slots}
+    if b % 3 == 1:
+        return {"max_queue": pick % 9}
+    return {"max_inflight": slots, "max_queue": None}
+
+
+def _taken_at_once(sched, model: Model, queued: list, now: float) -> list:
+    """After an allotment call: the tickets it admitted (ADMITTED already,
+    before any poll), which the next poll at the same instant hands out,
+    in the order admitted, and nothing else."""
+    at_once = {t.seq for t in queued if t.state == ADMITTED}
+    if at_once:
+        assert sched.next_deadline() == now
+    admitted, expired = sched.poll(now)  # what the shell does at next_deadline
+    assert {t.seq for t in admitted} == at_once
+    model.admitted(admitted)
+    return admitted, expired
 
 
 def _continues(rng: random.Random, n_old: int, n_new: int) -> list[int]:

@@ -8,6 +8,7 @@ from gateway._native.bucket cimport TokenBucket
 
 
 cdef class _Pool:
+    # The pool's allotment: its config limit until set_pool_allotment.
     cdef int max_inflight
     cdef int inflight
     # QUEUED tickets over all member schools.
@@ -44,6 +45,9 @@ cdef class Ticket:
 
 cdef class _School:
     cdef int index
+    # The school's allotment (the limits enforced here): its config limits
+    # until set_allotment; UNLIMITED (INT_MAX) where there is no limit, so
+    # the hot path compares once.
     cdef int max_inflight
     cdef int max_connections
     cdef int max_queue
@@ -70,6 +74,9 @@ cdef class _School:
     cdef double rate_value
     cdef double rate_stamp
     cdef double rate_since
+    # Admissions counted under classes a reload removed (usage() stays
+    # monotonic across reloads). Last: the fields above keep their offsets.
+    cdef long long admitted_gone
 
     cdef double rate(self, double now) noexcept
     cdef void count_admission(self, double now) noexcept
@@ -109,6 +116,7 @@ cdef class Scheduler:
     cdef list _take_outbox(self)
     cdef bint _school_room(self, _School s, double now) noexcept
     cdef bint _class_room(self, _School s, int klass) noexcept
+    cdef void _class_limits(self, _School s) noexcept
     cdef bint _admit_at_once(self, _School s, Ticket t, double now) except -1
     cdef void _admit(self, _School s, Ticket t, double now) except *
     cdef Ticket _best(self, _School s, double now)
