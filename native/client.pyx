@@ -141,6 +141,11 @@ cdef class ClientProtocol(ClientLink):
                     except _ChunkError as err:
                         self._protocol_error(_HeadError(400, err.reason))
                         return
+                    if 0 <= self._body_left < self.chunks.remaining:
+                        # A chunk announced beyond max_body: refused now, not
+                        # after reading up to the limit.
+                        self._protocol_error(_HeadError(413, "request body too large"))
+                        return
                 elif self._cl_left < cut:
                     cut = <Py_ssize_t>self._cl_left
                 if cut == 0:

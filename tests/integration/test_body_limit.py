@@ -50,3 +50,14 @@ def test_chunked_body_growing_past_limit_is_cut_off(gateway, upstream):
     with RawConn(gateway.port) as conn:
         conn.send(build_request("GET", "/echo"))
         assert conn.recv_response().status == 200
+
+
+def test_chunk_announced_past_limit_is_413_at_once(gateway, upstream):
+    # Found by the adversarial review: a chunk size beyond max_body was
+    # accepted and its data awaited; the size line alone settles it.
+    with RawConn(gateway.port) as conn:
+        conn.send(build_request("POST", "/upload", headers=[("Transfer-Encoding", "chunked")])
+                  + b"ffffffffffffffff\r\n")
+        _refused(conn.recv_response("POST"))
+        assert conn.closed()
+    assert upstream.requests("/upload", "POST") == 0
