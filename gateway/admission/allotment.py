@@ -11,7 +11,7 @@ poll() when the task said it is due. Nothing here runs per request.
 
 `StaticAllotment` is the first task: worker i of n enforces a fixed share of
 every limit, the split SO_REUSEPORT's even spread of connections implies
-(the numbers gateway.admission.shares.split_limits used to bake into the
+(the numbers tests.oracles.shares.split_limits, the oracle, bakes into the
 config). A shared task (shared memory between the workers of one instance,
 or Redis across instances) plugs in behind the same two methods.
 

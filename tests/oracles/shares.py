@@ -1,5 +1,6 @@
-"""Splitting a school's limits across the worker processes of one gateway,
-by rewriting the config (the mechanism before allotments).
+"""Oracle: splitting a school's limits across the worker processes of one
+gateway by rewriting the config (the mechanism before allotments), kept to
+check that StaticAllotment gives the same limits and decisions.
 
 Each worker runs its own AdmissionController (no shared memory between
 processes), and SO_REUSEPORT spreads connections evenly across workers, so
@@ -12,7 +13,7 @@ n - 1; with workers = 1 the limits are exact.
 Per-client buckets are not split: one client's connections normally land on
 one worker.
 
-Superseded by gateway.admission.allotment.StaticAllotment, which sets the
+The product uses gateway.admission.allotment.StaticAllotment, which sets the
 same numbers as allotments on a controller built from the whole config
 (AdmissionController(cfg, now, allotment=StaticAllotment(worker, workers))),
 so a shared allotment task can later move them. Both use share() below.
