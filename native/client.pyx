@@ -41,6 +41,9 @@ from gateway._native.exchange cimport Exchange
 
 from gateway.proxy.chunks import ChunkError as _ChunkError
 from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
+from gateway.proxy.spool import PIECE as _PIECE
+from gateway.proxy.spool import RESPONSE_STATS as _RESPONSE_STATS
+from gateway.proxy.spool import BodySpool as _BodySpool
 
 
 IDLE, HEAD, BODY, UPGRADE_WAIT, BROKEN, LINGER, UPGRADED, CLOSED = (
@@ -51,6 +54,14 @@ cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpRequestParser = _httptools.HttpRequestParser
 cdef bytes _CRLFCRLF = b"\r\n\r\n"
+
+# What a connection does once its response spool has drained (_drain_then):
+# an ending asked for while the spool still held bytes waits for them.
+cdef enum:
+    D_NONE = 0
+    D_CLOSE = 1
+    D_LINGER = 2
+    D_WRITE_EOF = 3
 
 
 cdef class ClientProtocol(ClientLink):
@@ -74,6 +85,16 @@ cdef class ClientProtocol(ClientLink):
         self.touched = 0.0
         self.pause_mask = 0
         self.write_paused = False
+        self.upstream_held = False
+        # Response spooling (see flush): created only once the client falls
+        # behind, so a client that reads costs nothing here.
+        self.outspool = None
+        self.resp_memory = self.ctx.max_buffer
+        self.resp_max = 0  # set with the school (App.route)
+        self._drain_then = D_NONE
+        self._send_since = 0.0
+        self._send_sent = -1
+        self._send_buf = 0
         self.eof = False
         self.error = None
         self.client_ip = b""
@@ -226,6 +247,12 @@ cdef class ClientProtocol(ClientLink):
             # being received can never be completed after a FIN either: its
             # buffer is freed at once.
             return False
+        if self.outspool is not None:
+            # Half-closed while its spool still holds a response: the spool
+            # is sent first (the client may still be reading), then closed.
+            if not queue:
+                self._defer(D_CLOSE)
+            return True
         # With nothing owed, let the transport close; otherwise finish
         # answering what was asked (the client may only have half-closed),
         # then close.
@@ -234,6 +261,7 @@ cdef class ClientProtocol(ClientLink):
     def connection_lost(self, exc):
         cdef Exchange ex
         self.phase = C_CLOSED
+        self._drop_outspool()  # a client gone away costs nothing more
         self.app.connections.discard(self)
         self.app.connection_closed(self)
         for ex in self.queue:
@@ -245,18 +273,21 @@ cdef class ClientProtocol(ClientLink):
         self.current = None
 
     def pause_writing(self):
-        cdef Exchange ex
         self.write_paused = True
-        ex = self.queue[0] if self.queue else self.tunnel
-        if ex is not None and ex.upstream is not None:
-            ex.upstream.pause_reading()
+        if self.resp_max <= 0 or self.tunnel is not None:
+            # No spooling (response_buffer_max 0, or a tunnel, whose bytes
+            # are not a response): the upstream waits for the client.
+            self._hold_upstream()
+        # Otherwise what comes next goes to the spool (flush), and the
+        # upstream is paused only once the spool is over resp_max.
 
     def resume_writing(self):
-        cdef Exchange ex
         self.write_paused = False
-        ex = self.queue[0] if self.queue else self.tunnel
-        if ex is not None and ex.upstream is not None:
-            ex.upstream.resume_reading()
+        if self.outspool is not None:
+            self._drain_spool()
+            if self.outspool is not None or self.write_paused:
+                return  # over the mark again: the next resume_writing goes on
+        self._output_drained()
 
     # -- httptools callbacks ------------------------------------------------
     def on_message_begin(self):
@@ -314,7 +345,7 @@ cdef class ClientProtocol(ClientLink):
         queue.append(ex)
         n = len(queue)
         if n == 1:
-            ex.start()
+            self._start_next()
         elif n > self.ctx.max_pipeline:
             self.pause_reading_for(P_PIPELINE)
 
@@ -352,6 +383,9 @@ cdef class ClientProtocol(ClientLink):
         if self.out:
             self.out.append(data)  # keep order behind what is corked
             return
+        if self._to_spool():
+            self._spool_parts([data])  # behind what the client has not taken yet
+            return
         t = self.transport
         if t is not None:
             t.write(data)
@@ -359,6 +393,9 @@ cdef class ClientProtocol(ClientLink):
     cpdef writelines(self, list parts):
         if self.out:
             self.out.extend(parts)
+            return
+        if self._to_spool():
+            self._spool_parts(parts)
             return
         t = self.transport
         if t is not None:
@@ -374,6 +411,11 @@ cdef class ClientProtocol(ClientLink):
         cdef list out = self.out
         if out:
             self.out = []
+            if self._to_spool():
+                # The client is behind: the spool takes it, and the upstream
+                # goes on at its own pace (pausing it would hold its slot).
+                self._spool_parts(out)
+                return
             t = self.transport
             if t is not None:
                 if len(out) == 1:
@@ -383,6 +425,8 @@ cdef class ClientProtocol(ClientLink):
 
     cpdef write_eof(self):
         self.flush()
+        if self._defer(D_WRITE_EOF):
+            return
         t = self.transport
         if t is not None and t.can_write_eof():
             t.write_eof()
@@ -413,7 +457,7 @@ cdef class ClientProtocol(ClientLink):
         if self.pause_mask & P_PIPELINE and len(queue) <= self.ctx.max_pipeline:
             self.resume_reading_for(P_PIPELINE)
         if queue:
-            (<Exchange>queue[0]).start()
+            self._start_next()
         elif self.eof or (self.phase == C_IDLE and self.ctx.draining):
             self.close()
         elif self.phase == C_IDLE:
@@ -435,12 +479,16 @@ cdef class ClientProtocol(ClientLink):
 
     cpdef close(self):
         self.flush()
+        if self._defer(D_CLOSE):
+            return
         t = self.transport
         if t is not None and self.phase != C_CLOSED:
             t.close()
 
     cpdef abort(self):
         self.out = []
+        self._drain_then = D_NONE
+        self._drop_outspool()
         t = self.transport
         if t is not None and self.phase != C_CLOSED:
             t.abort()
@@ -458,6 +506,12 @@ cdef class ClientProtocol(ClientLink):
             if now - self.since > LINGER_SECONDS:
                 self.abort()
             return
+        stalled = self._stalled()
+        if stalled:
+            if self._check_send(now):
+                return  # aborted
+        else:
+            self._send_since = 0.0
         queue = self.queue
         cur = self.current
         if phase == C_BODY and cur is not None and cur.state == S_RECEIVING \
@@ -475,14 +529,19 @@ cdef class ClientProtocol(ClientLink):
             ex = queue[0]
             # `touched` moves with every byte either way, so a long upload or
             # download that keeps flowing never times out.
+            # An upstream the gateway paused for this client (its spool is
+            # full) is not late: resuming it restarts its clock.
             if ex.upstream is not None and (ex.state == S_SENT or ex.state == S_RESPONDING) \
+                    and not ex.upstream.reading_paused \
                     and now - ex.touched > ctx.upstream_read_timeout:
                 ex.timed_out()
             return
         if phase == C_HEAD:
             if now - self.since > ctx.header_timeout:
                 self._protocol_error(_HeadError(408, "request header timeout"))
-        elif phase == C_IDLE and now - self.since > ctx.keepalive_timeout:
+        elif phase == C_IDLE and not stalled and now - self.since > ctx.keepalive_timeout:
+            # (A connection still sending a response is not idle:
+            # client_send watches it.)
             self.close()
 
     # -- internals ---------------------------------------------------------
@@ -525,7 +584,7 @@ cdef class ClientProtocol(ClientLink):
         self.current = None
         self.queue.append(ex)
         if len(self.queue) == 1:
-            ex.start()
+            self._start_next()
 
     cdef bint _upgrade(self, bytes rest) except -1:
         """llhttp stopped after a request asking for an upgrade; `rest` is
@@ -562,6 +621,13 @@ cdef class ClientProtocol(ClientLink):
         t = self.transport
         if t is None or self.phase == C_CLOSED:
             return
+        if self.outspool is not None:
+            # The ending waits for the spool (resume_writing); meanwhile
+            # nothing more is parsed (and nothing started), and the decision
+            # taken when it drains is to linger: the client may have sent
+            # more requests that will not be answered.
+            self._defer(D_LINGER)
+            return
         phase = self.phase
         if phase == C_HEAD or phase == C_BODY or phase == C_UPGRADE_WAIT \
                 or phase == C_BROKEN or (ex.head is not None and not ex.request_done
@@ -578,6 +644,8 @@ cdef class ClientProtocol(ClientLink):
         if t is None or self.phase == C_CLOSED:
             return
         self.flush()
+        if self._defer(D_LINGER):
+            return
         self.phase = C_LINGER
         self.since = monotonic()
         self.pause_mask = 0
@@ -586,6 +654,155 @@ cdef class ClientProtocol(ClientLink):
             t.write_eof()
         else:
             t.close()
+
+
+    # -- response spooling ----------------------------------------------------
+    # Like nginx's proxy buffering to proxy_temp_path: once the client's
+    # transport is over its high-water mark, what comes from the upstream goes
+    # to a per-connection BodySpool (memory up to resp_memory, then an unnamed
+    # temporary file) rather than pausing the upstream, so a response the
+    # gateway can hold completes at the upstream's pace and gives its slot
+    # and upstream connection back (Exchange._finish). While the spool holds
+    # anything every later byte of the connection goes behind it, no next
+    # exchange starts, and an ending (close, linger, write_eof) waits for it.
+
+    cdef bint _to_spool(self):
+        """Whether bytes for the client go to the spool: one exists, or the
+        transport is over its mark and spooling is on (never in a tunnel,
+        whose upstream is paused instead)."""
+        return self.outspool is not None or (
+            self.write_paused and self.resp_max > 0 and self.tunnel is None)
+
+    cdef bint _stalled(self):
+        """Whether the client's output is behind (over the transport's
+        high-water mark, or bytes wait in the spool)."""
+        return self.write_paused or self.outspool is not None
+
+    cdef _start_next(self):
+        """Start the exchange at the head of the queue, unless the output is
+        stalled: then _output_drained starts it, so one connection holds at
+        most one response's spool however much it pipelines."""
+        cdef Exchange ex
+        if self._stalled() or self._drain_then != D_NONE or not self.queue:
+            return
+        ex = self.queue[0]
+        if ex.state == S_WAITING:
+            ex.start()
+
+    cdef bint _defer(self, int what):
+        """True if an ending must wait for the spool (it is then recorded
+        and done by _output_drained)."""
+        if self.outspool is None:
+            return False
+        self._drain_then = what
+        if self.phase < C_BROKEN:
+            self.phase = C_BROKEN  # read and drop from now on
+        return True
+
+    cdef _spool_parts(self, list parts):
+        cdef long long size
+        spool = self.outspool
+        if spool is None:
+            spool = _BodySpool(self.resp_memory, self.ctx.temp_dir, _RESPONSE_STATS)
+            self.outspool = spool
+        try:
+            for piece in parts:
+                spool.append(piece)
+        except OSError:
+            # A full disk: the response cannot be held, and part of it is
+            # lost; cutting the connection is the only honest answer left.
+            self.abort()
+            return
+        size = spool.size
+        if size > self.resp_max and not self.upstream_held:
+            # The spool is at its bound (all it ever held counts, so the
+            # file never grows past it): the upstream waits until the client
+            # has taken all of it.
+            self._hold_upstream()
+
+    cdef _drain_spool(self):
+        """Move spooled bytes into the transport until it is over its mark
+        again (pause_writing) or the spool is empty (then it is freed)."""
+        spool = self.outspool
+        t = self.transport
+        if spool is None or t is None:
+            return
+        while not self.write_paused:
+            piece = spool.read(_PIECE)
+            if not piece:
+                break
+            t.write(piece)
+        if not spool.remaining:
+            self._drop_outspool()
+
+    cdef _drop_outspool(self):
+        spool = self.outspool
+        if spool is not None:
+            self.outspool = None
+            spool.close()
+
+    cdef _hold_upstream(self):
+        cdef Exchange ex
+        self.upstream_held = True
+        ex = self.queue[0] if self.queue else self.tunnel
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pause_reading()
+
+    cdef _release_upstream(self):
+        cdef Exchange ex
+        if not self.upstream_held:
+            return
+        self.upstream_held = False
+        ex = self.queue[0] if self.queue else self.tunnel
+        if ex is not None and ex.upstream is not None:
+            # The time it was paused for this client is not the upstream's:
+            # its upstream_read clock starts again.
+            ex.touched = monotonic()
+            ex.upstream.resume_reading()
+
+    cdef _output_drained(self):
+        """The client has taken everything (the spool is gone and the
+        transport under its mark): resume the upstream, carry out an ending
+        that waited, or start the next exchange."""
+        cdef int what = self._drain_then
+        self._send_since = 0.0
+        self._release_upstream()
+        if what != D_NONE:
+            self._drain_then = D_NONE
+            if what == D_LINGER:
+                self._linger()
+            elif what == D_WRITE_EOF:
+                self.write_eof()
+            else:
+                self.close()
+            return
+        if self.queue:
+            self._start_next()
+        elif self.phase == C_IDLE:
+            self.since = monotonic()  # idle from now, not from the response's end
+
+    cdef bint _check_send(self, double now) except -1:
+        """client_send: abort a client whose output made no progress (the
+        transport's buffer did not shrink, the spool did not drain) for that
+        long; True if it was aborted."""
+        cdef long long sent = -1
+        cdef Py_ssize_t buf = 0
+        spool = self.outspool
+        if spool is not None:
+            sent = spool.sent
+        t = self.transport
+        if t is not None:
+            buf = t.get_write_buffer_size()
+        if self._send_since == 0.0 or sent != self._send_sent or buf < self._send_buf:
+            self._send_since = now
+            self._send_sent = sent
+            self._send_buf = buf
+            return False
+        self._send_buf = buf
+        if now - self._send_since > self.ctx.client_send_timeout:
+            self.abort()
+            return True
+        return False
 
 
 # A request line (RFC 9112 section 3) whose version is well formed, as far

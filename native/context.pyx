@@ -72,3 +72,5 @@ cdef class Context:
         self.client_body_timeout = timeouts.client_body
         self.upstream_read_timeout = timeouts.upstream_read
         self.tunnel_idle_timeout = timeouts.tunnel_idle
+        self.client_send_timeout = timeouts.client_send
+        self.temp_dir = cfg.server.temp_dir

@@ -391,8 +391,8 @@ cdef class Exchange(ExchangeLink):
         self.server.inflight += 1
         self.state = S_SENT
         self.sent_at = self.touched = monotonic()
-        if client.write_paused:
-            conn.pause_reading()
+        if client.upstream_held:
+            conn.pause_reading()  # the client's output is full
         spool = self.spool
         length = -1
         if spool is not None and self.body_received and head.chunked:

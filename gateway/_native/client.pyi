@@ -43,7 +43,15 @@ class ClientProtocol(ClientLink):
     since: float
     touched: float
     pause_mask: int
+    # Response spooling: bytes the transport could not take yet (a BodySpool
+    # counted in spool.RESPONSE_STATS, None while the client keeps up), its
+    # memory part (bytes, the school's response_buffer) and its bound before
+    # the upstream is paused (bytes, response_buffer_max; 0: never spool).
+    outspool: Any
+    resp_memory: int
+    resp_max: int
     write_paused: bool
+    upstream_held: bool
     eof: bool
     error: Exception | None
     client_ip: bytes

@@ -44,4 +44,6 @@ class Context:
     client_body_timeout: float
     upstream_read_timeout: float
     tunnel_idle_timeout: float
+    client_send_timeout: float
+    temp_dir: str                 # [server] temp_dir ("": $TMPDIR), for response spools
     def __init__(self, app: Any, cfg: Any, core: AdmissionCore) -> None: ...

@@ -24,6 +24,7 @@ class ClientLink:
     transport: asyncio.Transport | None
     touched: float
     write_paused: bool
+    upstream_held: bool
     client_ip: bytes
     def write(self, data: bytes) -> None: ...
     def writelines(self, parts: list[bytes]) -> None: ...

@@ -38,7 +38,8 @@ class Server(_Section):
     trusted_proxies: list[str] = field(default_factory=list)
     # Name put in the Via header.
     via_name: str = "schoolgate"
-    # Directory for request bodies beyond a school's request_buffer_memory.
+    # Directory for request bodies beyond a school's request_buffer_memory
+    # and responses spooled for slow readers (response_buffer_max).
     # Each file is unlinked as it is created, so nothing is left behind, not
     # even after a crash. Empty: the system's temporary directory ($TMPDIR).
     temp_dir: str = ""
@@ -59,8 +60,14 @@ class Timeouts(_Section):
     client_body_total: PositiveFloat = 60.0
     client_body_min_rate: NonNegInt = 1024
     upstream_connect: PositiveFloat = 5.0
-    # Gap allowed between two reads from the upstream while a response is due.
+    # Gap allowed between two reads from the upstream while a response is due
+    # (time the gateway itself paused the upstream for a slow client is not
+    # counted).
     upstream_read: PositiveFloat = 60.0
+    # A client whose output makes no progress this long (its socket takes
+    # nothing, its response spool does not drain) is disconnected and all
+    # it held freed, like nginx's send_timeout.
+    client_send: PositiveFloat = 60.0
     # Idle pooled upstream connections are closed after this.
     upstream_idle: PositiveFloat = 30.0
     # SIGTERM: time given to in-flight requests before the worker exits.
@@ -157,10 +164,18 @@ class School(_Section):
     # slot once this much has arrived and streams the rest at the client's
     # pace. [limits] max_body still refuses bodies above it (413).
     request_buffer_max: PositiveInt = 1073741824
-    # Response bytes held for a client that reads slowly before the upstream
-    # is paused: a response that fits is taken whole and its slot and
-    # upstream connection are free at once. None: [limits] max_buffer.
+    # Response bytes a client's connection holds in memory while the client
+    # reads slowly (its socket buffer's high-water mark, then as much again
+    # in its response spool). None: [limits] max_buffer.
     response_buffer: PositiveInt | None = None
+    # Response spooling, like nginx's proxy_max_temp_file_size: beyond
+    # response_buffer, response bytes for a slow reader go to an unnamed
+    # temporary file in [server] temp_dir, so a response up to this size
+    # completes at the upstream's pace and frees its slot and upstream
+    # connection while the client reads. Past it the upstream is paused until
+    # the client has caught up. 0: never spool (the upstream is paused at
+    # response_buffer and the slot held while the client reads).
+    response_buffer_max: NonNegInt = 1073741824
 
 
 class Pool(_Section):

@@ -49,6 +49,7 @@ class SchoolRuntime:
     request_buffer_memory: int = 65536
     request_buffer_max: int = 1 << 30
     response_buffer: int | None = None
+    response_buffer_max: int = 1 << 30
     # Counters exported on /metrics.
     requests: int = 0
     unavailable: int = 0
@@ -123,6 +124,7 @@ class App:
                 request_buffer_memory=school.request_buffer_memory,
                 request_buffer_max=school.request_buffer_max,
                 response_buffer=school.response_buffer,
+                response_buffer_max=school.response_buffer_max,
             ))
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.server.trusted_proxies]
         # A request no class matches (the config may name no catch-all class)
@@ -253,10 +255,14 @@ class App:
                 return ex
             limit = school.response_buffer
             if limit is not None and client.transport is not None:
-                # What this client may leave unread before its upstream is
-                # paused: a response that fits is taken whole, and its slot
-                # and upstream connection are free while the client reads.
+                # What this client may leave unread in its transport before
+                # response bytes go to its spool (or, without spooling, its
+                # upstream is paused).
                 client.transport.set_write_buffer_limits(high=limit, low=limit // 4)
+            # Response spooling (client.pyx): as much again in memory, then a
+            # temporary file up to response_buffer_max.
+            client.resp_memory = limit if limit is not None else self.limits.max_buffer
+            client.resp_max = school.response_buffer_max
         if client.trusted_peer:
             client.client_key = _forwarded_client(head.xff, self.trusted) or client.client_ip
         return ex

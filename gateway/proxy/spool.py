@@ -1,4 +1,5 @@
-"""A request body held at the gateway until its request is forwarded.
+"""A request body held at the gateway until its request is forwarded, or a
+response held for a client that reads slowly.
 
 Request buffering (a school's `request_buffering`, like nginx's
 client_body_buffer_size / client_body_temp_path): the body is received
@@ -15,6 +16,12 @@ size, 256 KiB) and each read at most what the caller asks for (the proxy
 asks for PIECE), and the page cache takes both at memory speed, so no call
 holds the worker for long. A disk too slow for that would need a thread
 pool, which this first version does not use.
+
+Response spooling (like nginx's proxy buffering to proxy_temp_path): when a
+client's transport is over its high-water mark, further response bytes go
+to a BodySpool of its connection (RESPONSE_STATS counts those) instead of
+pausing the upstream, so the upstream connection and the admission slot are
+free at the upstream's pace while the client drains the spool.
 
 Errors: append() raises OSError when the file cannot be created or written
 (a full disk); the caller answers the request and drops the body.
@@ -40,28 +47,34 @@ class SpoolStats:
         self.files = 0    # spools with a temporary file
 
 
-STATS = SpoolStats()
+STATS = SpoolStats()            # request bodies
+RESPONSE_STATS = SpoolStats()   # responses held for slow readers (client.pyx)
 
 
 class BodySpool:
-    """One request body: appended as it arrives, read back once, in order.
+    """One body: appended as it arrives, read back once, in order.
 
     `size` is the bytes appended so far, `sent` the bytes read back;
     reading may run while appends continue (a body larger than the school's
-    request_buffer_max is forwarded from here while the rest arrives).
+    request_buffer_max is forwarded from here while the rest arrives; a
+    response is sent to its client from here while the upstream goes on).
+    `memory`: bytes held in memory before a temporary file is created in
+    `temp_dir` ("" or None: $TMPDIR); `stats`: the SpoolStats it counts in.
     """
 
-    __slots__ = ("_file", "_mem", "closed", "memory", "sent", "size", "temp_dir")
+    __slots__ = ("_file", "_mem", "_stats", "closed", "memory", "sent", "size", "temp_dir")
 
-    def __init__(self, memory: int, temp_dir: str | None = None) -> None:
+    def __init__(self, memory: int, temp_dir: str | None = None,
+                 stats: SpoolStats = STATS) -> None:
         self.memory = memory
+        self._stats = stats
         self.temp_dir = temp_dir or None
         self._mem = bytearray()
         self._file = None
         self.size = 0
         self.sent = 0
         self.closed = False
-        STATS.bodies += 1
+        stats.bodies += 1
 
     @property
     def remaining(self) -> int:
@@ -83,23 +96,23 @@ class BodySpool:
             if n <= room:
                 self._mem += data
                 self.size += n
-                STATS.bytes += n
+                self._stats.bytes += n
                 return
             self._mem += data[:room]
             self.size += room
-            STATS.bytes += room
+            self._stats.bytes += room
             data = data[room:]
         if self._file is None:
             # Lives as long as the spool (closed by close()), not a block.
             self._file = tempfile.TemporaryFile(dir=self.temp_dir, buffering=0)  # noqa: SIM115
-            STATS.files += 1
+            self._stats.files += 1
         fd = self._file.fileno()
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
             self.size += written
-            STATS.bytes += written
+            self._stats.bytes += written
 
     def read(self, n: int = PIECE) -> bytes:
         """The next up to n bytes not read yet (b"" when all that was
@@ -120,13 +133,13 @@ class BodySpool:
         if self.closed:
             return
         self.closed = True
-        STATS.bodies -= 1
-        STATS.bytes -= self.size
+        self._stats.bodies -= 1
+        self._stats.bytes -= self.size
         self._mem = bytearray()
         f = self._file
         if f is not None:
             self._file = None
-            STATS.files -= 1
+            self._stats.files -= 1
             f.close()
 
     def __del__(self) -> None:
@@ -136,4 +149,4 @@ class BodySpool:
             self.close()
 
 
-__all__ = ["PIECE", "STATS", "BodySpool", "SpoolStats"]
+__all__ = ["PIECE", "RESPONSE_STATS", "STATS", "BodySpool", "SpoolStats"]

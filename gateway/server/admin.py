@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from gateway.proxy.spool import RESPONSE_STATS as RESPONSE_SPOOLS
 from gateway.proxy.spool import STATS as SPOOLS
 
 if TYPE_CHECKING:
@@ -60,6 +61,17 @@ def render_metrics(worker: Worker) -> bytes:
         "# HELP schoolgate_request_body_files Temporary files holding request bodies.",
         "# TYPE schoolgate_request_body_files gauge",
         f"schoolgate_request_body_files{{{labels}}} {SPOOLS.files}",
+        "# HELP schoolgate_responses_spooled Responses held at the gateway for clients "
+        "that read slowly (their upstream and slot already free).",
+        "# TYPE schoolgate_responses_spooled gauge",
+        f"schoolgate_responses_spooled{{{labels}}} {RESPONSE_SPOOLS.bodies}",
+        "# HELP schoolgate_response_bytes_spooled Bytes of those responses, in memory "
+        "and temporary files.",
+        "# TYPE schoolgate_response_bytes_spooled gauge",
+        f"schoolgate_response_bytes_spooled{{{labels}}} {RESPONSE_SPOOLS.bytes}",
+        "# HELP schoolgate_response_spool_files Temporary files holding spooled responses.",
+        "# TYPE schoolgate_response_spool_files gauge",
+        f"schoolgate_response_spool_files{{{labels}}} {RESPONSE_SPOOLS.files}",
     ]
     lines += [
         "# HELP schoolgate_upstream_inflight Requests in flight per upstream server.",

@@ -385,7 +385,9 @@ def test_slow_reader_of_a_buffered_response_holds_no_slot(make_gateway, upstream
 
 def test_response_beyond_the_bound_pauses_the_upstream_and_keeps_the_slot(make_gateway,
                                                                           upstream):
-    gw = gateway_for(make_gateway, upstream.addr, school={"response_buffer": 65536})
+    # The bound is response_buffer_max (the spool's), beyond response_buffer.
+    gw = gateway_for(make_gateway, upstream.addr,
+                     school={"response_buffer": 65536, "response_buffer_max": 1 * MB})
     n = 64 * MB
     reader = connect(gw.port, 60)
     reader.send(build_request("GET", f"/bytes?n={n}"))

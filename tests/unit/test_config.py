@@ -543,6 +543,16 @@ def test_example_config_has_no_warnings():
     assert config_warnings(load_config(EXAMPLE), str(EXAMPLE)) == []
 
 
+def test_response_spooling_defaults_and_checks():
+    cfg = parse(SCHOOL)
+    # nginx's proxy_max_temp_file_size and send_timeout.
+    assert cfg.schools[0].response_buffer_max == 1 << 30
+    assert cfg.timeouts.client_send == 60.0
+    assert parse(school(response_buffer_max="0")).schools[0].response_buffer_max == 0
+    assert error(school(response_buffer_max="-1")).key_path == "schools[0].response_buffer_max"
+    assert error("[timeouts]\nclient_send = 0\n" + SCHOOL).key_path == "timeouts.client_send"
+
+
 def test_temp_dir_must_be_a_directory_and_becomes_absolute(tmp_path):
     (tmp_path / "spool").mkdir()
     cfg = parse('[server]\ntemp_dir = "spool"\n' + SCHOOL, base_dir=str(tmp_path))

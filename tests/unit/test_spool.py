@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.proxy.spool import STATS, BodySpool
+from gateway.proxy.spool import RESPONSE_STATS, STATS, BodySpool
 
 
 def open_files_in(directory: str) -> list[str]:
@@ -111,3 +111,15 @@ def test_what_is_read_is_what_was_appended(memory, pieces, reads):
         assert bytes(got) == b"".join(pieces)
         assert spool.size == spool.sent == len(got)
         spool.close()
+
+
+def test_a_response_spool_counts_apart_from_request_bodies(tmp_path):
+    before = (STATS.bodies, STATS.bytes, STATS.files)
+    spool = BodySpool(4, str(tmp_path), RESPONSE_STATS)
+    spool.append(b"0123456789")
+    assert (RESPONSE_STATS.bodies, RESPONSE_STATS.bytes, RESPONSE_STATS.files) == (1, 10, 1)
+    assert (STATS.bodies, STATS.bytes, STATS.files) == before
+    assert spool.read(100) == b"0123" and spool.read(100) == b"456789"
+    spool.close()
+    assert (RESPONSE_STATS.bodies, RESPONSE_STATS.bytes, RESPONSE_STATS.files) == (0, 0, 0)
+    assert open_files_in(str(tmp_path)) == []

@@ -21,6 +21,13 @@ cdef class ClientProtocol(ClientLink):
     cdef public int school
     cdef public bint trusted_peer
     cdef public object chunks
+    cdef public object outspool       # BodySpool of response bytes not yet in the transport, or None
+    cdef public Py_ssize_t resp_memory   # its bytes in memory (the school's response_buffer)
+    cdef public long long resp_max    # its bound before the upstream is paused (0: never spool)
+    cdef int _drain_then              # D_*: what to do once the spool is drained
+    cdef double _send_since           # when output was last seen making progress (0: not stalled)
+    cdef long long _send_sent         # the spool's `sent` then (-1: no spool)
+    cdef Py_ssize_t _send_buf         # the transport's write buffer size then
     cdef bytes _url
     cdef list _headers
     cdef Py_ssize_t _n_headers
@@ -40,3 +47,14 @@ cdef class ClientProtocol(ClientLink):
     cdef bint _upgrade(self, bytes rest) except -1
     cdef _close_after_response(self, Exchange ex)
     cdef _linger(self)
+    cdef bint _to_spool(self)
+    cdef bint _stalled(self)
+    cdef _start_next(self)
+    cdef bint _defer(self, int what)
+    cdef _spool_parts(self, list parts)
+    cdef _drain_spool(self)
+    cdef _drop_outspool(self)
+    cdef _hold_upstream(self)
+    cdef _release_upstream(self)
+    cdef _output_drained(self)
+    cdef bint _check_send(self, double now) except -1

@@ -30,6 +30,8 @@ cdef class Context:
     cdef public double client_body_timeout
     cdef public double upstream_read_timeout
     cdef public double tunnel_idle_timeout
+    cdef public double client_send_timeout
+    cdef public str temp_dir
 
 
 cdef double wall_clock() noexcept

@@ -75,6 +75,9 @@ cdef class ClientLink:
     cdef public object transport
     cdef public double touched
     cdef public bint write_paused
+    # The responding exchange's upstream is to be paused: the client's output
+    # is full (response_buffer_max 0, or a tunnel) or its spool is.
+    cdef public bint upstream_held
     cdef public bytes client_ip
 
     cpdef write(self, bytes data)
