@@ -407,10 +407,17 @@ cdef class ClientProtocol(ClientLink):
     cpdef corklines(self, list parts):
         self.out.extend(parts)
 
+    cpdef Py_ssize_t cork_mark(self) except -1:
+        return len(self.out)
+
+    cpdef uncork(self, Py_ssize_t mark):
+        del self.out[mark:]
+
     cpdef flush(self):
         cdef list out = self.out
         if out:
             self.out = []
+            self.flushes += 1
             if self._to_spool():
                 # The client is behind: the spool takes it, and the upstream
                 # goes on at its own pace (pausing it would hold its slot).

@@ -81,6 +81,8 @@ cdef class Exchange(ExchangeLink):
         # Only reaches here for a school with allow_connect (App.route).
         self.is_connect = head is not None and head.method == b"CONNECT"
         self.out_chunked = False
+        self.resp_mark = 0
+        self.resp_flushes = -1
         self.continue_sent = False
         self.attempts = 0
         self.sent_at = 0.0
@@ -461,6 +463,10 @@ cdef class Exchange(ExchangeLink):
         self.keep_alive = keep
         if self.response_headers is not None:
             head.headers.extend(self.response_headers)
+        # Until the client's output is flushed, this response can still be
+        # taken back (on_upstream_lost) and answered with a page instead.
+        self.resp_flushes = client.flushes
+        self.resp_mark = client.cork_mark()
         client.cork(_serialize_response_head(head, req.version, chunked, keep, ctx.via))
 
     cpdef on_response_body(self, bytes data):
@@ -494,11 +500,17 @@ cdef class Exchange(ExchangeLink):
         if self.state == S_DONE:
             return
         if self.state == S_RESPONDING:
-            # Part of the response is already with the client; cutting the
-            # connection is the only way left to say it is incomplete.
-            self.state = S_DONE
-            self.client.abort()
-            return
+            if self.client.flushes != self.resp_flushes:
+                # Part of the response is already with the client; cutting
+                # the connection is the only way left to say it is incomplete.
+                self.state = S_DONE
+                self.client.abort()
+                return
+            # Nothing of it has left the gateway (the upstream failed within
+            # the read that brought the head): take it back and answer as if
+            # no response had come.
+            self.client.uncork(self.resp_mark)
+            self.state = S_SENT
         if conn.requests > 0 and conn._raw_head == 0:
             # A pooled connection that ended before any byte of an answer:
             # most likely the upstream closed it, idle, as the request went

@@ -62,6 +62,14 @@ cdef class ClientLink:
     cpdef corklines(self, list parts):
         _abstract(self, "corklines")
 
+    cpdef Py_ssize_t cork_mark(self) except -1:
+        """How much is corked now: what uncork(mark) goes back to."""
+        _abstract(self, "cork_mark")
+
+    cpdef uncork(self, Py_ssize_t mark):
+        """Drop what was corked after `mark` (not yet flushed)."""
+        _abstract(self, "uncork")
+
     cpdef flush(self):
         _abstract(self, "flush")
 

@@ -52,6 +52,8 @@ class ClientProtocol(ClientLink):
     resp_max: int
     write_paused: bool
     upstream_held: bool
+    flushes: int
+    """How many times corked output has gone out (flush)."""
     eof: bool
     error: Exception | None
     client_ip: bytes
@@ -76,6 +78,10 @@ class ClientProtocol(ClientLink):
     def writelines(self, parts: list[bytes]) -> None: ...
     def cork(self, data: bytes) -> None: ...
     def corklines(self, parts: list[bytes]) -> None: ...
+    def cork_mark(self) -> int:
+        """How much is corked now: what uncork(mark) goes back to."""
+    def uncork(self, mark: int) -> None:
+        """Drop what was corked after `mark` (not yet flushed)."""
     def flush(self) -> None: ...
     def write_eof(self) -> None: ...
     def pause_reading_for(self, reason: int) -> None: ...

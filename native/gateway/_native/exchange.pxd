@@ -20,6 +20,8 @@ cdef class Exchange(ExchangeLink):
     cdef public bint request_done
     cdef public bint keep_alive
     cdef public bint out_chunked
+    cdef Py_ssize_t resp_mark         # the client's cork mark before this response's head
+    cdef long long resp_flushes       # the client's flush count then
     cdef public bint continue_sent
     cdef public int attempts
     cdef public double sent_at

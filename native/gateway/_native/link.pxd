@@ -79,11 +79,16 @@ cdef class ClientLink:
     # is full (response_buffer_max 0, or a tunnel) or its spool is.
     cdef public bint upstream_held
     cdef public bytes client_ip
+    # How many times corked output has gone out (flush): an exchange that
+    # notes it can tell whether its response has reached the client yet.
+    cdef public long long flushes
 
     cpdef write(self, bytes data)
     cpdef writelines(self, list parts)
     cpdef cork(self, bytes data)
     cpdef corklines(self, list parts)
+    cpdef Py_ssize_t cork_mark(self) except -1
+    cpdef uncork(self, Py_ssize_t mark)
     cpdef flush(self)
     cpdef write_eof(self)
     cpdef pause_reading_for(self, int reason)
