@@ -33,13 +33,8 @@ from tests.support.recorder import (
 
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[Recorder]:
-    server = Recorder()
-    thread = threading.Thread(target=server.serve_forever, name="recorder", daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with Recorder.running() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

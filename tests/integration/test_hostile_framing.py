@@ -11,7 +11,6 @@ saw exactly the requests the client legitimately made and nothing else.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -30,13 +29,8 @@ from tests.support.recorder import (
 
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[Recorder]:
-    server = Recorder()
-    thread = threading.Thread(target=server.serve_forever, name="recorder", daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with Recorder.running() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

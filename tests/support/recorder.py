@@ -10,9 +10,11 @@ exactly the requests the client legitimately made and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -49,6 +51,20 @@ class Recorder(socketserver.ThreadingTCPServer):
         self.parse_errors: list[tuple[int, str]] = []
         self.closed: set[int] = set()
         self._ids = iter(range(1, 1 << 30))
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[Recorder]:
+        """A recorder serving on a free loopback port until the block ends."""
+        server = cls()
+        thread = threading.Thread(target=server.serve_forever, name="recorder", daemon=True)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
 
     @property
     def addr(self) -> str:
