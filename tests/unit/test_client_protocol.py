@@ -141,7 +141,7 @@ def test_hostile_head_is_answered_and_closed(case, bytewise):
 def test_parser_error_status_does_not_depend_on_llhttps_message(line, status):
     # Whatever llhttp calls the error (its text may change between
     # releases), the request line's own bytes decide 505 against 400.
-    from gateway._native.proxy import _parser_error
+    from gateway._native.client import _parser_error
 
     for message in ("Invalid HTTP version", "HPE_INVALID_VERSION", ""):
         assert _parser_error(ValueError(message), line).status == status
