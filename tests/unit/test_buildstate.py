@@ -45,7 +45,7 @@ def test_the_fingerprint_follows_what_the_build_reads(state):
 
 def test_the_native_modules_are_one_per_pyx(state):
     assert state.native_names() == sorted(p.stem for p in (ROOT / "native").glob("*.pyx"))
-    assert "proxy" in state.native_names()
+    assert "client" in state.native_names()
 
 
 def test_current_needs_a_record_the_same_sources_and_the_extras(state, monkeypatch):
