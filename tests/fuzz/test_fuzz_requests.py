@@ -14,13 +14,18 @@ has the oracle, tests/support/fuzz_strategies.py the generator).
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import given
 
 from tests.fuzz.known import KNOWN_FAILING, known
-from tests.support.fuzz import RequestCase, check_request_case, fail_on
+from tests.support.fuzz import (
+    RequestCase,
+    bounded_settings,
+    check_request_case,
+    fail_on,
+    long_settings,
+    report,
+)
 from tests.support.fuzz_strategies import (
     ABSOLUTE_OTHER_HOST,
     BARE_CR_START,
@@ -108,36 +113,15 @@ def test_request_corpus(fuzz_env, request_case):
     fail_on(check_request_case(fuzz_env, request_case), request_case, fuzz_env)
 
 
-# Checks are per case; the time is the gateway's. No shrinking in the bounded
-# run: a new failure is reported as generated, within the test's time limit
-# (the long run shrinks).
-_BOUNDED = settings(
-    max_examples=80, deadline=None, derandomize=True, database=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
-)
-_LONG = settings(
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")), deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-
-@_BOUNDED
+@bounded_settings(80)
 @given(request_cases().filter(lambda c: not c.tags & KNOWN_FAILING.keys()))
 def test_request_streams(fuzz_env, request_case):
-    problems = check_request_case(fuzz_env, request_case)
-    event(fuzz_env.last_outcome)
-    fail_on(problems, request_case, fuzz_env)
+    report(check_request_case(fuzz_env, request_case), request_case, fuzz_env)
 
 
 @pytest.mark.fuzz
 @pytest.mark.timeout(0)
-@_LONG
+@long_settings()
 @given(request_cases())
 def test_request_streams_long(fuzz_env, request_case):
-    problems = check_request_case(fuzz_env, request_case)
-    event(fuzz_env.last_outcome)
-    for tag in sorted(request_case.tags):
-        event(f"tag {tag}")
-    fail_on(problems, request_case, fuzz_env)
+    report(check_request_case(fuzz_env, request_case), request_case, fuzz_env, tags=True)

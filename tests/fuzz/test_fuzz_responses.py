@@ -10,13 +10,18 @@ long run under -m fuzz.
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import given
 
 from tests.fuzz.known import KNOWN_FAILING, known
-from tests.support.fuzz import ResponseCase, check_response_case, fail_on
+from tests.support.fuzz import (
+    ResponseCase,
+    bounded_settings,
+    check_response_case,
+    fail_on,
+    long_settings,
+    report,
+)
 from tests.support.fuzz_strategies import (
     BARE_CR_START,
     EXTRA_AFTER_BODY,
@@ -83,33 +88,15 @@ def test_response_corpus(fuzz_env, response_case):
     fail_on(check_response_case(fuzz_env, response_case), response_case, fuzz_env)
 
 
-_BOUNDED = settings(
-    max_examples=50, deadline=None, derandomize=True, database=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
-)
-_LONG = settings(
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")), deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-
-@_BOUNDED
+@bounded_settings(50)
 @given(response_cases().filter(lambda c: not c.tags & KNOWN_FAILING.keys()))
 def test_response_streams(fuzz_env, response_case):
-    problems = check_response_case(fuzz_env, response_case)
-    event(fuzz_env.last_outcome)
-    fail_on(problems, response_case, fuzz_env)
+    report(check_response_case(fuzz_env, response_case), response_case, fuzz_env)
 
 
 @pytest.mark.fuzz
 @pytest.mark.timeout(0)
-@_LONG
+@long_settings()
 @given(response_cases())
 def test_response_streams_long(fuzz_env, response_case):
-    problems = check_response_case(fuzz_env, response_case)
-    event(fuzz_env.last_outcome)
-    for tag in sorted(response_case.tags):
-        event(f"tag {tag}")
-    fail_on(problems, response_case, fuzz_env)
+    report(check_response_case(fuzz_env, response_case), response_case, fuzz_env, tags=True)

@@ -53,6 +53,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import h11
+from hypothesis import HealthCheck, Phase, event, settings
 
 from tests.support.procs import Gateway, free_port, render_toml
 
@@ -1010,6 +1011,37 @@ def judge_requests(env: FuzzEnv, ref: RequestReading, data: bytes, eof: bool,
         problems.append(f"WrongAnswer: {len(answers)} answer(s) to {len(ref.complete)} "
                         f"request(s), without a refusal or a close")
     return problems
+
+
+def bounded_settings(max_examples: int) -> settings:
+    """The default suite's run: derandomized, no shrinking (a new failure is
+    reported as generated, within the test's time limit; the long run
+    shrinks). Checks are per case; the time is the gateway's."""
+    return settings(
+        max_examples=max_examples, deadline=None, derandomize=True, database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.filter_too_much],
+    )
+
+
+def long_settings() -> settings:
+    """The long run (-m fuzz): FUZZ_EXAMPLES examples (2000), shrinking on."""
+    return settings(
+        max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")), deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+def report(problems: list[str], case: RequestCase | ResponseCase, env: FuzzEnv,
+           tags: bool = False) -> None:
+    """Note the case's outcome (and its feature tags) for hypothesis'
+    statistics, then fail on its problems."""
+    event(env.last_outcome)
+    if tags:
+        for tag in sorted(case.tags):
+            event(f"tag {tag}")
+    fail_on(problems, case, env)
 
 
 def fail_on(problems: list[str], case: RequestCase | ResponseCase, env: FuzzEnv) -> None:
