@@ -39,6 +39,12 @@ from gateway._native.head cimport RequestHead
 from gateway._native.link cimport *
 from gateway._native.exchange cimport Exchange
 
+
+cdef extern from "sys/ioctl.h":
+    # Unsent bytes in a TCP socket's send queue (Linux: SIOCOUTQ, tcp(7)).
+    int TIOCOUTQ
+    int ioctl(int fd, unsigned long request, ...)
+
 from gateway.proxy.chunks import ChunkError as _ChunkError
 from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
 from gateway.proxy.spool import PIECE as _PIECE
@@ -95,6 +101,8 @@ cdef class ClientProtocol(ClientLink):
         self._send_since = 0.0
         self._send_sent = -1
         self._send_buf = 0
+        self._send_queued = -1
+        self._fd = -1
         self.eof = False
         self.error = None
         self.client_ip = b""
@@ -123,6 +131,11 @@ cdef class ClientProtocol(ClientLink):
         self.client_key = self.client_ip
         limit = self.ctx.max_buffer
         transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        sock = transport.get_extra_info("socket")
+        try:
+            self._fd = sock.fileno() if sock is not None else -1
+        except (AttributeError, OSError, ValueError):
+            self._fd = -1
         self.since = monotonic()
         self.app.connection_opened(self)
 
@@ -790,22 +803,32 @@ cdef class ClientProtocol(ClientLink):
 
     cdef bint _check_send(self, double now) except -1:
         """client_send: abort a client whose output made no progress (the
-        transport's buffer did not shrink, the spool did not drain) for that
-        long; True if it was aborted."""
+        kernel's send queue did not shrink, nor the transport's buffer, nor
+        the spool) for that long; True if it was aborted.
+
+        The kernel's queue counts: with a send buffer of a few MB the
+        socket turns writable again only once a large part of it has gone,
+        which takes a slow but steady reader longer than client_send."""
         cdef long long sent = -1
         cdef Py_ssize_t buf = 0
+        cdef int queued = -1
         spool = self.outspool
         if spool is not None:
             sent = spool.sent
         t = self.transport
         if t is not None:
             buf = t.get_write_buffer_size()
-        if self._send_since == 0.0 or sent != self._send_sent or buf < self._send_buf:
+        if self._fd >= 0 and ioctl(self._fd, TIOCOUTQ, &queued) != 0:
+            queued = -1
+        if self._send_since == 0.0 or sent != self._send_sent or buf < self._send_buf \
+                or 0 <= queued < self._send_queued:
             self._send_since = now
             self._send_sent = sent
             self._send_buf = buf
+            self._send_queued = queued
             return False
         self._send_buf = buf
+        self._send_queued = queued
         if now - self._send_since > self.ctx.client_send_timeout:
             self.abort()
             return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,6 +167,33 @@ def test_client_send_cuts_off_a_client_that_never_reads(make_gateway, hostile, s
         pass
     assert got < BIG
     assert probe_queued(gw.port) is None
+
+
+def test_client_send_spares_a_slow_but_steady_reader(make_gateway, hostile, spool_dir):
+    # Found by the adversarial review: with several MB in the kernel's send
+    # queue the socket turns writable only after much of it has gone, so a
+    # client reading 64 KiB every 0.1 s looked stalled to client_send (1 s
+    # here) and was cut off short. The kernel queue's progress counts too.
+    gw = spooling_gateway(make_gateway, hostile, spool_dir, timeouts={"client_send": 1.0})
+    conn = RawConn.__new__(RawConn)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(10.0)
+    sock.connect(("127.0.0.1", gw.port))
+    conn.sock, conn.buf, conn.eof, conn.timeout = sock, bytearray(), False, 10.0
+    _OPEN.append(conn)
+    conn.send(build_request("GET", "/big"))
+    head = conn.recv_headers()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    body = bytearray(conn.buf)
+    conn.buf.clear()
+    while len(body) < BIG:
+        time.sleep(0.1)
+        chunk = sock.recv(65536)
+        assert chunk, f"cut off after {len(body)} of {BIG} bytes"
+        body += chunk
+    assert bytes(body) == BODY
+    assert_nothing_left(gw, spool_dir)
 
 
 def test_upstream_paused_for_a_full_spool_does_not_time_out(make_gateway, hostile, spool_dir):

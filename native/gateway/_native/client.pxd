@@ -28,6 +28,8 @@ cdef class ClientProtocol(ClientLink):
     cdef double _send_since           # when output was last seen making progress (0: not stalled)
     cdef long long _send_sent         # the spool's `sent` then (-1: no spool)
     cdef Py_ssize_t _send_buf         # the transport's write buffer size then
+    cdef int _send_queued             # the kernel send queue's unsent bytes then (-1: unknown)
+    cdef int _fd                      # the client socket's fd (-1: unknown), for TIOCOUTQ
     cdef bytes _url
     cdef list _headers
     cdef Py_ssize_t _n_headers
