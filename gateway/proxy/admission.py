@@ -188,14 +188,10 @@ class Admission:
 
     def _removed(self, tickets: list[Ticket]) -> None:
         for t in tickets:
-            ex = t.user
-            t.user = None
-            if ex is None or ex.ticket is not t:
-                continue
-            ex.ticket = None
-            ex.client.resume_reading_for(PAUSE_ADMISSION)
-            ex.settle_keep_alive()
-            ex.rejected(self.app.removed_response(ex))
+            ex = _claim(t)
+            if ex is not None:
+                ex.settle_keep_alive()
+                ex.rejected(self.app.removed_response(ex))
 
     # -- connections -------------------------------------------------------------
     def connection_open(self, school: int) -> bool:
@@ -326,13 +322,9 @@ class Admission:
 
     def _expire(self, rejected: list[Ticket], now: float) -> None:
         for t in rejected:
-            ex = t.user
-            t.user = None
-            if ex is None or ex.ticket is not t:
-                continue
-            ex.ticket = None
-            ex.client.resume_reading_for(PAUSE_ADMISSION)
-            self._reject(ex, t, now, self._read_ticket(ex, now))
+            ex = _claim(t)
+            if ex is not None:
+                self._reject(ex, t, now, self._read_ticket(ex, now))
 
     def _poll(self) -> None:
         self._timer = None
@@ -478,6 +470,19 @@ class Admission:
         if ex.head.upgrade is not None:  # type: ignore[union-attr]
             ex.keep_alive = False  # a spent parser, as in _reject
         return self.app.local_response(200, headers, body, ex.keep_alive, head_only=ex.is_head)
+
+
+def _claim(t: Ticket) -> Exchange | None:
+    """The exchange a ticket that came back REJECTED still belongs to, now
+    holding no ticket and with its client read again; None if its client
+    left meanwhile."""
+    ex = t.user
+    t.user = None
+    if ex is None or ex.ticket is not t:
+        return None
+    ex.ticket = None
+    ex.client.resume_reading_for(PAUSE_ADMISSION)
+    return ex
 
 
 _COOKIE_NAME = COOKIE.encode()
