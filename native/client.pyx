@@ -59,7 +59,6 @@ LINGER_SECONDS = 2.0
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpRequestParser = _httptools.HttpRequestParser
-cdef bytes _CRLFCRLF = b"\r\n\r\n"
 
 # What a connection does once its response spool has drained (_drain_then):
 # an ending asked for while the spool still held bytes waits for them.
@@ -142,7 +141,7 @@ cdef class ClientProtocol(ClientLink):
     def data_received(self, bytes data):
         cdef int phase = self.phase
         cdef Py_ssize_t cut, end, raw
-        cdef bytes tail, piece
+        cdef bytes piece
         cdef Exchange cur, ex
         if phase >= C_BROKEN:
             if phase == C_UPGRADED and self.tunnel is not None:
@@ -193,15 +192,9 @@ cdef class ClientProtocol(ClientLink):
                 # Feed a head on its own when more follows it, so that a
                 # chunked body is measured before llhttp consumes it. The
                 # previous read's tail catches a CRLFCRLF split across reads.
-                tail = self._tail
-                if tail:
-                    end = (tail + data).find(_CRLFCRLF)
-                else:
-                    end = data.find(_CRLFCRLF)
-                if end >= 0:
-                    end += 4 - len(tail)
-                    if end < cut:
-                        cut = end
+                end = head_end(self._tail, data, 0)
+                if 0 <= end < cut:
+                    cut = end
                 # httptools holds a header line internally until it ends, so
                 # a line that never ends is bounded here, by the raw bytes of
                 # the current head (reset when a head completes).

@@ -294,11 +294,11 @@ cdef class Exchange(ExchangeLink):
             return
         controller = core.controller
         now = wall_clock()
-        due = controller._windows_due
+        due = controller.shares_due
         if due is not None and now >= <double>due:
             core.shell.admit(self)  # the class shares change first
             return
-        controller._now = now
+        controller.now = now
         t = core.scheduler.request(self.school.index, self.klass, self.client.client_key,
                                    now, None, None)
         if t.state == _ADMITTED:
@@ -315,13 +315,13 @@ cdef class Exchange(ExchangeLink):
         cdef double now
         controller = core.controller
         shell = core.shell
-        due = controller._windows_due
+        due = controller.shares_due
         if t.state != _ADMITTED or due is not None or shell._timer is not None:
             shell.release(self)
             return
         self.ticket = None
         now = wall_clock()
-        controller._now = now
+        controller.now = now
         admitted = core.scheduler.release(t, now, False)
         if admitted or core.scheduler.next_deadline() is not None:
             shell.released(admitted)

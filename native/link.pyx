@@ -12,6 +12,23 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from gateway._native.head cimport ResponseHead
 
 
+cdef bytes _CRLFCRLF = b"\r\n\r\n"
+
+
+cdef Py_ssize_t head_end(bytes tail, bytes data, Py_ssize_t pos) except -2:
+    """Where a head that continues in `data` at `pos` ends: the offset just
+    past its CRLFCRLF, counted from `pos` (at least 1), or -1 when it does
+    not end in `data`. `tail` is the head's last bytes (fewer than 4) from
+    earlier reads, so that a CRLFCRLF split across reads is found. Both the
+    client and the upstream side feed llhttp a head on its own with it."""
+    cdef Py_ssize_t end
+    if tail:
+        end = (tail + data[pos:]).find(_CRLFCRLF)
+        return end + 4 - len(tail) if end >= 0 else -1
+    end = data.find(_CRLFCRLF, pos)
+    return end + 4 - pos if end >= 0 else -1
+
+
 cdef Py_ssize_t skip_empty_lines(bytes data, Py_ssize_t pos, bint* pending_cr) except -2:
     """Skip the empty lines before a start line, from `pos`.
 

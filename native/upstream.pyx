@@ -21,7 +21,7 @@ from gateway._native.head import HeadError as _HeadError
 from gateway._native.head import parse_response_head as _parse_response_head
 
 from gateway._native.head cimport ResponseHead
-from gateway._native.link cimport ClientLink, ExchangeLink, monotonic, skip_empty_lines
+from gateway._native.link cimport ClientLink, ExchangeLink, head_end, monotonic, skip_empty_lines
 
 from gateway.proxy.chunks import ChunkError as _ChunkError
 from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
@@ -57,7 +57,6 @@ UNPROVEN_IDLE = _UNPROVEN_IDLE
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpResponseParser = _httptools.HttpResponseParser
-cdef bytes _CRLFCRLF = b"\r\n\r\n"
 
 
 cdef class UpstreamConnection:
@@ -153,14 +152,7 @@ cdef class UpstreamConnection:
             cut = n - pos
             if phase == R_HEAD:
                 tail = self._tail
-                if tail:  # a head continued from the last read (pos is 0)
-                    end = (tail + data).find(_CRLFCRLF)
-                    if end >= 0:
-                        end += 4 - len(tail)  # >= 1: the tail is shorter than CRLFCRLF
-                else:
-                    end = data.find(_CRLFCRLF, pos)
-                    if end >= 0:
-                        end += 4 - pos
+                end = head_end(tail, data, pos)
                 if end >= 0:
                     cut = end
                     self._tail = b""

@@ -59,8 +59,12 @@ class AdmissionController:
         self._scheduler = Scheduler(*args, **kwargs, now=now)
         self._windows = [ClassWindows.from_config(c) for c in self.classes]
         self._shares: list[float | None] = [math.nan] * len(self.classes)
-        self._windows_due: float | None = -math.inf
-        self._now = now
+        # Public for the native fast path (Exchange._admit/_release), which
+        # asks the Scheduler directly while no class window boundary is due
+        # (shares_due: Unix seconds, None without windows) and keeps `now`,
+        # the last time admission was decided at, current as _tick does.
+        self.shares_due: float | None = -math.inf
+        self.now = now
         self._refresh_shares(now)
         self.allotment: AllotmentTask = (
             StaticAllotment(0, workers=1) if allotment is None else allotment)
@@ -98,7 +102,7 @@ class AdmissionController:
         self._windows = windows
         # Every class's share is set anew (windows and max_share may differ).
         self._shares = [math.nan] * len(classes)
-        self._windows_due = -math.inf
+        self.shares_due = -math.inf
         # The scheduler took the configured limits whole; nothing was
         # decided since, so the task's allotments apply before anything is.
         self._allotment_due = self.allotment.start(self, now)
@@ -160,7 +164,7 @@ class AdmissionController:
     def next_deadline(self) -> float | None:
         """When poll() must run next (None: only another call changes things)."""
         due = self._scheduler.next_deadline()
-        for other in (self._windows_due, self._allotment_due):
+        for other in (self.shares_due, self._allotment_due):
             if other is not None and (due is None or other < due):
                 due = other
         return due
@@ -241,7 +245,7 @@ class AdmissionController:
 
     def stats(self, school: int, now: float | None = None) -> dict:
         """Gauges and counters for /metrics; per-class values keyed by class name."""
-        raw = self._scheduler.stats(school, self._now if now is None else now)
+        raw = self._scheduler.stats(school, self.now if now is None else now)
         for key in ("queued", "inflight_by_class", "admitted", "rejected"):
             raw[key] = dict(zip(self.class_names, raw[key], strict=True))
         raw["queued_total"] = sum(raw["queued"].values())
@@ -251,8 +255,8 @@ class AdmissionController:
     # -- windows -----------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
-        self._now = now
-        if self._windows_due is not None and now >= self._windows_due:
+        self.now = now
+        if self.shares_due is not None and now >= self.shares_due:
             self._refresh_shares(now)
 
     def _refresh_shares(self, now: float) -> None:
@@ -265,7 +269,7 @@ class AdmissionController:
             change = windows.next_change(now)
             if change is not None and (due is None or change < due):
                 due = change
-        self._windows_due = due
+        self.shares_due = due
 
 
 def _scheduler_args(cfg: Config, classes: list) -> tuple[tuple, dict]:

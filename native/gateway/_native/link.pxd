@@ -61,6 +61,7 @@ cdef enum:
 
 
 cdef Py_ssize_t skip_empty_lines(bytes data, Py_ssize_t pos, bint* pending_cr) except -2
+cdef Py_ssize_t head_end(bytes tail, bytes data, Py_ssize_t pos) except -2
 
 
 cdef class ExchangeLink
