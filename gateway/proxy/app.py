@@ -134,7 +134,6 @@ class App:
         # Each worker process enforces its share of the schools' limits: the
         # controller holds the whole config, the allotment task sets the
         # shares (at start and on every reload).
-        self.admission_cfg = cfg
         self.admission = (Admission(self, cfg, StaticAllotment(worker, workers))
                           if admission is None else admission)
         # The typed view of this config the native protocol objects read
@@ -163,7 +162,7 @@ class App:
         flight on them and then close; metrics continue.
         """
         self.admission.reconfigure(
-            self, self.admission_cfg,
+            self, self.cfg,
             lambda schools, classes: self._follow(previous, schools, classes))
         self.metrics = previous[0].metrics
         limits, timeouts = self.cfg.limits, self.cfg.timeouts
