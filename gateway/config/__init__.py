@@ -12,6 +12,7 @@ from .load import (
     load_config,
     parse_config,
     parse_hostport,
+    parse_upstream,
 )
 from .schema import (
     Admission,
@@ -32,4 +33,5 @@ __all__ = [
     "Admission", "Config", "ConfigError", "ConfigWarning", "Limits", "Match", "Pool", "Redis",
     "School", "Server", "Timeouts", "TrafficClass", "Window", "config_warnings",
     "default_classes", "effective_classes", "load_config", "parse_config", "parse_hostport",
+    "parse_upstream",
 ]

@@ -16,6 +16,8 @@ values instead of re-deriving them:
 
 * school hosts are lower-cased (Host matching is case-insensitive);
 * match methods are upper-cased and match header names lower-cased;
+* an upstream written as a URL (``http://10.0.0.5:80``, ``http://school.lan``)
+  becomes ``host:port`` (``[v6]:port`` for IPv6; see :func:`parse_upstream`);
 * ``tls_cert``, ``tls_key``, ``temp_dir`` and ``templates`` are absolute
   paths, relative ones being taken from the config file's directory;
 * a school with ``rate > 0`` and no ``burst`` gets ``burst = max(1,
@@ -54,7 +56,7 @@ from .schema import (
 
 __all__ = [
     "ConfigError", "ConfigWarning", "config_warnings", "effective_classes", "load_config",
-    "parse_config", "parse_hostport",
+    "parse_config", "parse_hostport", "parse_upstream",
 ]
 
 
@@ -212,6 +214,8 @@ def parse_hostport(s: str) -> tuple[str, int]:
         except ValueError:
             raise ValueError(f"{addr!r} is not an IPv6 address") from None
     else:
+        if "://" in s:
+            raise ValueError(f"expected \"host:port\", not a URL, got {s!r}")
         host, sep, port_text = s.rpartition(":")
         if not sep or not host:
             raise ValueError(f"expected \"host:port\", got {s!r}")
@@ -222,6 +226,59 @@ def parse_hostport(s: str) -> tuple[str, int]:
     if not _PORT_RE.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port must be a number from 1 to 65535, got {port_text!r}")
     return host, int(port_text)
+
+
+def parse_upstream(s: str) -> tuple[str, int]:
+    """An upstream address: ``"host:port"`` as for :func:`parse_hostport`, or
+    an ``http://`` URL naming only a host and an optional port (default 80,
+    RFC 9110 4.2.1), e.g. ``"http://10.20.0.10:80"`` or ``"http://[fd00::5]"``;
+    one trailing ``/`` is allowed.
+
+    Returns ``(host, port)`` like :func:`parse_hostport`. Raises ValueError
+    with the reason for a URL the gateway cannot honour: a scheme other than
+    ``http`` (upstream connections are plain HTTP/1.1; ``https`` is refused
+    rather than silently sent in clear text), userinfo (the gateway sends no
+    credentials of its own), or a path, query or fragment (the request's own
+    target is forwarded unchanged, so a prefix would be dropped).
+    """
+    scheme, sep, rest = s.partition("://")
+    if not sep:
+        return parse_hostport(s)
+    scheme = scheme.lower()
+    if scheme == "https":
+        raise ValueError(f"TLS to upstreams is not supported; connections to a school's "
+                         f"server are plain HTTP, so write \"http://host:port\" or "
+                         f"\"host:port\", got {s!r}")
+    if scheme != "http":
+        raise ValueError(f"only http:// URLs (or \"host:port\") name an upstream, got {s!r}")
+    # RFC 3986 3.2: the authority ends at the first "/", "?" or "#".
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if tail not in ("", "/"):
+        which = ("a path" if tail.startswith("/") and tail[1] not in "?#" else
+                 "a query" if "?" in tail.partition("#")[0] else "a fragment")
+        raise ValueError(f"an upstream URL names a host and port only, not {which}: "
+                         f"the request's own target is forwarded unchanged, got {s!r}")
+    if "@" in authority:
+        raise ValueError(f"an upstream URL has no user name or password (userinfo): the "
+                         f"gateway forwards the client's own credentials, got {s!r}")
+    if not authority:
+        raise ValueError(f"expected \"http://host:port\", got {s!r}")
+    host_part = authority
+    if authority.startswith("["):
+        if authority.endswith("]"):
+            host_part = authority + ":80"
+    elif ":" not in authority:
+        host_part = authority + ":80"
+    elif authority.endswith(":"):
+        # "http://host:" is an empty port, which RFC 3986 3.2.3 lets mean the default.
+        host_part = authority + "80"
+    return parse_hostport(host_part)
+
+
+def format_hostport(host: str, port: int) -> str:
+    """``(host, port)`` back to ``"host:port"``, bracketing an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _is_hostname(host: str) -> bool:
@@ -364,6 +421,13 @@ def _hostport(key: str, value: str) -> tuple[str, int]:
         raise _Invalid(key, str(exc)) from None
 
 
+def _upstream(key: str, value: str) -> str:
+    try:
+        return format_hostport(*parse_upstream(value))
+    except ValueError as exc:
+        raise _Invalid(key, str(exc)) from None
+
+
 def _check_server(server: Server, base: Path) -> Server:
     listen = _hostport("server.listen", server.listen)
     admin = server.admin_listen
@@ -434,8 +498,8 @@ def _check_schools(
             owners[host] = f"school {school.name!r} ({at}.hosts[{j}])"
         if not school.upstreams:
             raise _Invalid(f"{at}.upstreams", "at least one upstream is required")
-        for j, upstream in enumerate(school.upstreams):
-            _hostport(f"{at}.upstreams[{j}]", upstream)
+        upstreams = [_upstream(f"{at}.upstreams[{j}]", u)
+                     for j, u in enumerate(school.upstreams)]
         if school.pool is not None and school.pool not in pools:
             raise _Invalid(f"{at}.pool", f"no [[pools]] entry is named {school.pool!r}")
         burst = _burst(at, "rate", school.rate, "burst", school.burst)
@@ -447,8 +511,8 @@ def _check_schools(
             if not path.is_dir():
                 raise _Invalid(f"{at}.templates", f"no such directory: {str(path)!r}")
             templates = str(path)
-        out.append(replace(school, hosts=hosts, burst=burst, client_burst=client_burst,
-                           templates=templates))
+        out.append(replace(school, hosts=hosts, upstreams=upstreams, burst=burst,
+                           client_burst=client_burst, templates=templates))
     return out
 
 
