@@ -21,7 +21,9 @@ import signal
 import sys
 import time
 
+from gateway import exitcodes
 from gateway.config import Config, ConfigError, config_warnings, load_config
+from gateway.server.instance import AddressTaken, Claim, claim_addresses, listen_addresses
 
 log = logging.getLogger("schoolgate")
 
@@ -45,19 +47,15 @@ def _setup_logging() -> None:
     )
 
 
-def _check_bind(cfg: Config) -> tuple[str, str, OSError] | None:
-    """Fail in the parent, with one clear message, if a port is taken:
-    None, or the key, the address and the error of the first that is."""
-    from gateway.server.worker import bind_socket
-
-    for key, addr in (("server.listen", cfg.server.listen),
-                      ("server.admin_listen", cfg.server.admin_listen)):
-        if addr:
-            try:
-                bind_socket(addr, 1).close()
-            except OSError as err:
-                return key, addr, err
-    return None
+def _claim_listeners(cfg: Config, config_path: str) -> Claim | None:
+    """Claim the listen addresses before any worker is forked (see
+    gateway.server.instance): the claim, or None after saying on stderr
+    which address is taken and why (another schoolgate, another program)."""
+    try:
+        return claim_addresses(listen_addresses(cfg))
+    except AddressTaken as err:
+        print(f"schoolgate: {config_path}: {err}", file=sys.stderr)
+        return None
 
 
 def _log_warnings(cfg: Config, config_path: str) -> None:
@@ -106,16 +104,14 @@ def run(config_path: str) -> int:
         cfg = load_config(config_path)
     except ConfigError as err:
         print(f"schoolgate: {err}", file=sys.stderr)
-        return 1
+        return exitcodes.CONFIG
     except OSError as err:
         print(f"schoolgate: {config_path}: {err.strerror}", file=sys.stderr)
-        return 1
-    taken = _check_bind(cfg)
-    if taken is not None:
-        key, addr, err = taken
-        print(f"schoolgate: {config_path}: {key}: cannot listen on {addr}: "
-              f"{err.strerror or err}", file=sys.stderr)
-        return 1
+        return exitcodes.CONFIG
+    # Held while this process lives (and inherited by the workers).
+    claim = _claim_listeners(cfg, config_path)
+    if claim is None:
+        return exitcodes.LISTEN
     _log_warnings(cfg, config_path)
 
     if cfg.redis.url:
@@ -178,7 +174,7 @@ def run(config_path: str) -> int:
                     log.error("worker %d failed %d times in a row at startup; giving up",
                               index, early_deaths[index])
                     stopping_since = time.monotonic()
-                    exit_code = 1
+                    exit_code = exitcodes.WORKERS
                     _signal_all(workers, signal.SIGTERM)
                     continue
                 log.error("worker %d (pid %d) exited with %d; starting a new one",
@@ -188,12 +184,13 @@ def run(config_path: str) -> int:
                 workers[pid] = index
                 started[pid] = time.monotonic()
             elif code != 0:
-                exit_code = 1
+                exit_code = exitcodes.WORKERS
         if stopping_since is not None and workers and \
                 time.monotonic() - stopping_since > cfg.timeouts.drain + GRACE:
             log.error("drain deadline passed; killing %d worker(s)", len(workers))
             _signal_all(workers, signal.SIGKILL)
     log.info("stopped")
+    claim.close()
     return exit_code
 
 

@@ -139,7 +139,7 @@ def test_run_names_the_listener_whose_port_is_taken(tmp_path):
                         '[[schools]]\nname = "a"\nhosts = ["a.org"]\n'
                         'upstreams = ["127.0.0.1:80"]\n')
         result = cli("run", "--config", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 3  # cannot listen: distinct from a config error (1)
     assert result.stderr == (f"schoolgate: {path}: server.admin_listen: cannot listen on "
                              f"127.0.0.1:{admin}: Address already in use\n")
 
