@@ -25,6 +25,7 @@ from gateway.config import Config, ConfigError, load_config, parse_hostport
 from gateway.proxy.app import App
 from gateway.proxy.client import IDLE, ClientProtocol
 from gateway.server.admin import AdminProtocol
+from gateway.server.tlsport import TLSPortProtocol
 from gateway.waiting import clear_cache
 
 log = logging.getLogger("schoolgate.worker")
@@ -81,10 +82,15 @@ class Worker:
         cfg = self.app.cfg
         proto = b"https" if cfg.server.tls_cert else b"http"
         sock = bind_socket(cfg.server.listen, cfg.server.backlog)
-        self.server = await loop.create_server(
-            lambda: ClientProtocol(self.app, proto), sock=sock, ssl=tls_context(cfg),
-            backlog=cfg.server.backlog,
-        )
+        context = tls_context(cfg)
+        if context is None:
+            factory = lambda: ClientProtocol(self.app, proto)  # noqa: E731
+        else:
+            # TLS starts after a look at the first byte, so that plain HTTP
+            # sent to this port gets a 400 (gateway/server/tlsport.py).
+            factory = lambda: TLSPortProtocol(  # noqa: E731
+                context, lambda: ClientProtocol(self.app, proto), self.app.timeouts.header)
+        self.server = await loop.create_server(factory, sock=sock, backlog=cfg.server.backlog)
         if cfg.server.admin_listen:
             admin_sock = bind_socket(cfg.server.admin_listen, 128)
             self.admin = await loop.create_server(lambda: AdminProtocol(self), sock=admin_sock)

@@ -121,18 +121,93 @@ def test_alpn_selects_http11(gateway, cert):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
-def test_plain_http_on_tls_port_is_dropped(gateway, client):
+PLAIN_HTTP_400 = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 78\r\n"
+    b"Cache-Control: no-store\r\n"
+    b"Connection: close\r\n"
+    b"\r\n"
+    b"The plain HTTP request was sent to HTTPS port: use https:// for this address.\n"
+)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_plain_http_on_tls_port_gets_400_and_close(gateway, client, upstream):
+    # As nginx answers it, in plain text, and the connection is closed.
+    before = upstream.requests("/echo")
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         sock.sendall(f"GET /echo HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-        data = b""
-        try:
-            while chunk := sock.recv(4096):
-                data += chunk
-        except ConnectionResetError:
-            pass
-    # Whatever comes back (a TLS alert at most) is not an HTTP response.
-    assert not data.startswith(b"HTTP/")
+        assert read_to_eof(sock) == PLAIN_HTTP_400
+    assert upstream.requests("/echo") == before  # nothing was forwarded
     assert client.get("/echo").status_code == 200
+
+
+def test_plain_http_with_a_body_still_reads_its_400(gateway, upstream):
+    # The body the gateway never wanted is read and dropped, so the kernel
+    # does not reset the connection over unread bytes before the 400 is read.
+    body = b"x" * 300_000
+    before = upstream.requests("/echo", "POST")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert read_to_eof(sock) == PLAIN_HTTP_400
+    assert upstream.requests("/echo", "POST") == before
+
+
+def test_tls_hello_arriving_a_byte_at_a_time_still_handshakes(gateway, cert):
+    # The look at the first byte must hand every byte on to TLS, however the
+    # ClientHello is split.
+    ctx = ssl.create_default_context(cafile=str(cert[0]))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOST)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        first = True
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pending = outgoing.read()
+                if first:
+                    for i in range(min(8, len(pending))):
+                        sock.sendall(pending[i:i + 1])
+                    pending = pending[8:]
+                    first = False
+                sock.sendall(pending)
+                data = sock.recv(65536)
+                assert data, "the gateway closed during the handshake"
+                incoming.write(data)
+        sock.sendall(outgoing.read())
+        tls.write(f"GET /echo HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+                  .encode())
+        sock.sendall(outgoing.read())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                assert data, f"closed before the response head: {answer!r}"
+                incoming.write(data)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_tls_port_connection_that_sends_nothing_is_closed(make_gateway, upstream, cert):
+    gw = make_gateway(upstreams=[upstream], timeouts={"header": 0.5},
+                      server={"tls_cert": str(cert[0]), "tls_key": str(cert[1])})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+        try:
+            assert sock.recv(1) == b""
+        except ConnectionResetError:
+            pass  # closed, either way
 
 
 def test_old_tls_versions_are_refused(gateway):
