@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import _parser
+from gateway.config import parse_config
 from tests.support.clients import http_client, wait_until
 from tests.support.procs import REPO_ROOT, free_port, gateway_config, port_open
 
@@ -151,3 +152,21 @@ def test_wheel_install_runs_without_the_checkout(tmp_path, upstream):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_readme_deployment_config_and_paths_are_the_ones_shipped():
+    # The section a school admin follows: its config passes the checks, and
+    # the paths it installs to are the unit's.
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Deploy on a school server in five minutes\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = parse_config(toml.encode(), "/etc/schoolgate/gateway.toml")
+    assert cfg.schools[0].upstreams == ["10.0.0.5:80"]
+    assert "python3 -m venv /opt/schoolgate" in section
+    assert f"{INSTALLED} check /etc/schoolgate/gateway.toml" in section
+    assert "cp deploy/schoolgate.service /etc/systemd/system/" in section
+    assert "systemctl enable --now schoolgate" in section
+    assert "systemctl reload schoolgate" in section
+    assert "journalctl -u schoolgate" in section
+    assert "/etc/schoolgate/gateway.toml" in unit_service()["ExecStart"][0]
