@@ -17,6 +17,7 @@ from .schema import (
     Admission,
     Config,
     Limits,
+    Log,
     Match,
     Pool,
     Redis,
@@ -29,7 +30,7 @@ from .schema import (
 )
 
 __all__ = [
-    "Admission", "Config", "ConfigError", "ConfigWarning", "Limits", "Match", "Pool", "Redis",
-    "School", "Server", "Timeouts", "TrafficClass", "Window", "config_warnings",
+    "Admission", "Config", "ConfigError", "ConfigWarning", "Limits", "Log", "Match", "Pool",
+    "Redis", "School", "Server", "Timeouts", "TrafficClass", "Window", "config_warnings",
     "default_classes", "effective_classes", "load_config", "parse_config", "parse_hostport",
 ]
