@@ -17,7 +17,7 @@ One JSON line, e.g.::
      "queue_ms":812.4,"upstream":"10.0.0.5:80","upstream_ms":35.1,
      "bytes_in":412,"bytes_out":18211,"duration_ms":848.0}
 
-decision: "admitted" (at once), "queued" (queue_ms in line first),
+decision: "admitted" (at once; queue_ms 0), "queued" (queue_ms in line first),
 "waiting_page", "429", "refused" (hostile or malformed input; reason says
 why), "local" (another answer the gateway made: reason). status 499: the
 client closed the connection before an answer. Keys whose value is unknown
@@ -139,18 +139,18 @@ class Line(msgspec.Struct, omit_defaults=True):
     time: str
     status: int
     decision: str
+    queue_ms: float
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
     school: str | None = None
     # "class" is a Python keyword: the field is named klass, encoded "class".
     klass: str | None = msgspec.field(default=None, name="class")
     method: str | None = None
     path: str | None = None
-    queue_ms: float = 0.0
     reason: str | None = None
     upstream: str | None = None
     upstream_ms: float | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    duration_ms: float = 0.0
 
 
 class _Clock:
