@@ -98,7 +98,7 @@ class RateLimitedLog:
         keys = self._keys
         state = keys.get(key)
         if state is not None and now - state[0] >= self.interval:
-            self._summarize(state)
+            self._summarize(keys.pop(key))
             state = None
         if state is None:
             if len(keys) >= self.max_keys:
