@@ -79,9 +79,9 @@ def configure(bint enabled, double sample, Py_ssize_t capacity, bint query):
 
 
 def take():
-    """(lines, dropped): the buffered lines (tuples in the order of
-    gateway/_native/accesslog.pyi's FIELDS) and how many were dropped since
-    the last call; the buffer is empty afterwards."""
+    """(lines, dropped): the buffered lines (tuples in the field order
+    gateway/_native/accesslog.pyi gives) and how many were dropped since the
+    last call; the buffer is empty afterwards."""
     global _entries, _dropped
     entries = _entries
     dropped = _dropped

@@ -1,7 +1,7 @@
 """The worker's access-log buffer (native/accesslog.pyx).
 
-Exchanges record one line each as they end, as a tuple of FIELDS-ordered
-values, into a bounded per-process list; gateway.server.logs takes it
+Exchanges record one line each as they end, as a tuple of the values
+below, into a bounded per-process list; gateway.server.logs takes it
 every ~100 ms, encodes it with msgspec and writes it in one go.
 
 Tuple fields, in order: time (Unix seconds, float), school (str | None),

@@ -12,10 +12,10 @@ interleave. A file is opened for appending and reopened by reopen()
 
 One JSON line, e.g.::
 
-    {"time":"2026-11-30T08:00:01.234Z","school":"nord","class":"interactive",
-     "method":"GET","path":"/lesson","status":200,"decision":"queued",
-     "queue_ms":812.4,"upstream":"10.0.0.5:80","upstream_ms":35.1,
-     "bytes_in":412,"bytes_out":18211,"duration_ms":848.0}
+    {"time":"2026-11-30T08:00:01.234Z","status":200,"decision":"queued",
+     "queue_ms":812.4,"bytes_in":412,"bytes_out":18211,"duration_ms":848.0,
+     "school":"nord","class":"interactive","method":"GET","path":"/lesson",
+     "upstream":"10.0.0.5:80","upstream_ms":35.1}
 
 decision: "admitted" (at once; queue_ms 0), "queued" (queue_ms in line first),
 "waiting_page", "429", "refused" (hostile or malformed input; reason says
