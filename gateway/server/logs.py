@@ -94,6 +94,15 @@ class RateLimitedLog:
     def log(self, level: int, key: Hashable, msg: str, *args: Any,
             exc_info: Any = None) -> bool:
         """Log `msg % args` unless `key` is over its burst; True if logged."""
+        if not self.allow(level, key, msg, args):
+            return False
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+    def allow(self, level: int, key: Hashable, msg: str, args: Any) -> bool:
+        """Whether a line of `key` may be written now (counted as written if
+        so, as suppressed if not); `msg % args` is remembered for the
+        summary."""
         now = self.clock()
         keys = self._keys
         state = keys.get(key)
@@ -112,7 +121,6 @@ class RateLimitedLog:
         state[3], state[4], state[5] = level, msg, args
         if state[1] < self.burst:
             state[1] += 1
-            self.logger.log(level, msg, *args, exc_info=exc_info)
             return True
         state[2] += 1
         return False
@@ -131,6 +139,22 @@ class RateLimitedLog:
         if suppressed:
             self.logger.log(level, "suppressed %d similar line(s) in %gs, the last: " + msg,
                             suppressed, self.interval, *args)
+
+
+class LimitFilter(logging.Filter):
+    """Puts another logger's lines behind a RateLimitedLog, keyed by the
+    logger and the message's format: asyncio and uvloop log some troubles
+    per connection themselves (a write to a connection already lost, say)."""
+
+    def __init__(self, limited: RateLimitedLog) -> None:
+        super().__init__()
+        self.limited = limited
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        return self.limited.allow(record.levelno, (record.name, str(record.msg)), "%s",
+                                  (record.getMessage(),))
 
 
 class Line(msgspec.Struct, omit_defaults=True):

@@ -28,7 +28,7 @@ from gateway.config import Config, ConfigError, load_config, parse_hostport
 from gateway.proxy.app import App
 from gateway.proxy.client import IDLE, ClientProtocol
 from gateway.server.admin import AdminProtocol
-from gateway.server.logs import FLUSH_INTERVAL, AccessLog, RateLimitedLog
+from gateway.server.logs import FLUSH_INTERVAL, AccessLog, LimitFilter, RateLimitedLog
 from gateway.waiting import clear_cache
 
 log = logging.getLogger("schoolgate.worker")
@@ -74,6 +74,8 @@ class Worker:
         self.app = App(cfg, worker=index, workers=self.workers)
         self.warnings = RateLimitedLog(log, cfg.log.warn_burst, cfg.log.warn_interval)
         self.access = AccessLog(cfg.log, self.warnings)
+        # What asyncio/uvloop log per connection on their own, limited too.
+        logging.getLogger("asyncio").addFilter(LimitFilter(self.warnings))
         # Apps replaced by a reload that still have connections (each moves to
         # the current App at its next request head).
         self.retired: list[App] = []

@@ -15,6 +15,7 @@ from gateway.config import ConfigError, Log, parse_config
 from gateway.server.logs import (
     PIPE_BUF,
     AccessLog,
+    LimitFilter,
     RateLimitedLog,
     _Clock,
     text_line,
@@ -95,10 +96,11 @@ def test_limiter_keys_are_independent_and_bounded(recorder):
         limited.warning(key, "kind %d", key)
     # Four tracked kinds, then every other one shares a single key.
     assert len(rec.lines) == 5
-    assert rec.lines[4].startswith("(more kinds of warnings than tracked) kind 4")
+    assert rec.lines[4] == "kind 4"
     clock.now = 10.0
     limited.tick()
-    assert rec.lines[5].startswith("suppressed 995 similar line(s) in 10s")
+    assert rec.lines[5] == ("suppressed 995 similar line(s) in 10s, the last: "
+                            "(more kinds of warnings than tracked) kind 999")
     assert len(rec.lines) == 6
 
 
@@ -293,3 +295,26 @@ def test_log_config_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         parse_config(BASE + text, "t.toml", base_dir=str(tmp_path))
     assert "log." in str(err.value) and message in str(err.value)
+
+
+def test_limit_filter_puts_another_loggers_lines_behind_the_limiter(recorder):
+    logger, rec = recorder
+    clock = Clock()
+    limited = RateLimitedLog(logger, burst=2, interval=60.0, clock=clock)
+    other = logging.getLogger("test.logs.asyncio")
+    other.propagate = False
+    seen = Recorder()
+    other.addHandler(seen)
+    other.addFilter(LimitFilter(limited))
+    try:
+        for i in range(50):
+            other.warning("socket.send() raised exception %d.", i)
+        other.info("not limited")
+        assert seen.lines == ["socket.send() raised exception 0.",
+                              "socket.send() raised exception 1.", "not limited"]
+        clock.now = 60.0
+        limited.tick()
+        assert rec.lines == ["suppressed 48 similar line(s) in 60s, the last: "
+                             "socket.send() raised exception 49."]
+    finally:
+        other.removeHandler(seen)
