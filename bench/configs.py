@@ -215,6 +215,10 @@ backlog = 4096
 [timeouts]
 keepalive = {float(keepalive_timeout)}
 
+# Like nginx's and HAProxy's configs here (access_log off): no access log.
+[log]
+access = "off"
+
 {admission}
 [[schools]]
 name = "bench"

@@ -34,6 +34,7 @@ import httptools as _httptools
 from gateway._native.head import HeadError as _HeadError
 from gateway._native.head import parse_request_head as _parse_request_head
 
+from gateway._native.accesslog cimport D_REFUSED
 from gateway._native.context cimport Context
 from gateway._native.head cimport RequestHead
 from gateway._native.link cimport *
@@ -588,8 +589,16 @@ cdef class ClientProtocol(ClientLink):
         ex = Exchange(self, None, None, -1)
         ex.local = self.app.error_response(err)
         ex.keep_alive = False
+        # Its access-log line says refused, and why (gateway.server.logs
+        # also warns about it, rate-limited).
+        ex.decision = D_REFUSED
+        ex.reason = err.reason
         cur = self.current
         if cur is not None and cur.state != S_RESPONDING:
+            # The refusal's line names the request it cut short, which
+            # gets no line of its own.
+            ex.replaces = cur
+            cur.logged = True
             # A half-read body must not reach the upstream as if complete.
             cur.on_client_lost()
             if cur in self.queue:

@@ -17,6 +17,8 @@ from gateway._native.head import HeadError as _HeadError
 from gateway._native.serialize import serialize_request_head as _serialize_request_head
 from gateway._native.serialize import serialize_response_head as _serialize_response_head
 
+from gateway._native.accesslog cimport D_ADMITTED, D_QUEUED, D_WAITING, D_429, D_LOCAL
+from gateway._native.accesslog cimport keep_query, record
 from gateway._native.context cimport AdmissionCore, Context, may_carry_cookie, wall_clock
 from gateway._native.head cimport RequestHead, ResponseHead
 from gateway._native.scheduler cimport Ticket
@@ -110,12 +112,26 @@ cdef class Exchange(ExchangeLink):
         # its first arrival and what was left of its max_wait then.
         self.arrived_at = 0.0
         self.wait_left = 0.0
+        # The access log's fields (_log).
+        self.decision = -1
+        self.reason = None
+        self.status = 0
+        self.queued = False
+        self.queue_time = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.logged = False
+        self.replaces = None
+        self.began = monotonic()
+        self.asked = 0.0
+        self.asking = False
 
     # -- request side (driven by ClientProtocol) ----------------------------
     cpdef on_request_body(self, bytes data):
         cdef ClientLink client
         if not data:
             return  # framed as a chunk, an empty piece would end the body
+        self.bytes_in += len(data)
         if self.local is not None or self.state == S_DONE:
             return  # the answer is already decided; drain and drop
         up = self.upstream
@@ -139,7 +155,7 @@ cdef class Exchange(ExchangeLink):
                 client = self.client
                 client.pause_reading_for(P_BUFFER)
                 self.state = S_ADMITTING
-                client.app.admission.admit(self)
+                self._ask(False)
             return
         # Not started yet (pipelined), or queued with its body unread: what
         # the client sent anyway waits here, in order, bounded by max_buffer.
@@ -157,7 +173,7 @@ cdef class Exchange(ExchangeLink):
             if self.state == S_RECEIVING:
                 # The whole body is here: only now does it ask for a slot.
                 self.state = S_ADMITTING
-                self.client.app.admission.admit(self)
+                self._ask(False)
             # Being forwarded from the spool: _pump ends the request.
             return
         up = self.upstream
@@ -186,6 +202,7 @@ cdef class Exchange(ExchangeLink):
         admission shell for a slot afterwards."""
         cdef ClientLink client = self.client
         app = client.app
+        self._waited()  # a slot given back to read the body first: its wait ends
         spool = _BodySpool(self.school.request_buffer_memory, app.cfg.server.temp_dir)
         self.spool = spool
         self.state = S_RECEIVING
@@ -223,8 +240,9 @@ cdef class Exchange(ExchangeLink):
         if self.ticket is not None:  # queued past request_buffer_max: leave the line
             self.client.app.admission.cancel(self)
         self.keep_alive = False
-        self.rejected(self.client.app.error_response(
-            _HeadError(503, "the gateway could not store the request body")))
+        self.decision = D_LOCAL
+        self.reason = "the gateway could not store the request body"
+        self.rejected(self.client.app.error_response(_HeadError(503, self.reason)))
 
     cdef _drop_spool(self):
         spool = self.spool
@@ -272,7 +290,27 @@ cdef class Exchange(ExchangeLink):
             self._write_local()
             return
         self.state = S_ADMITTING
-        self._admit()
+        self._ask(True)
+
+    cdef _ask(self, bint native):
+        """Ask for a slot (native: the frameless _admit, else the shell),
+        noting when: an admission within the ask is at once, a later one
+        came from the line (_waited)."""
+        self.asked = monotonic()
+        self.asking = True
+        if native:
+            self._admit()
+        else:
+            self.client.app.admission.admit(self)
+        self.asking = False
+
+    cdef _waited(self):
+        """The answer to the last ask came now: if that was not within the
+        ask, the request waited in line until now."""
+        if self.asked > 0.0 and not self.asking:
+            self.queued = True
+            self.queue_time += monotonic() - self.asked
+        self.asked = 0.0
 
     cdef _admit(self):
         """Admission.admit without a Python frame when the shell has
@@ -329,6 +367,7 @@ cdef class Exchange(ExchangeLink):
     cpdef admitted(self):
         if self.state != S_ADMITTING:
             return
+        self._waited()
         self.state = S_CONNECTING
         self._connect(None)
 
@@ -338,6 +377,8 @@ cdef class Exchange(ExchangeLink):
         settle_keep_alive() fixed before it was rendered."""
         if self.state == S_DONE:
             return
+        if self.state == S_ADMITTING:
+            self._waited()
         self.local = response
         self._write_local()
 
@@ -467,15 +508,22 @@ cdef class Exchange(ExchangeLink):
         # taken back (on_upstream_lost) and answered with a page instead.
         self.resp_flushes = client.flushes
         self.resp_mark = client.cork_mark()
-        client.cork(_serialize_response_head(head, req.version, chunked, keep, ctx.via))
+        self.status = status
+        out = _serialize_response_head(head, req.version, chunked, keep, ctx.via)
+        self.bytes_out += len(out)
+        client.cork(out)
 
     cpdef on_response_body(self, bytes data):
+        cdef bytes size
         self.touched = monotonic()
         if not data:
             return  # framed as a chunk, an empty piece would end the body
         if self.out_chunked:
-            self.client.corklines([b"%x\r\n" % len(data), data, CRLF])
+            size = b"%x\r\n" % len(data)
+            self.bytes_out += len(size) + len(data) + 2
+            self.client.corklines([size, data, CRLF])
         else:
+            self.bytes_out += len(data)
             self.client.cork(data)
 
     cpdef on_response_end(self, object up, bint reusable):
@@ -489,6 +537,7 @@ cdef class Exchange(ExchangeLink):
         else:
             conn.close()
         if self.out_chunked:
+            self.bytes_out += 5
             self.client.cork(LAST_CHUNK)
         self._finish()
 
@@ -503,6 +552,8 @@ cdef class Exchange(ExchangeLink):
             if self.client.flushes != self.resp_flushes:
                 # Part of the response is already with the client; cutting
                 # the connection is the only way left to say it is incomplete.
+                self.reason = "the upstream closed before the response ended"
+                self._log(self.status)
                 self.state = S_DONE
                 self.client.abort()
                 return
@@ -511,6 +562,8 @@ cdef class Exchange(ExchangeLink):
             # no response had come.
             self.client.uncork(self.resp_mark)
             self.state = S_SENT
+            self.status = 0
+            self.bytes_out = 0
         if conn.requests > 0 and conn._raw_head == 0:
             # A pooled connection that ended before any byte of an answer:
             # most likely the upstream closed it, idle, as the request went
@@ -544,6 +597,8 @@ cdef class Exchange(ExchangeLink):
             self.upstream = None
             self.server.inflight -= 1
         if self.state == S_RESPONDING:
+            self.reason = "the upstream stopped sending (upstream_read)"
+            self._log(self.status)
             self.state = S_DONE
             self.client.abort()
         else:
@@ -557,12 +612,16 @@ cdef class Exchange(ExchangeLink):
                 conn.abort()
             return
         self.state = S_TUNNEL
+        if self.status == 0:
+            self.status = 101
         conn.tunnel = True
         client = self.client
         # A tunnel may stay open for hours: it counts against the school's
         # connections, not its request slots.
         if self.ticket is not None:
             client.app.admission.release(self)
+        for piece in self.tunnel_buf:
+            self.bytes_out += len(<bytes>piece)
         client.writelines(self.tunnel_buf)
         self.tunnel_buf = None
         if rest:
@@ -575,15 +634,18 @@ cdef class Exchange(ExchangeLink):
         """A 2xx answer to CONNECT: the tunnel starts right after its head
         (RFC 9110 section 9.3.6), exactly as after a 101."""
         self.touched = monotonic()
+        self.status = head.status
         self.tunnel_buf = [_serialize_response_head(
             head, self.head.version, False, True, self.client.ctx.via)]
         self.on_upstream_upgraded(b"")
 
     cpdef on_tunnel_client_data(self, bytes data):
+        self.bytes_in += len(data)
         if self.upstream is not None:
             self.upstream.write(data)
 
     cpdef on_tunnel_upstream_data(self, bytes data):
+        self.bytes_out += len(data)
         self.client.write(data)
         self.client.touched = monotonic()
 
@@ -606,17 +668,30 @@ cdef class Exchange(ExchangeLink):
             # to on_tunnel_upstream_lost, which closes the client side.
             conn.close()
         else:
+            self._log(self.status)
             self.state = S_DONE
             self.client.close()
 
     cpdef on_tunnel_upstream_lost(self):
         self.upstream = None
         self.server.inflight -= 1
+        self._log(self.status)
         self.state = S_DONE
         self.client.close()
 
     cpdef on_client_lost(self):
         """The client connection is gone: release whatever this holds."""
+        if not self.logged and self.state != S_DONE:
+            if self.state == S_ADMITTING:
+                self._waited()  # left the line
+            if self.status > 0:
+                if self.state == S_RESPONDING and self.reason is None:
+                    self.reason = "the connection closed before the response ended"
+                self._log(self.status)
+            else:
+                # nginx's "client closed request": nothing was answered.
+                self.reason = "the client closed the connection"
+                self._log(499)
         self.state = S_DONE
         self._drop_spool()
         conn = self.upstream
@@ -630,15 +705,25 @@ cdef class Exchange(ExchangeLink):
 
     # -- endings -----------------------------------------------------------
     cdef _unavailable(self):
+        self.decision = D_LOCAL
+        self.reason = "upstream not answering"
         self.settle_keep_alive()
         self.rejected(self.client.app.unavailable_page(self))
 
     cdef _write_local(self):
+        cdef bytes local = self.local
         self.state = S_RESPONDING
-        self.client.write(self.local)
+        if self.decision < 0:
+            self.decision = D_LOCAL
+        # "HTTP/1.1 NNN ...": the status the gateway chose.
+        if len(local) >= 12:
+            self.status = (local[9] - 48) * 100 + (local[10] - 48) * 10 + (local[11] - 48)
+        self.bytes_out += len(local)
+        self.client.write(local)
         self._finish()
 
     cdef _finish(self):
+        self._log(self.status)
         self.state = S_DONE
         if self.spool is not None:
             self._drop_spool()
@@ -647,3 +732,49 @@ cdef class Exchange(ExchangeLink):
         self.client.exchange_done(self)
 
 
+
+
+    cdef _log(self, int status):
+        """Record this exchange's access-log line (once): its end, as far
+        as the log is concerned. A refusal that cut a half-read request
+        short is named by that request's school, class and target."""
+        cdef Exchange src = self.replaces if self.replaces is not None else self
+        cdef RequestHead head = src.head
+        cdef UpstreamServer server = self.server
+        cdef int decision = self.decision
+        cdef double now, up_ms = -1.0
+        cdef long long size_in = src.bytes_in
+        cdef bytes path = None, method = None
+        cdef Py_ssize_t k
+        cdef tuple pair
+        if self.logged:
+            return
+        self.logged = True
+        if decision < 0:
+            decision = D_QUEUED if self.queued else D_ADMITTED
+        elif decision == D_WAITING and status == 429:
+            decision = D_429
+        now = monotonic()
+        if head is not None:
+            method = head.method
+            path = head.target if keep_query() or not head.path else head.path
+            # The head as received, near enough: request line and fields.
+            size_in += len(head.method) + len(head.target) + 13
+            for pair in head._raw:
+                size_in += len(<bytes>pair[0]) + len(<bytes>pair[1]) + 4
+        school = src.school
+        klass = None
+        if school is not None:
+            k = src.klass
+            names = self.client.ctx.core.controller.class_names
+            if 0 <= k < len(names):
+                klass = names[k]
+            school = school.name
+        upstream = None
+        if server is not None:
+            if self.sent_at > 0.0:
+                up_ms = (now - self.sent_at) * 1000.0
+            upstream = server.addr
+        record(wall_clock(), school, klass, method, path, status, decision,
+               self.queue_time * 1000.0, self.reason, upstream, up_ms, size_in,
+               self.bytes_out, (now - self.began) * 1000.0)

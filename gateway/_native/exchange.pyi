@@ -76,6 +76,22 @@ class Exchange(ExchangeLink):
     """Unix time of the first admission request, when the request gave its
     slot back to read its body (0.0 otherwise)."""
     wait_left: float
+    # The access log's fields (gateway._native.accesslog), recorded once at the end.
+    decision: int
+    """accesslog.WAITING/REFUSED/LOCAL for an answer the gateway made itself
+    (set by whoever made it); -1: the admission's (ADMITTED or QUEUED)."""
+    reason: str | None
+    """Why the gateway answered itself, short (the log's "reason")."""
+    status: int
+    """The status sent to the client (0: nothing yet)."""
+    queued: bool
+    queue_time: float
+    """Seconds the request waited in line for admission."""
+    bytes_in: int
+    bytes_out: int
+    logged: bool
+    replaces: Exchange | None
+    """For a refusal: the half-read request it cut short (named in its line)."""
     def __init__(self, client: ClientLink, head: RequestHead | None, school: Any,
                  klass: int) -> None: ...
     def on_request_body(self, data: bytes) -> None: ...

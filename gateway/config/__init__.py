@@ -18,6 +18,7 @@ from .schema import (
     Admission,
     Config,
     Limits,
+    Log,
     Match,
     Pool,
     Redis,
@@ -30,8 +31,8 @@ from .schema import (
 )
 
 __all__ = [
-    "Admission", "Config", "ConfigError", "ConfigWarning", "Limits", "Match", "Pool", "Redis",
-    "School", "Server", "Timeouts", "TrafficClass", "Window", "config_warnings",
+    "Admission", "Config", "ConfigError", "ConfigWarning", "Limits", "Log", "Match", "Pool",
+    "Redis", "School", "Server", "Timeouts", "TrafficClass", "Window", "config_warnings",
     "default_classes", "effective_classes", "load_config", "parse_config", "parse_hostport",
     "parse_upstream",
 ]

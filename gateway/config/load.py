@@ -46,6 +46,7 @@ from msgspec.structs import replace
 
 from .schema import (
     Config,
+    Log,
     Match,
     School,
     Server,
@@ -411,7 +412,26 @@ def _check(cfg: Config, base: Path) -> Config:
     url = cfg.redis.url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
         raise _Invalid("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
-    return replace(cfg, server=server, schools=schools, classes=classes)
+    log = _check_log(cfg.log, base)
+    return replace(cfg, server=server, schools=schools, classes=classes, log=log)
+
+
+def _check_log(log: Log, base: Path) -> Log:
+    """An access log file is absolute (from the config's directory) and its
+    directory must exist and be writable, so a typo is found by `check`
+    rather than by the first worker."""
+    if log.access in ("stdout", "off"):
+        return log
+    if not log.access:
+        raise _Invalid("log.access", 'expected "stdout", "off" or a file path')
+    path = base / os.path.expanduser(log.access)
+    if path.is_dir():
+        raise _Invalid("log.access", f"is a directory: {str(path)!r}")
+    if not path.parent.is_dir():
+        raise _Invalid("log.access", f"no such directory: {str(path.parent)!r}")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise _Invalid("log.access", f"not writable: {str(path)!r}")
+    return replace(log, access=str(path))
 
 
 def _hostport(key: str, value: str) -> tuple[str, int]:

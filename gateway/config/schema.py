@@ -211,6 +211,36 @@ class Redis(_Section):
     sync_interval: PositiveFloat = 0.1
 
 
+class Log(_Section):
+    """The access log (one line per request) and the warnings' pace."""
+
+    # "stdout" (journald keeps it under systemd), "off", or a file (opened
+    # by each worker for appending; SIGUSR1 to the gateway reopens it, for
+    # logrotate). A relative path is taken from the config file's directory.
+    access: str = "stdout"
+    # "json": one JSON object per line (time, school, class, method, path,
+    # status, decision, queue_ms, reason, upstream, upstream_ms, bytes_in,
+    # bytes_out, duration_ms). "text": one readable line per request (the
+    # demo's console).
+    format: Literal["json", "text"] = "json"
+    # Share of the lines kept for requests answered below 400 that were
+    # forwarded (or answered by the gateway, like the waiting page's status
+    # poll): 0.1 keeps about one in ten. Waiting pages, 429s, refusals and
+    # every error are always kept.
+    sample: Annotated[float, Meta(ge=0, le=1)] = 1.0
+    # Keep query strings in the logged path. Off by default: a query string
+    # may carry pupils' data (names, search terms, session tokens).
+    query: bool = False
+    # Lines a worker holds between two writes (every 0.1 s); beyond that,
+    # lines are dropped and counted in a warning rather than held.
+    buffer: PositiveInt = 10000
+    # Rate limit of warnings (upstream down, hostile input refused): at
+    # most warn_burst lines per kind per warn_interval seconds, then one
+    # "suppressed N similar" line, so a flood cannot fill the disk.
+    warn_burst: PositiveInt = 5
+    warn_interval: PositiveFloat = 60.0
+
+
 class Config(_Section):
     server: Server = field(default_factory=Server)
     schools: list[School] = field(default_factory=list)
@@ -220,6 +250,7 @@ class Config(_Section):
     limits: Limits = field(default_factory=Limits)
     admission: Admission = field(default_factory=Admission)
     redis: Redis = field(default_factory=Redis)
+    log: Log = field(default_factory=Log)
 
 
 def default_classes() -> list[TrafficClass]:
@@ -251,6 +282,6 @@ def default_classes() -> list[TrafficClass]:
 
 
 __all__ = [
-    "Admission", "Config", "Limits", "Match", "Pool", "Redis", "School", "Server",
+    "Admission", "Config", "Limits", "Log", "Match", "Pool", "Redis", "School", "Server",
     "Timeouts", "TrafficClass", "Window", "default_classes", "msgspec",
 ]

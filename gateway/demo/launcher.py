@@ -2,7 +2,10 @@
 
 Starts the demo upstream servers as subprocesses on free loopback ports,
 writes a gateway config for them into a temporary directory, prints the URLs
-to open and runs the gateway in this process. Whatever way the gateway ends
+to open (the schools, the status page) and runs the gateway in this process,
+whose access log comes out on the console as one readable line per request
+(admitted, queued, waiting page), so admission can be watched at work.
+Whatever way the gateway ends
 (Ctrl-C, SIGTERM, an error), the upstreams are stopped; and since each one
 also exits when its stdin pipe from this process closes, not even a SIGKILL
 here leaves them behind.
@@ -156,6 +159,11 @@ def demo_config(port: int, admin_port: int, ports: dict[str, list[int]]) -> str:
         f"secret = {_toml(secrets.token_hex(32))}",
         "max_queue = 200",
         "",
+        "# The access log on the console, one readable line per request.",
+        "[log]",
+        "access = \"stdout\"",
+        "format = \"text\"",
+        "",
     ]
     for i, school in enumerate(SCHOOLS):
         hosts = [f"{school.name}.localhost"] + (["*"] if i == 0 else [])
@@ -256,6 +264,7 @@ def _banner(port: int, admin_port: int, ports: dict[str, list[int]], path: Path)
         # demo_config gives the first school the catch-all host "*".
         f"  {'catch-all school':<20} http://127.0.0.1:{port}/"
         f"   (any other host name reaches {SCHOOLS[0].title})",
+        f"  {'status page':<20} http://127.0.0.1:{admin_port}/",
         f"  {'metrics':<20} http://127.0.0.1:{admin_port}/metrics",
         "",
         f"  config: {path}",
@@ -267,6 +276,8 @@ def _banner(port: int, admin_port: int, ports: dict[str, list[int]], path: Path)
         f"  for i in $(seq 40); do curl -s -o /dev/null "
         f"'http://linden.localhost:{port}/slow?ms=30000' & done",
         "",
+        "  Each request is logged below: time, school/class, method and path, the",
+        "  status, and what admission decided (admitted, queued N ms, waiting page).",
         "  Stop with Ctrl-C.",
         "",
     ]

@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING
 # The page renderer's names (waiting.render_status_json, waiting.wants_json) are
 # looked up on use: the first page or status poll loads it (see gateway.waiting).
 from gateway import waiting
+from gateway._native.accesslog import WAITING as WAITING_PAGE
 from gateway._native.context import AdmissionCore
 from gateway.admission import ADMITTED, QUEUED, AdmissionController, WaitingRoom
 from gateway.admission.allotment import AllotmentTask
@@ -191,6 +192,7 @@ class Admission:
             ex = _claim(t)
             if ex is not None:
                 ex.settle_keep_alive()
+                ex.reason = "the school was removed by a reload"
                 ex.rejected(self.app.removed_response(ex))
 
     # -- connections -------------------------------------------------------------
@@ -434,6 +436,7 @@ class Admission:
         page.headers.extend(extra)
         if over_own_rate:
             page.status = 429
+        ex.decision = WAITING_PAGE  # the access log's "waiting_page" (or "429")
         school.rejected += 1  # type: ignore[union-attr]
         if head.upgrade is not None:  # type: ignore[union-attr]
             # The parser is spent after an upgrade request: the connection

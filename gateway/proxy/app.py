@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 # waiting.render is looked up on use: the first page loads the page renderer.
 from gateway import waiting
+from gateway._native.accesslog import WAITING as WAITING_PAGE
 from gateway._native.context import Context
 from gateway.admission.allotment import StaticAllotment
 from gateway.config import Config, effective_classes, parse_hostport
@@ -205,6 +206,7 @@ class App:
                             ex.school.index < 0 or ex.klass < 0):
                         # Not started yet, and its school or class is gone.
                         ex.settle_keep_alive()
+                        ex.reason = "its school or class was removed by a reload"
                         ex.local = self.removed_response(ex)
 
     # -- per request ----------------------------------------------------------
@@ -223,7 +225,8 @@ class App:
         if idx < 0:
             ex = Exchange(client, head, None, -1)
             ex.keep_alive = False
-            ex.local = self.error_response(HeadError(421, "no school is served at this host name"))
+            ex.reason = "no school is served at this host name"
+            ex.local = self.error_response(HeadError(421, ex.reason))
             return ex
         school = self.schools[idx]
         school.requests += 1
@@ -236,8 +239,8 @@ class App:
             # and llhttp hands what follows to a tunnel, so the connection
             # ends with the answer.
             ex.keep_alive = False
-            ex.local = self.error_response(
-                HeadError(501, "CONNECT is not enabled for this school"))
+            ex.reason = "CONNECT is not enabled for this school"
+            ex.local = self.error_response(HeadError(501, ex.reason))
             return ex
         if head.path == STATUS_PATH:
             ex.local = self.admission.status_response(ex)
@@ -250,6 +253,8 @@ class App:
                 client.school = idx
             elif self.admission.enabled:
                 ex.keep_alive = False
+                ex.decision = WAITING_PAGE
+                ex.reason = "max_connections"
                 ex.local = self.page_response(self._busy_page(ex), ex)
                 return ex
             limit = school.response_buffer

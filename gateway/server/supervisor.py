@@ -10,6 +10,8 @@ sigtimedwait so that signal handling is synchronous and race-free.
   worker's admission state (limits keep counting; see Worker.reload).
 - SIGTERM / SIGINT: forwarded to the workers, which drain; after the drain
   timeout plus a grace period the rest are killed.
+- SIGUSR1: forwarded to the workers, which reopen their access log file
+  (`[log] access`; logrotate renames the file, then sends it).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def _spawn(config_path: str, cfg: Config, index: int) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        # Until the worker's loop handles it, a logrotate's SIGUSR1 must not
+        # kill a starting worker (its default action).
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         _die_with_parent(parent)
         from gateway.server.worker import worker_main
 
@@ -122,7 +127,7 @@ def run(config_path: str) -> int:
     from gateway.proxy.admission import process_secret
     process_secret()
 
-    watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+    watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     workers: dict[int, int] = {}  # pid -> index
     started: dict[int, float] = {}  # pid -> spawn time
@@ -154,6 +159,8 @@ def run(config_path: str) -> int:
                 cfg = new_cfg
                 _signal_all(workers, signal.SIGHUP)
                 log.info("reloading %s", config_path)
+        elif sig == signal.SIGUSR1:
+            _signal_all(workers, signal.SIGUSR1)  # reopen the access log
         # Reap whatever exited (SIGCHLD or not: signals coalesce).
         while workers:
             try:

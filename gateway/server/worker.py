@@ -5,7 +5,10 @@ spreads new connections across workers without a shared accept lock.
 Signals: SIGTERM/SIGINT drain (stop accepting, finish in-flight requests,
 close idle keep-alive connections, exit when none is left or at the drain
 deadline); SIGHUP reloads the config file (a bad file keeps the old config
-and logs why). A reload keeps the worker's admission state (App.take_over),
+and logs why); SIGUSR1 reopens the access log file (logrotate). The access
+log is written every FLUSH_INTERVAL and at the end (gateway.server.logs);
+warnings about requests and connections, the event loop's included, go
+through one RateLimitedLog. A reload keeps the worker's admission state (App.take_over),
 so limits hold across it, and open connections move to the new config at
 their next request.
 """
@@ -25,6 +28,7 @@ from gateway.config import Config, ConfigError, load_config, parse_hostport
 from gateway.proxy.app import App
 from gateway.proxy.client import IDLE, ClientProtocol
 from gateway.server.admin import AdminProtocol
+from gateway.server.logs import FLUSH_INTERVAL, AccessLog, LimitFilter, RateLimitedLog
 from gateway.server.tlsport import TLSPortProtocol
 from gateway.waiting import clear_cache
 
@@ -69,6 +73,10 @@ class Worker:
         # The process count is fixed at start; a reload cannot change it.
         self.workers = cfg.server.workers
         self.app = App(cfg, worker=index, workers=self.workers)
+        self.warnings = RateLimitedLog(log, cfg.log.warn_burst, cfg.log.warn_interval)
+        self.access = AccessLog(cfg.log, self.warnings)
+        # What asyncio/uvloop log per connection on their own, limited too.
+        logging.getLogger("asyncio").addFilter(LimitFilter(self.warnings))
         # Apps replaced by a reload that still have connections (each moves to
         # the current App at its next request head).
         self.retired: list[App] = []
@@ -98,7 +106,10 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.access.reopen)
+        loop.set_exception_handler(self._loop_error)
         loop.call_later(REAP_INTERVAL, self._reap)
+        loop.call_later(FLUSH_INTERVAL, self._flush_logs)
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
 
@@ -160,8 +171,25 @@ class Worker:
             return
         clear_cache()  # school templates may have changed on disk
         self.app = new
+        self.access.configure(cfg.log)
         self.retired = [app for app in previous if app.connections]
         log.info("worker %d reloaded %s", self.index, self.config_path)
+
+    def _flush_logs(self) -> None:
+        self.access.flush()
+        self.warnings.tick()
+        if self.stopping is not None and not self.stopping.done():
+            self.loop.call_later(FLUSH_INTERVAL, self._flush_logs)  # type: ignore[union-attr]
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """The event loop's reports (a callback that raised, a transport's
+        fatal error, a failed TLS handshake) come per connection: rate-limited
+        by kind, so a flood cannot fill the disk."""
+        exc = context.get("exception")
+        message = context.get("message") or "event loop error"
+        key = ("loop", message, type(exc).__name__ if exc is not None else None)
+        self.warnings.error(key, "%s: %r", message, exc,
+                            exc_info=exc if isinstance(exc, BaseException) else None)
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -177,5 +205,10 @@ class Worker:
 def worker_main(config_path: str, cfg: Config, index: int) -> int:
     """Entry point of a forked worker process."""
     worker = Worker(config_path, cfg, index)
-    uvloop.run(worker.serve())
+    try:
+        uvloop.run(worker.serve())
+    finally:
+        # What ended during the drain (and its aborts) is written too.
+        worker.access.close()
+        worker.warnings.tick()
     return 0

@@ -13,7 +13,7 @@ import pytest
 
 import gateway._native
 
-MODULES = ["client", "context", "exchange", "head", "link", "router", "serialize",
+MODULES = ["accesslog", "client", "context", "exchange", "head", "link", "router", "serialize",
            "upstream"]
 
 STUBS = Path(gateway._native.__file__).parent

@@ -38,6 +38,19 @@ cdef class Exchange(ExchangeLink):
     cdef public double body_since
     cdef public double arrived_at
     cdef public double wait_left
+    # The access log (native/accesslog.pyx): recorded once, at the end.
+    cdef public int decision          # accesslog D_* of a gateway-made answer; -1: by admission
+    cdef public object reason         # str: why the gateway answered itself, or None
+    cdef public int status            # the status sent (0: none yet)
+    cdef public bint queued           # waited in line before admission
+    cdef public double queue_time     # seconds waited in line
+    cdef public long long bytes_in    # request bytes received from the client
+    cdef public long long bytes_out   # response bytes for the client
+    cdef public bint logged           # recorded (or never to be: see replaces)
+    cdef public Exchange replaces     # a refusal's half-read request, named in its line
+    cdef double began                 # monotonic, when the head was complete
+    cdef double asked                 # monotonic, when it last asked for a slot (0: not)
+    cdef bint asking                  # inside an ask: an admission now is at once
 
     cpdef on_request_body(self, bytes data)
     cpdef on_request_end(self)
@@ -63,5 +76,8 @@ cdef class Exchange(ExchangeLink):
     cdef _unavailable(self)
     cdef _write_local(self)
     cdef _finish(self)
+    cdef _ask(self, bint native)
+    cdef _waited(self)
+    cdef _log(self, int status)
 
 

@@ -1,0 +1,104 @@
+"""The worker's access-log buffer (the fields of one line per exchange).
+
+exchange.pyx calls record() as an exchange ends: a tuple appended to a
+list, with no Python frame and no formatting, so the per-request cost stays
+a few allocations. gateway.server.logs takes the buffer every ~100 ms
+(take()), encodes it with msgspec and writes it in one go. The buffer is
+bounded (configure's `capacity`): under a flood the lines beyond it are
+dropped and counted (take() reports how many) rather than growing memory.
+
+Sampling (`sample` < 1) keeps that share of the lines of requests answered
+below 400 that were forwarded or answered locally (a status poll); waiting
+pages, 429s, refusals and every error are always kept.
+
+Stub and field order: gateway/_native/accesslog.pyi.
+"""
+
+from libc.stdint cimport uint64_t
+
+cdef list _entries = []
+cdef Py_ssize_t _capacity = 10000
+cdef long long _dropped = 0
+cdef bint _enabled = True
+cdef double _sample = 1.0
+cdef bint _keep_query = False
+# xorshift64* state for sampling: a good enough spread, no Python call.
+cdef uint64_t _rng = 0x9E3779B97F4A7C15
+
+ADMITTED, QUEUED, WAITING, TOO_MANY, REFUSED, LOCAL = (
+    D_ADMITTED, D_QUEUED, D_WAITING, D_429, D_REFUSED, D_LOCAL)
+
+
+cdef bint keep_query() noexcept:
+    """Whether lines carry the target with its query string."""
+    return _keep_query
+
+
+cdef inline double _random() noexcept:
+    global _rng
+    _rng ^= _rng >> 12
+    _rng ^= _rng << 25
+    _rng ^= _rng >> 27
+    return <double>((_rng * <uint64_t>0x2545F4914F6CDD1D) >> 11) / 9007199254740992.0
+
+
+cdef bint record(double when, object school, object klass, bytes method, bytes path,
+                 int status, int decision, double queue_ms, object reason,
+                 object upstream, double upstream_ms, long long bytes_in,
+                 long long bytes_out, double duration_ms) except -1:
+    """Buffer one line; False if it was sampled away, dropped (buffer full)
+    or not wanted (access log off: only refusals and the gateway's own
+    5xx answers are kept, for the warnings)."""
+    global _dropped
+    cdef bint plain = status < 400 and (decision == D_ADMITTED or decision == D_QUEUED
+                                        or decision == D_LOCAL)
+    if not _enabled:
+        if decision != D_REFUSED and not (decision == D_LOCAL and status >= 500):
+            return False
+    elif plain and _sample < 1.0 and _random() >= _sample:
+        return False
+    if len(_entries) >= _capacity:
+        _dropped += 1
+        return False
+    _entries.append((when, school, klass, method, path, status, decision, queue_ms, reason,
+                     upstream, upstream_ms, bytes_in, bytes_out, duration_ms))
+    return True
+
+
+def configure(bint enabled, double sample, Py_ssize_t capacity, bint query):
+    """enabled: write lines (False: keep only what warnings need); sample:
+    share of plain lines kept (0..1); capacity: lines held between two
+    take() calls; query: log the target with its query string."""
+    global _enabled, _sample, _capacity, _keep_query
+    if capacity < 1 or not 0.0 <= sample <= 1.0:
+        raise ValueError("capacity must be >= 1 and sample within 0..1")
+    _enabled = enabled
+    _sample = sample
+    _capacity = capacity
+    _keep_query = query
+
+
+def take():
+    """(lines, dropped): the buffered lines (tuples in the field order
+    gateway/_native/accesslog.pyi gives) and how many were dropped since the
+    last call; the buffer is empty afterwards."""
+    global _entries, _dropped
+    entries = _entries
+    dropped = _dropped
+    _entries = []
+    _dropped = 0
+    return entries, dropped
+
+
+def pending():
+    """Lines buffered now."""
+    return len(_entries)
+
+
+def add(double when, object school, object klass, bytes method, bytes path, int status,
+        int decision, double queue_ms=0.0, object reason=None, object upstream=None,
+        double upstream_ms=-1.0, long long bytes_in=0, long long bytes_out=0,
+        double duration_ms=0.0):
+    """record() for Python callers and tests; True if the line was kept."""
+    return record(when, school, klass, method, path, status, decision, queue_ms, reason,
+                  upstream, upstream_ms, bytes_in, bytes_out, duration_ms)
