@@ -93,6 +93,7 @@ class Worker:
             loop.add_signal_handler(sig, self.drain)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.call_later(REAP_INTERVAL, self._reap)
+        self.app.admission.start()  # the waiting lines' syncs
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
 
