@@ -526,8 +526,8 @@ class Admission:
         ahead of them); less the tickets called and not back yet.
 
         Position: the requests queued here ahead of the visitor (`klass`,
-        `arrived`; None: the class of its ticket's urgency is not known,
-        every queued one counts), those other workers reported queued at
+        `arrived`; None: the first class of its ticket's urgency, or every
+        queued one when no class has it), those other workers reported queued at
         its urgency or above, and the waiting tickets ahead, plus one;
         never more than last shown but for more urgent arrivals
         (Line.report). The estimate divides it by the fleet's measured
@@ -546,11 +546,16 @@ class Admission:
         controller = self.controller
         free = controller.free_slots(idx, now)
         if klass is None:
-            ahead = controller.queued(idx)
-        else:
-            # Requests that came later (or matter less) queue behind the
-            # visitor's return, so they do not count against its place.
-            ahead = controller.ahead(idx, klass, arrived)
+            # A poll: the ticket's class is the first of its urgency.
+            klass = next((k for k, c in enumerate(controller.classes)
+                          if c.priority == entry.urgency), None)
+            # The ticket keeps whole milliseconds: whoever queued within the
+            # visitor's millisecond counts as ahead.
+            arrived += 0.001
+        # Requests that came later (or matter less) queue behind the
+        # visitor's return, so they do not count against its place.
+        ahead = controller.queued(idx) if klass is None else \
+            controller.ahead(idx, klass, arrived)
         budget = max(free, 0)
         if free >= 0 and ahead == 0 and controller.queued(idx) > 0:
             budget = max(budget, math.ceil(line.rate(self.line.now()) * CALL_AHEAD))

@@ -70,8 +70,8 @@ class Line:
     bytes). Every method takes `now` where time matters (Unix seconds).
     """
 
-    __slots__ = ("_next_sweep", "_order", "admissions", "by_vid", "capacity", "last", "queues", "serving",
-                 "since")
+    __slots__ = ("_next_sweep", "_order", "admissions", "by_vid", "capacity", "last",
+                 "queues", "serving", "since")
 
     def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 1:

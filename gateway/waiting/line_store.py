@@ -356,6 +356,18 @@ def fleet_secret(cfg: Redis, timeout: float = 2.0) -> bytes | None:
     return bytes(value) if value else None
 
 
-__all__ = ["LINE_SCRIPT", "LocalLineStore", "Region", "RedisLineStore", "ShmLineStore",
-           "decode_line", "fleet_secret", "line_keys", "prepare_region", "redis_client",
-           "region", "school_tag", "script_args"]
+__all__ = [
+    "LINE_SCRIPT",
+    "LocalLineStore",
+    "RedisLineStore",
+    "Region",
+    "ShmLineStore",
+    "decode_line",
+    "fleet_secret",
+    "line_keys",
+    "prepare_region",
+    "redis_client",
+    "region",
+    "school_tag",
+    "script_args",
+]

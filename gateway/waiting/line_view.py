@@ -196,7 +196,7 @@ class LineView:
         try:
             lines, offset = await asyncio.wait_for(
                 self.store.aexchange(batches, self.clock()), self.timeout)
-        except Exception as err:  # noqa: BLE001 - any failure means "Redis is away"
+        except Exception as err:
             self._inflight = None
             self._degrade(batches, err)
             return
@@ -234,7 +234,7 @@ class LineView:
         try:
             lines, offset = await asyncio.wait_for(
                 self.store.aexchange(redraw, self.clock()), self.timeout)
-        except Exception:  # noqa: BLE001 - still away; try later
+        except Exception:
             return
         self._fallback = None
         self._offset = offset
