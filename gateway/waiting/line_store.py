@@ -318,8 +318,9 @@ class RedisLineStore:
         pipe = self.client.pipeline(transaction=False)
         schools = list(batches)
         for school in schools:
-            self.script(keys=line_keys(self.prefix, school),
-                        args=script_args(batches[school], self.capacity), client=pipe)
+            # Queued on the pipeline (EVALSHA, loaded again if Redis lost it).
+            await self.script(keys=line_keys(self.prefix, school),
+                              args=script_args(batches[school], self.capacity), client=pipe)
         answers = await pipe.execute()
         out: dict[str, Line] = {}
         offset = 0.0

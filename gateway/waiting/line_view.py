@@ -10,9 +10,9 @@ as the new cache (changes made while a Redis exchange was under way are
 applied again on top).
 
 When syncs run:
-- the local store: at once, inline (it is this process's own memory);
-- shared memory: soon after a change (loop.call_soon, after the response
-  went out) and every `interval` seconds;
+- the local store and shared memory: every change at once, inline (memory
+  of this process or this instance, under a lock held for the exchange
+  alone), and the measurements every `interval` seconds;
 - Redis: every `interval` seconds, and soon after a change, from a task; an
   exchange that fails or takes longer than `timeout` switches the worker to
   a local line (seeded from the cache) and logs that once; Redis is tried
@@ -69,7 +69,10 @@ class LineView:
         self._task: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._async = hasattr(store, "aexchange")
-        self._inline = isinstance(store, LocalLineStore)
+        # In-process and shared-memory stores answer at once: every change
+        # is exchanged when made, so a page and a poll show the line as the
+        # whole instance has it (no network in the way).
+        self._inline = not self._async
 
     # -- what the shell asks ---------------------------------------------------------
 
@@ -169,6 +172,8 @@ class LineView:
     def _batches(self) -> dict[str, list[tuple]]:
         batches = self._pending
         self._pending = {}
+        for school in self.lines:  # every line known here is refreshed
+            batches.setdefault(school, [])
         for school, (admitted, queued) in self.collect().items():
             ops = batches.setdefault(school, [])
             if admitted:

@@ -248,13 +248,12 @@ def test_view_over_shared_memory_applies_at_once_and_syncs_with_the_others():
     admitted = {"s": (3, {10.0: 1})}
     one = LineView(ShmLineStore(region), "one", lambda: admitted, clock=lambda: T0)
     two = LineView(ShmLineStore(region), "two", dict, clock=lambda: T0)
-    # No loop: the change is applied to the cache and synced at once.
+    # Every change is exchanged when made: two's draw is numbered after one's.
     assert one.change("s", ("draw", b"a", 10)) == 1
-    # two's cache did not know of "a" yet: its answer is provisional, the
-    # store's number comes with the sync.
-    assert two.change("s", ("draw", b"b", 10)) == 1
-    line = two.line("s")
-    assert line.entry(b"b").number == 2
+    assert two.change("s", ("draw", b"b", 10)) == 2
+    assert one.line("s").entry(b"b") is None  # one learns of it at its next exchange
+    one.sync()
+    assert one.line("s").ahead(b"b") == 1
     two.sync()
     line = two.line("s")
     assert line.ahead(b"b") == 1
