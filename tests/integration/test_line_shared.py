@@ -212,3 +212,4 @@ def test_four_workers_show_every_visitor_one_place(make_gateway, gate):
     for _ in range(6):
         for i, cookie in enumerate(visitors):
             assert _state(gw.port, cookie) == ("wait", i + 1)
+
