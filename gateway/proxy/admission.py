@@ -64,7 +64,10 @@ is answered.
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -74,10 +77,12 @@ from typing import TYPE_CHECKING
 from gateway import waiting
 from gateway._native.accesslog import WAITING as WAITING_PAGE
 from gateway._native.context import AdmissionCore
-from gateway.admission import ADMITTED, QUEUED, AdmissionController, WaitingRoom
+from gateway.admission import ADMITTED, QUEUED, AdmissionController
 from gateway.admission.allotment import AllotmentTask
 from gateway.proxy.exchange import PAUSE_ADMISSION
 from gateway.waiting import SpentTickets, TicketSigner, cookie_header, new_visitor_id, read_cookie
+from gateway.waiting.line_store import LocalLineStore, ShmLineStore, region
+from gateway.waiting.line_view import Inputs, LineView
 
 if TYPE_CHECKING:
     from gateway.admission import Ticket
@@ -96,17 +101,40 @@ _JSON_HEADERS = [
 ]
 
 
+# Seconds of the fleet's admissions a line calls ahead while the school's
+# queue is busy: a called visitor's reload lines up by its first arrival,
+# ahead of the requests queued after it, so the line moves at the admission
+# rate instead of waiting for an empty queue (see Admission._line_status).
+CALL_AHEAD = 2.0
+
 _process_secret: bytes | None = None
 
 
-def process_secret() -> bytes:
+def process_secret(fleet: bytes | None = None) -> bytes:
     """The ticket key used when the config sets none: random, made once per
     gateway process (the supervisor makes it before forking, so its workers
-    share it). Tickets then survive reloads, not restarts or other instances."""
+    share it). Tickets then survive reloads, not restarts or other instances.
+    `fleet` sets it instead (the key shared through Redis, see
+    gateway.waiting.line_store.fleet_secret), so every instance honours
+    every other's tickets."""
     global _process_secret
+    if fleet is not None:
+        _process_secret = fleet
     if _process_secret is None:
         _process_secret = secrets.token_bytes(32)
     return _process_secret
+
+
+def line_store(cfg: Config) -> object:
+    """Where this worker's waiting lines live: Redis with `[redis] url`, else
+    the instance's shared memory region (made by the supervisor before it
+    forked), else this process (an App built without a supervisor)."""
+    if cfg.redis.url:
+        from gateway.waiting.line_store import RedisLineStore, redis_client
+
+        return RedisLineStore(redis_client(cfg.redis, timeout=1.0), cfg.redis.prefix)
+    shared = region()
+    return ShmLineStore(shared) if shared is not None else LocalLineStore()
 
 
 _spent: SpentTickets | None = None
@@ -135,7 +163,11 @@ class Admission:
         """`allotment` sets the part of each limit this worker enforces
         (AdmissionController; default: the whole limits)."""
         self.controller = AdmissionController(cfg, time.time(), allotment)
-        self.room = WaitingRoom(self.controller)
+        # The waiting lines, shared by every worker (and instance) using the
+        # same store; admissions measured by name, kept across reloads.
+        self._admitted: dict[str, int] = {}
+        self.line = LineView(line_store(cfg), f"{socket.gethostname()}:{os.getpid()}",
+                             self._line_inputs, interval=cfg.redis.sync_interval)
         # What Exchange.start/_finish use to admit and release without a
         # Python frame on the common path (see gateway._native.context).
         self.core = AdmissionCore(self, self.controller, self.controller._scheduler,
@@ -179,7 +211,6 @@ class Admission:
         admitted, rejected = self.controller.reconfigure(cfg, now)
         schools = _renumbering(old_schools, self.controller.school_names)
         classes = _renumbering(old_classes, self.controller.class_names)
-        self.room.renumber(schools, classes)
         renumber(schools, classes)
         self._configure(app, cfg)
         self._dispatch(admitted)
@@ -352,10 +383,15 @@ class Admission:
         self._timer_due = due
         self._timer = loop.call_at(loop.time() + max(due - time.time(), 0.0), self._poll)
 
+    def start(self) -> None:
+        """Begin the waiting lines' syncs (the worker calls it in its loop)."""
+        self.line.start()
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.line.close()
 
     # -- the waiting room ---------------------------------------------------------
     def _read_ticket(self, ex: Exchange, now: float) -> tuple[bytes, float] | None:
@@ -383,7 +419,7 @@ class Admission:
         """The request carrying visitor `vid`'s ticket got in (ADMITTED) or
         lined up by its arrival (QUEUED): the ticket is used up."""
         school = ex.school
-        self.room.leave(school.index, vid)  # type: ignore[union-attr]
+        self.line.change(school.name, ("leave", vid))  # type: ignore[union-attr]
         # Until every copy has expired: any was issued by now (give or take
         # the leeway for other instances' clocks) and lives ttl from then.
         until = now + self.ttl + self.signer.leeway
@@ -424,9 +460,10 @@ class Admission:
                 # Keep (or take) a place in the waiting room; the page polls
                 # STATUS_PATH and reloads the URL when the visitor's turn comes.
                 vid, arrived = visitor if visitor is not None else (new_visitor_id(), t.arrived_at)
-                if self.room.join(school.index, vid, arrived, now,  # type: ignore[union-attr]
-                                  klass=t.klass):
-                    state, pos, wait = self.room.status(school.index, vid, now)  # type: ignore[union-attr]
+                urgency = self.controller.classes[t.klass].priority
+                if self.line.change(school.name, ("draw", vid, urgency)):  # type: ignore[union-attr]
+                    state, pos, wait = self._line_status(school, vid, t.klass,  # type: ignore[arg-type]
+                                                         arrived, now)
                     if state == "wait":
                         position, eta = pos, wait
                     status_url = STATUS_PATH.decode()
@@ -460,7 +497,8 @@ class Admission:
             body = waiting.render_status_json("go", None, None, 0)
         else:
             vid, arrived = visitor
-            state, position, eta = self.room.status(school.index, vid, now)  # type: ignore[union-attr]
+            state, position, eta = self._line_status(school, vid, None,  # type: ignore[arg-type]
+                                                     arrived, now)
             # Poll sooner when the turn is near, rarely when it is far.
             retry = 1 if state == "go" else max(1, min(10, int(eta / 4)))
             body = waiting.render_status_json(state, position, eta, retry)
@@ -473,6 +511,120 @@ class Admission:
         if ex.head.upgrade is not None:  # type: ignore[union-attr]
             ex.keep_alive = False  # a spent parser, as in _reject
         return self.app.local_response(200, headers, body, ex.keep_alive, head_only=ex.is_head)
+
+
+    # -- the waiting line ------------------------------------------------------------
+
+    def _line_status(self, school: SchoolRuntime, vid: bytes, klass: int | None,
+                     arrived: float, now: float) -> tuple[str, int, float]:
+        """(state, position, eta seconds) of visitor `vid` in the school's line.
+
+        "go" when the visitor was called, is called now, or is not in the
+        line (left, served, or never here: its reload is then judged by the
+        queue, with the arrival its ticket carries). A waiting visitor is
+        called when its place among the uncalled tickets is within the
+        room this worker has: its free slots beyond the queue; while the
+        queue is busy and nobody queued here arrived before the visitor,
+        CALL_AHEAD seconds of the fleet's admissions (the reload lines up
+        ahead of them); less the tickets called and not back yet.
+
+        Position: the requests queued here ahead of the visitor (`klass`,
+        `arrived`; None: the first class of its ticket's urgency, or every
+        queued one when no class has it), those other workers reported queued at
+        its urgency or above, and the waiting tickets ahead, plus one;
+        never more than last shown but for more urgent arrivals
+        (Line.report). The estimate divides it by the fleet's measured
+        admission rate (the local one while none is measured).
+        """
+        name, idx = school.name, school.index
+        if not self.line.change(name, ("seen", vid)):
+            return "go", 0, 0.0
+        line = self.line.line(name)
+        entry = line.entry(vid)
+        if entry is None:
+            return "go", 0, 0.0
+        if entry.called_at:
+            return "go", 0, 0.0
+        rank = line.ahead(vid)
+        controller = self.controller
+        free = controller.free_slots(idx, now)
+        if klass is None:
+            # A poll: the ticket's class is the first of its urgency.
+            klass = next((k for k, c in enumerate(controller.classes)
+                          if c.priority == entry.urgency), None)
+            # The ticket keeps whole milliseconds: whoever queued within the
+            # visitor's millisecond counts as ahead.
+            arrived += 0.001
+        # Requests that came later (or matter less) queue behind the
+        # visitor's return, so they do not count against its place.
+        ahead = controller.queued(idx) if klass is None else \
+            controller.ahead(idx, klass, arrived)
+        budget = max(free, 0)
+        if free >= 0 and ahead == 0 and controller.queued(idx) > 0:
+            budget = max(budget, math.ceil(line.rate(self.line.now()) * CALL_AHEAD))
+        if free < 0 or rank < budget - line.called():
+            self.line.change(name, ("call", vid))
+            return "go", 0, 0.0
+        ahead += line.queued_ahead(entry.urgency, self.line.now(), exclude=self.line.worker)
+        position = line.report(vid, ahead + rank + 1)
+        self.line.change(name, ("shown", vid, entry.shown, entry.urgent_ahead))
+        eta = line.eta(position, self.line.now())
+        if eta is None:
+            eta = controller.queue_eta(idx, position, now)
+        return "wait", position, eta
+
+    def _line_inputs(self) -> Inputs:
+        """Per school: admissions since last asked, and this worker's queue
+        by urgency (what a line sync sends; see LineView)."""
+        if not self.enabled:
+            return {}
+        controller = self.controller
+        now = time.time()
+        priority = {c.name: c.priority for c in controller.classes}
+        out: Inputs = {}
+        for i, name in enumerate(controller.school_names):
+            admitted = controller.usage(i, now)["admitted"]
+            delta = admitted - self._admitted.get(name, admitted)
+            self._admitted[name] = admitted
+            queued: dict[float, int] = {}
+            for klass, n in controller.stats(i, now)["queued"].items():
+                if n:
+                    u = priority[klass]
+                    queued[u] = queued.get(u, 0) + n
+            out[name] = (max(delta, 0), queued)
+        return out
+
+    def waiting_lines(self) -> dict[str, dict]:
+        """Per school name, for the admin endpoint and the status page:
+        queued (requests waiting, by class name: this worker's queue plus the
+        line's tickets, by the class whose priority they carry), line (tickets
+        waiting in the shared line), eta (seconds a newcomer would wait, None:
+        nothing measured yet), admission_rate (the fleet's admissions/s),
+        now_serving (highest number called), last_ticket (highest drawn),
+        shared (False while the shared store is away)."""
+        now = self.line.now()
+        controller = self.controller
+        out: dict[str, dict] = {}
+        for i, name in enumerate(controller.school_names):
+            line = self.line.line(name)
+            queued = dict(controller.stats(i, time.time())["queued"])
+            waiting_by_urgency = line.waiting()
+            for c in controller.classes:
+                n = waiting_by_urgency.pop(c.priority, 0)
+                if n:
+                    queued[c.name] = queued.get(c.name, 0) + n
+            in_line = sum(line.waiting().values())
+            ahead = sum(queued.values()) + line.queued_ahead(-math.inf, now, self.line.worker)
+            out[name] = {
+                "queued": queued,
+                "line": in_line,
+                "eta": line.eta(ahead + 1, now) if ahead else 0.0,
+                "admission_rate": line.rate(now),
+                "now_serving": line.serving,
+                "last_ticket": line.last,
+                "shared": self.line.shared,
+            }
+        return out
 
 
 def _claim(t: Ticket) -> Exchange | None:

@@ -125,7 +125,19 @@ def run(config_path: str) -> int:
     # Made before forking, so every worker signs waiting-room tickets with
     # the same key when the config sets none.
     from gateway.proxy.admission import process_secret
-    process_secret()
+    from gateway.waiting.line_store import fleet_secret, prepare_region
+    fleet = None
+    if cfg.redis.url and not cfg.admission.secret:
+        # Every instance naming this Redis signs with the key kept there.
+        fleet = fleet_secret(cfg.redis)
+        if fleet is None:
+            log.warning("redis.url: Redis unreachable at start, so waiting-room tickets are "
+                        "signed with a key of this instance only (set [admission] secret)")
+    process_secret(fleet)
+    if not cfg.redis.url:
+        # The waiting lines shared by this instance's workers (made before
+        # forking, so every worker maps the same memory).
+        prepare_region()
 
     watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)

@@ -110,6 +110,7 @@ class Worker:
         loop.set_exception_handler(self._loop_error)
         loop.call_later(REAP_INTERVAL, self._reap)
         loop.call_later(FLUSH_INTERVAL, self._flush_logs)
+        self.app.admission.start()  # the waiting lines' syncs
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
 

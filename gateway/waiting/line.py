@@ -1,0 +1,324 @@
+"""One school's waiting line, like a deli counter: sans-IO.
+
+A visitor turned away with the waiting page draws a number (`draw`): numbers
+are handed out in sequence per school, so the order of the line is the order
+of the first waiting pages, whichever worker or instance served them. A more
+urgent class (a higher `urgency`, the class's priority) stands ahead of a
+less urgent one; within one urgency, the lower number goes first.
+
+- Position (`position`): tickets ahead that are still waiting, plus one.
+  Tickets already called (told "go", their reload on the way) are not
+  counted; neither are visitors who stopped polling: a waiting ticket not
+  seen for `grace` seconds is dropped (`sweep`), and so is a called ticket
+  not back within `go_grace`.
+- Calling (`call`): a worker with room calls the head of the line; "now
+  serving" (`serving`) is the highest number called so far.
+- The admission rate (`record`, `rate`): admissions of the whole fleet
+  (every worker adds what it admitted since it last said so), over a
+  sliding `window` of seconds; the estimated wait of position p is p / rate.
+- Honesty (`shown`): the position a visitor was last shown is kept with the
+  ticket, and a later answer never shows more, unless more urgent tickets
+  arrived ahead in between (`report`).
+
+The same rules run in three places: this class itself (one worker, or the
+fallback while a shared store is down); serialized in shared memory between
+the workers of one instance (gateway/waiting/line_store.py); and as Lua
+scripts in Redis across instances (same module), checked against this class
+in tests/integration/test_line_redis.py. Pure object: `now` (seconds) is
+passed in and nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# Seconds of admissions the rate is measured over.
+WINDOW = 20.0
+# A waiting visitor not seen (no poll, no reload) for this long has left.
+GRACE = 30.0
+# A called visitor whose reload did not get in within this long has left.
+GO_GRACE = 15.0
+# What a worker's queue report (`queues`) is worth after its last update.
+REPORT_TTL = 5.0
+
+
+@dataclass(slots=True)
+class Entry:
+    """One ticket in the line."""
+
+    number: int
+    urgency: float
+    last_seen: float
+    # When it was called (0: still waiting).
+    called_at: float = 0.0
+    # The position last shown to the visitor (0: none yet), and how many
+    # more urgent tickets stood ahead then.
+    shown: int = 0
+    urgent_ahead: int = 0
+
+    def key(self) -> tuple[float, int]:
+        return (-self.urgency, self.number)
+
+
+class Line:
+    """The line of one school (see the module docstring).
+
+    Visitors are known by their visitor id (the waiting-room ticket's id,
+    bytes). Every method takes `now` where time matters (Unix seconds).
+    """
+
+    __slots__ = ("_next_sweep", "_order", "admissions", "by_vid", "capacity", "last",
+                 "queues", "serving", "since")
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self.last = 0
+        self.serving = 0
+        self.by_vid: dict[bytes, Entry] = {}
+        # (-urgency, number, vid) of every ticket, waiting or called.
+        self._order: list[tuple[float, int, bytes]] = []
+        # Whole second -> admissions in it, for the seconds of the window.
+        self.admissions: dict[int, int] = {}
+        # When the line began measuring (the rate's span never reaches back
+        # before it); None until the first call that records anything.
+        self.since: float | None = None
+        # Worker id -> (updated at, queued requests by urgency): the
+        # requests waiting in each worker's own queue, counted in positions.
+        self.queues: dict[str, tuple[float, dict[float, int]]] = {}
+        self._next_sweep = -math.inf
+
+    def __len__(self) -> int:
+        return len(self.by_vid)
+
+    def _begin(self, now: float) -> None:
+        if self.since is None:
+            self.since = now
+
+    # -- changes --------------------------------------------------------------------
+
+    def draw(self, vid: bytes, urgency: float, now: float) -> int:
+        """The visitor's number: a new one at the end of its urgency, or the
+        one it already holds (seen again; a called ticket stays called, its
+        grace renewed). 0 when the line is full (`capacity`)."""
+        self._begin(now)
+        entry = self.by_vid.get(vid)
+        if entry is not None:
+            entry.last_seen = now
+            if entry.called_at:
+                entry.called_at = now
+            return entry.number
+        if len(self.by_vid) >= self.capacity:
+            return 0
+        self.last += 1
+        entry = Entry(self.last, float(urgency), now)
+        self.by_vid[vid] = entry
+        bisect.insort(self._order, (-entry.urgency, entry.number, vid))
+        return entry.number
+
+    def seen(self, vid: bytes, now: float) -> bool:
+        """The visitor polled; False if its ticket is not in the line."""
+        entry = self.by_vid.get(vid)
+        if entry is None:
+            return False
+        entry.last_seen = now
+        return True
+
+    def call(self, vid: bytes, now: float) -> bool:
+        """Tell a waiting visitor to go; False if it is not waiting here."""
+        entry = self.by_vid.get(vid)
+        if entry is None or entry.called_at:
+            return False
+        entry.called_at = now
+        entry.last_seen = now
+        self.serving = max(self.serving, entry.number)
+        return True
+
+    def leave(self, vid: bytes) -> bool:
+        """The visitor's request got in (or its ticket is otherwise done)."""
+        entry = self.by_vid.pop(vid, None)
+        if entry is None:
+            return False
+        del self._order[bisect.bisect_left(self._order, (-entry.urgency, entry.number, vid))]
+        return True
+
+    def report(self, vid: bytes, computed: int) -> int:
+        """The position to show for a visitor whose position is computed as
+        `computed` now: never more than last shown, but for the more urgent
+        tickets that arrived ahead since. Remembers what it returns."""
+        entry = self.by_vid.get(vid)
+        if entry is None:
+            return computed
+        urgent = self.urgent_ahead(entry)
+        if entry.shown:
+            computed = min(computed, entry.shown + max(0, urgent - entry.urgent_ahead))
+        entry.shown, entry.urgent_ahead = computed, urgent
+        return computed
+
+    def shown(self, vid: bytes, shown: int, urgent_ahead: int) -> None:
+        """Set what `report` remembers (how a store replays a worker's report)."""
+        entry = self.by_vid.get(vid)
+        if entry is not None:
+            entry.shown, entry.urgent_ahead = shown, urgent_ahead
+
+    def record(self, admitted: int, now: float) -> None:
+        """`admitted` admissions (of some worker) since it last said so."""
+        self._begin(now)
+        if admitted > 0:
+            second = math.floor(now)
+            self.admissions[second] = self.admissions.get(second, 0) + admitted
+        self._prune(now)
+
+    def set_queue(self, worker: str, queued: dict[float, int], now: float) -> None:
+        """Worker `worker` has `queued[urgency]` requests in its own queue."""
+        self._begin(now)
+        self.queues[worker] = (now, {float(k): int(v) for k, v in queued.items() if v})
+
+    def sweep(self, now: float, grace: float = GRACE, go_grace: float = GO_GRACE) -> int:
+        """Drop visitors who left; returns how many. Amortised: one pass a
+        second at most, however often it is called."""
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + 1.0
+        gone = [vid for vid, e in self.by_vid.items()
+                if (e.called_at and now - e.called_at > go_grace)
+                or (not e.called_at and now - e.last_seen > grace)]
+        for vid in gone:
+            self.leave(vid)
+        self._prune(now)
+        return len(gone)
+
+    def _prune(self, now: float) -> None:
+        oldest = math.floor(now - WINDOW)
+        for second in [s for s in self.admissions if s < oldest]:
+            del self.admissions[second]
+        for worker in [w for w, (at, _) in self.queues.items() if now - at > REPORT_TTL]:
+            del self.queues[worker]
+
+    # -- questions ------------------------------------------------------------------
+
+    def entry(self, vid: bytes) -> Entry | None:
+        return self.by_vid.get(vid)
+
+    def ahead(self, vid: bytes) -> int:
+        """Tickets ahead of the visitor that are still waiting (not called);
+        -1 if it is not in the line."""
+        entry = self.by_vid.get(vid)
+        if entry is None:
+            return -1
+        at = bisect.bisect_left(self._order, (-entry.urgency, entry.number, vid))
+        return at - sum(1 for _, _, v in self._order[:at] if self.by_vid[v].called_at)
+
+    def urgent_ahead(self, entry: Entry) -> int:
+        """Waiting tickets more urgent than `entry`'s."""
+        n = 0
+        for u, _, v in self._order:
+            if -u <= entry.urgency:
+                break
+            n += not self.by_vid[v].called_at
+        return n
+
+    def called(self) -> int:
+        """Tickets called whose visitor has not got in yet."""
+        return sum(1 for e in self.by_vid.values() if e.called_at)
+
+    def waiting(self) -> dict[float, int]:
+        """Waiting (uncalled) tickets by urgency."""
+        out: dict[float, int] = {}
+        for e in self.by_vid.values():
+            if not e.called_at:
+                out[e.urgency] = out.get(e.urgency, 0) + 1
+        return out
+
+    def queued_ahead(self, urgency: float, now: float, exclude: str | None = None) -> int:
+        """Requests in the workers' own queues (but `exclude`'s) of at least
+        `urgency`: they are served before a visitor of that urgency is called."""
+        n = 0
+        for worker, (at, queued) in self.queues.items():
+            if worker == exclude or now - at > REPORT_TTL:
+                continue
+            n += sum(c for u, c in queued.items() if u >= urgency)
+        return n
+
+    def rate(self, now: float) -> float:
+        """Admissions per second of the whole fleet over the last WINDOW
+        seconds (0.0 before anything was measured)."""
+        if self.since is None:
+            return 0.0
+        oldest = math.floor(now - WINDOW)
+        total = sum(c for s, c in self.admissions.items() if s >= oldest)
+        if not total:
+            return 0.0
+        span = min(WINDOW, max(now - self.since, 1.0))
+        return total / span
+
+    def eta(self, position: int, now: float) -> float | None:
+        """Seconds until `position` more admissions at the measured rate
+        (None: no rate measured yet)."""
+        rate = self.rate(now)
+        return position / rate if rate > 0 else None
+
+    # -- the snapshot a store keeps --------------------------------------------------
+
+    def dump(self) -> list[Any]:
+        """Plain values (msgpack-able) from which `load` rebuilds the line."""
+        return [self.last, self.serving, self.since,
+                [[vid, e.number, e.urgency, e.last_seen, e.called_at, e.shown, e.urgent_ahead]
+                 for vid, e in self.by_vid.items()],
+                [[s, c] for s, c in self.admissions.items()],
+                [[w, at, [[u, c] for u, c in q.items()]] for w, (at, q) in self.queues.items()]]
+
+    @classmethod
+    def load(cls, data: list[Any], capacity: int = 100_000) -> Line:
+        line = cls(capacity)
+        last, serving, since, entries, admissions, queues = data
+        line.last, line.serving, line.since = int(last), int(serving), since
+        for vid, number, urgency, seen, called, shown, urgent in entries:
+            e = Entry(int(number), float(urgency), float(seen), float(called), int(shown),
+                      int(urgent))
+            line.by_vid[bytes(vid)] = e
+            line._order.append((-e.urgency, e.number, bytes(vid)))
+        line._order.sort()
+        line.admissions = {int(s): int(c) for s, c in admissions}
+        line.queues = {str(w): (float(at), {float(u): int(c) for u, c in q})
+                       for w, at, q in queues}
+        return line
+
+
+def apply(line: Line, ops: list[tuple], now: float) -> list[Any]:
+    """Apply a worker's batch of changes to a line (what a store does with
+    the batch under its lock); returns each op's result in order.
+
+    Ops: ("draw", vid, urgency) -> number; ("seen", vid); ("call", vid);
+    ("leave", vid); ("shown", vid, shown, urgent_ahead); ("record", n);
+    ("queue", worker, {urgency: n}). The line is swept first.
+    """
+    line._begin(now)
+    line.sweep(now)
+    out: list[Any] = []
+    for op in ops:
+        kind = op[0]
+        if kind == "draw":
+            out.append(line.draw(op[1], op[2], now))
+        elif kind == "seen":
+            out.append(line.seen(op[1], now))
+        elif kind == "call":
+            out.append(line.call(op[1], now))
+        elif kind == "leave":
+            out.append(line.leave(op[1]))
+        elif kind == "shown":
+            out.append(line.shown(op[1], op[2], op[3]))
+        elif kind == "record":
+            out.append(line.record(op[1], now))
+        elif kind == "queue":
+            out.append(line.set_queue(op[1], op[2], now))
+        else:
+            raise ValueError(f"unknown line op {kind!r}")
+    return out
+
+
+__all__ = ["GO_GRACE", "GRACE", "WINDOW", "Entry", "Line", "apply"]

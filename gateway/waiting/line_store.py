@@ -1,0 +1,374 @@
+"""Where the waiting lines live: this worker, shared memory, or Redis.
+
+Every store answers one call, `exchange(batches, now)`: apply each school's
+batch of changes (gateway.waiting.line.apply ops) atomically, and return the
+school's line as it is afterwards (a `Line` the worker keeps as its cache).
+A worker calls it off the request path (gateway/waiting/line_view.py).
+
+- `LocalLineStore`: the lines in this process (one worker and no shared
+  region, or the fallback while Redis is away).
+- `ShmLineStore`: the lines of one instance in a shared memory region made
+  by the supervisor before it forks the workers (`prepare_region`): a memfd
+  holding the lines msgpack-encoded, guarded by a POSIX record lock
+  (fcntl.lockf), which the kernel releases if its holder dies.
+- `RedisLineStore`: the lines of every instance naming the same Redis. One
+  Lua script per school and exchange applies the batch with Redis's own
+  clock (TIME, so instances' clocks do not matter) and returns the line.
+  A school's keys are `{prefix}{<school tag>}:line:<part>`: the hash tag
+  keeps them in one Redis Cluster slot, so the script may touch them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway.waiting.line import GO_GRACE, GRACE, REPORT_TTL, WINDOW, Line, apply
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Redis
+
+# Default size of the shared region (sparse: only what is written takes memory).
+REGION_SIZE = 64 << 20
+_LEN = struct.Struct("!Q")
+# Idle lines vanish from Redis this long after their last change.
+REDIS_EXPIRE = 24 * 3600
+
+
+class LocalLineStore:
+    """The lines of this process; exchange hands out the lines themselves."""
+
+    shared = False
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.lines: dict[str, Line] = {}
+
+    def exchange(self, batches: dict[str, list[tuple]], now: float) -> dict[str, Line]:
+        out = {}
+        for school, ops in batches.items():
+            line = self.lines.get(school)
+            if line is None:
+                line = self.lines[school] = Line(self.capacity)
+            apply(line, ops, now)
+            out[school] = line
+        return out
+
+
+class Region:
+    """A shared memory region and its lock, inherited by forked workers."""
+
+    def __init__(self, size: int = REGION_SIZE) -> None:
+        self.fd = os.memfd_create("schoolgate-lines", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self.size = size
+        self.map = mmap.mmap(self.fd, size)
+
+    def read(self) -> bytes:
+        (n,) = _LEN.unpack_from(self.map, 0)
+        return bytes(self.map[_LEN.size:_LEN.size + n]) if n else b""
+
+    def write(self, data: bytes) -> bool:
+        if _LEN.size + len(data) > self.size:
+            return False
+        self.map[_LEN.size:_LEN.size + len(data)] = data
+        _LEN.pack_into(self.map, 0, len(data))
+        return True
+
+    def lock(self) -> None:
+        import fcntl
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        import fcntl
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+
+_region: Region | None = None
+
+
+def prepare_region(size: int = REGION_SIZE) -> Region:
+    """The instance's shared region: made once, before the workers fork."""
+    global _region
+    if _region is None:
+        _region = Region(size)
+    return _region
+
+
+def region() -> Region | None:
+    """The region prepared by this process or its parent (None: none)."""
+    return _region
+
+
+_RAW = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+_ENCODE = msgspec.msgpack.Encoder()
+
+
+class ShmLineStore:
+    """The lines of one instance, in a shared Region.
+
+    An exchange decodes only the schools it touches; a region too small for
+    the lines keeps them as they were and says so (`full`): draws then find
+    no place until visitors leave.
+    """
+
+    shared = True
+
+    def __init__(self, region: Region, capacity: int = 100_000) -> None:
+        self.region = region
+        self.capacity = capacity
+        self.full = False
+
+    def exchange(self, batches: dict[str, list[tuple]], now: float) -> dict[str, Line]:
+        region = self.region
+        region.lock()
+        try:
+            data = region.read()
+            stored: dict[str, Any] = dict(_RAW.decode(data)) if data else {}
+            out: dict[str, Line] = {}
+            for school, ops in batches.items():
+                raw = stored.get(school)
+                line = Line.load(msgspec.msgpack.decode(raw), self.capacity) \
+                    if raw is not None else Line(self.capacity)
+                apply(line, ops, now)
+                stored[school] = msgspec.Raw(_ENCODE.encode(line.dump()))
+                out[school] = line
+            self.full = not region.write(_ENCODE.encode(stored))
+        finally:
+            region.unlock()
+        return out
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+# KEYS: meta (last, serving, since), entries (vid hex -> fields),
+# admissions (second -> count), queues (worker -> [at, [[urgency, n]...]]).
+# ARGV: ops (JSON), capacity, grace, go_grace, window, report_ttl, expire.
+# The rules are those of gateway.waiting.line (sweep, then the ops in order);
+# returns the line as JSON: [last, serving, since, entries, admissions,
+# queues, now].
+LINE_SCRIPT = r"""
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local m, e, a, q = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ops = cjson.decode(ARGV[1])
+local capacity, grace, go_grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local window, report_ttl, expire = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local function parse(s)
+  local f = {}
+  for w in string.gmatch(s, '%S+') do f[#f + 1] = tonumber(w) end
+  return f
+end
+local function fmt(f)
+  return string.format('%d %.17g %.17g %.17g %d %d', f[1], f[2], f[3], f[4], f[5], f[6])
+end
+local since = tonumber(redis.call('HGET', m, 'since'))
+if not since then
+  since = now
+  redis.call('HSET', m, 'since', string.format('%.17g', now))
+end
+local serving = tonumber(redis.call('HGET', m, 'serving')) or 0
+local entries, count = {}, 0
+local all = redis.call('HGETALL', e)
+for i = 1, #all, 2 do
+  local f = parse(all[i + 1])
+  if (f[4] > 0 and now - f[4] > go_grace) or (f[4] == 0 and now - f[3] > grace) then
+    redis.call('HDEL', e, all[i])
+  else
+    entries[all[i]] = f
+    count = count + 1
+  end
+end
+for _, op in ipairs(ops) do
+  local kind, vid = op[1], op[2]
+  local f = entries[vid]
+  if kind == 'draw' then
+    if f then
+      f[3] = now
+      if f[4] > 0 then f[4] = now end
+      redis.call('HSET', e, vid, fmt(f))
+    elseif count < capacity then
+      local n = redis.call('HINCRBY', m, 'last', 1)
+      f = {n, tonumber(op[3]), now, 0, 0, 0}
+      entries[vid] = f
+      count = count + 1
+      redis.call('HSET', e, vid, fmt(f))
+    end
+  elseif kind == 'seen' then
+    if f then f[3] = now; redis.call('HSET', e, vid, fmt(f)) end
+  elseif kind == 'call' then
+    if f and f[4] == 0 then
+      f[4] = now
+      f[3] = now
+      if f[1] > serving then
+        serving = f[1]
+        redis.call('HSET', m, 'serving', serving)
+      end
+      redis.call('HSET', e, vid, fmt(f))
+    end
+  elseif kind == 'leave' then
+    if f then
+      entries[vid] = nil
+      count = count - 1
+      redis.call('HDEL', e, vid)
+    end
+  elseif kind == 'shown' then
+    if f then f[5] = op[3]; f[6] = op[4]; redis.call('HSET', e, vid, fmt(f)) end
+  elseif kind == 'record' then
+    if op[2] > 0 then redis.call('HINCRBY', a, math.floor(now), op[2]) end
+  elseif kind == 'queue' then
+    redis.call('HSET', q, op[2], cjson.encode({now, op[3]}))
+  end
+end
+local oldest = math.floor(now - window)
+local adm, admissions = redis.call('HGETALL', a), {}
+for i = 1, #adm, 2 do
+  local s = tonumber(adm[i])
+  if s < oldest then redis.call('HDEL', a, adm[i])
+  else admissions[#admissions + 1] = {s, tonumber(adm[i + 1])} end
+end
+local qs, queues = redis.call('HGETALL', q), {}
+for i = 1, #qs, 2 do
+  local v = cjson.decode(qs[i + 1])
+  if now - v[1] > report_ttl then redis.call('HDEL', q, qs[i])
+  else queues[#queues + 1] = {qs[i], v[1], v[2]} end
+end
+local list = {}
+for vid, f in pairs(entries) do
+  list[#list + 1] = {vid, f[1], f[2], f[3], f[4], f[5], f[6]}
+end
+for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, expire) end
+local last = tonumber(redis.call('HGET', m, 'last')) or 0
+return cjson.encode({last, serving, string.format('%.17g', since), list, admissions, queues,
+                     string.format('%.17g', now)})
+"""
+
+
+def school_tag(school: str) -> str:
+    """The Redis Cluster hash tag of a school: its name, unless the name has
+    a brace (which would end the tag early); then a digest of it."""
+    if "{" in school or "}" in school or not school:
+        return hashlib.sha256(school.encode()).hexdigest()[:16]
+    return school
+
+
+def line_keys(prefix: str, school: str) -> list[str]:
+    """The four keys of a school's line (meta, entries, admissions, queues)."""
+    base = f"{prefix}{{{school_tag(school)}}}:line:"
+    return [base + part for part in ("meta", "entries", "admissions", "queues")]
+
+
+def encode_ops(ops: list[tuple]) -> str:
+    """A batch as the script's JSON: visitor ids in hex."""
+    out = []
+    for op in ops:
+        kind = op[0]
+        if kind in ("draw", "seen", "call", "leave", "shown"):
+            out.append([kind, op[1].hex(), *op[2:]])
+        elif kind == "queue":
+            out.append([kind, op[1], [[u, n] for u, n in op[2].items()]])
+        else:
+            out.append(list(op))
+    return json.dumps(out)
+
+
+def decode_line(text: bytes | str, capacity: int = 100_000) -> tuple[Line, float]:
+    """The script's answer as (Line, Redis time)."""
+    last, serving, since, entries, admissions, queues, now = json.loads(text)
+
+    def items(x: Any) -> list:  # cjson writes an empty array as {}
+        return x if isinstance(x, list) else []
+
+    data = [last, serving, float(since),
+            [[bytes.fromhex(v), n, u, s, c, sh, ua] for v, n, u, s, c, sh, ua in items(entries)],
+            items(admissions),
+            [[w, at, items(qq)] for w, at, qq in items(queues)]]
+    return Line.load(data, capacity), float(now)
+
+
+def script_args(ops: list[tuple], capacity: int) -> list[Any]:
+    return [encode_ops(ops), capacity, GRACE, GO_GRACE, WINDOW, REPORT_TTL, REDIS_EXPIRE]
+
+
+class RedisLineStore:
+    """The lines of every instance naming the same Redis (async: `aexchange`).
+
+    `client` is a redis.asyncio.Redis. Each exchange runs the script once per
+    school, pipelined, and returns the lines and the offset of Redis's clock
+    from `now` (so the worker measures rates on Redis's time).
+    """
+
+    shared = True
+
+    def __init__(self, client: Any, prefix: str, capacity: int = 100_000) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.capacity = capacity
+        self.script = client.register_script(LINE_SCRIPT)
+
+    async def aexchange(self, batches: dict[str, list[tuple]],
+                        now: float) -> tuple[dict[str, Line], float]:
+        pipe = self.client.pipeline(transaction=False)
+        schools = list(batches)
+        for school in schools:
+            # Queued on the pipeline (EVALSHA, loaded again if Redis lost it).
+            await self.script(keys=line_keys(self.prefix, school),
+                              args=script_args(batches[school], self.capacity), client=pipe)
+        answers = await pipe.execute()
+        out: dict[str, Line] = {}
+        offset = 0.0
+        for school, text in zip(schools, answers, strict=True):
+            line, redis_now = decode_line(text, self.capacity)
+            out[school] = line
+            offset = redis_now - now
+        return out, offset
+
+
+def redis_client(cfg: Redis, timeout: float = 1.0) -> Any:
+    """An asyncio Redis client for `[redis] url` (redis://, rediss://, unix://)."""
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(cfg.url, socket_timeout=timeout,
+                                   socket_connect_timeout=timeout)
+
+
+def fleet_secret(cfg: Redis, timeout: float = 2.0) -> bytes | None:
+    """The ticket key every instance naming this Redis shares, made by the
+    first to ask (SET NX) when the config sets no `[admission] secret`;
+    None if Redis cannot be reached (the caller then keeps its own)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(cfg.url, socket_timeout=timeout,
+                                      socket_connect_timeout=timeout)
+        key = f"{cfg.prefix}ticket-secret"
+        client.set(key, os.urandom(32).hex(), nx=True)
+        value = client.get(key)
+        client.close()
+    except (redis.RedisError, OSError):
+        return None
+    return bytes(value) if value else None
+
+
+__all__ = [
+    "LINE_SCRIPT",
+    "LocalLineStore",
+    "RedisLineStore",
+    "Region",
+    "ShmLineStore",
+    "decode_line",
+    "fleet_secret",
+    "line_keys",
+    "prepare_region",
+    "redis_client",
+    "region",
+    "school_tag",
+    "script_args",
+]

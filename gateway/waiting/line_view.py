@@ -1,0 +1,250 @@
+"""A worker's view of the waiting lines: a local cache, synced off the
+request path.
+
+The admission shell asks this view, never the store: `line(school)` is the
+school's line as of the last sync, with this worker's own changes since
+(draw, seen, call, leave, shown) applied to it at once and queued for the
+store. A sync sends the queued changes, this worker's admissions since the
+last sync and its own queue (from `collect`), and takes the store's line
+as the new cache (changes made while a Redis exchange was under way are
+applied again on top).
+
+When syncs run:
+- the local store and shared memory: every change at once, inline (memory
+  of this process or this instance, under a lock held for the exchange
+  alone), and the measurements every `interval` seconds;
+- Redis: every `interval` seconds, and soon after a change, from a task; an
+  exchange that fails or takes longer than `timeout` switches the worker to
+  a local line (seeded from the cache) and logs that once; Redis is tried
+  again every few seconds, and when it answers the visitors who joined
+  meanwhile draw their numbers there (at the end of the shared line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.waiting.line import Line, apply
+from gateway.waiting.line_store import LocalLineStore
+
+log = logging.getLogger("schoolgate.line")
+
+# Seconds between tries of an unreachable Redis.
+RETRY = 2.0
+
+# What `collect` returns per school: (admissions since last asked,
+# {urgency: requests queued in this worker}).
+Inputs = dict[str, tuple[int, dict[float, int]]]
+
+
+class LineView:
+    """This worker's cache of every school's line (see the module docstring).
+
+    `store` is a LocalLineStore, ShmLineStore or RedisLineStore; `worker` a
+    name unique in the fleet (its queue report is kept under it); `collect`
+    returns Inputs for the schools to sync. `clock` is Unix seconds.
+    """
+
+    def __init__(self, store: Any, worker: str, collect: Callable[[], Inputs],
+                 *, interval: float = 0.1, timeout: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.worker = worker
+        self.collect = collect
+        self.interval = interval
+        self.timeout = timeout
+        self.clock = clock
+        self.lines: dict[str, Line] = {}
+        self._pending: dict[str, list[tuple]] = {}
+        # Ops sent in the exchange under way (Redis), applied again to its answer.
+        self._inflight: dict[str, list[tuple]] | None = None
+        self._offset = 0.0  # the store's clock minus ours
+        self._fallback: LocalLineStore | None = None
+        self._retry_at = 0.0
+        self._soon = False
+        self._task: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._async = hasattr(store, "aexchange")
+        # In-process and shared-memory stores answer at once: every change
+        # is exchanged when made, so a page and a poll show the line as the
+        # whole instance has it (no network in the way).
+        self._inline = not self._async
+
+    # -- what the shell asks ---------------------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared store is away and this worker's line is local."""
+        return self._fallback is not None
+
+    @property
+    def shared(self) -> bool:
+        return bool(getattr(self.store, "shared", False)) and self._fallback is None
+
+    def now(self) -> float:
+        """The store's clock (Redis TIME) as best known here."""
+        return self.clock() + self._offset
+
+    def line(self, school: str) -> Line:
+        line = self.lines.get(school)
+        if line is None:
+            line = self.lines[school] = Line(getattr(self.store, "capacity", 100_000))
+        return line
+
+    def change(self, school: str, op: tuple) -> Any:
+        """Apply one change to the cache now and queue it for the store;
+        returns what the cached line answered (a draw: the number, which a
+        shared store may still renumber)."""
+        now = self.now()
+        store = self._fallback or (self.store if self._inline else None)
+        if store is not None:
+            # This process's own lines: changed in place, nothing to send.
+            self.lines.update(store.exchange({school: [op]}, now))
+            return self._answer(school, op)
+        [result] = apply(self.line(school), [op], now)
+        self._pending.setdefault(school, []).append(op)
+        self._sync_soon()
+        return result
+
+    def _answer(self, school: str, op: tuple) -> Any:
+        line = self.lines[school]
+        entry = line.entry(op[1]) if op[0] in ("draw", "seen") else None
+        if op[0] == "draw":
+            return 0 if entry is None else entry.number
+        if op[0] == "seen":
+            return entry is not None
+        return None
+
+    # -- syncing -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin the periodic syncs (needs a running loop)."""
+        if self._timer is None and self._task is None:
+            self._tick()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+
+    def _tick(self) -> None:
+        self._timer = None
+        loop = self._loop()
+        if loop is None:
+            return
+        self._run_sync(loop)
+        self._timer = loop.call_later(self.interval, self._tick)
+
+    def _sync_soon(self) -> None:
+        if self._soon:
+            return
+        loop = self._loop()
+        if loop is None:
+            self.sync()  # no loop (tests of the shell): at once
+            return
+        self._soon = True
+        loop.call_soon(self._soon_sync, loop)
+
+    def _soon_sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._soon = False
+        self._run_sync(loop)
+
+    def _run_sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._async and self._fallback is None:
+            if self._task is None or self._task.done():
+                self._task = loop.create_task(self.async_sync())
+            return
+        self.sync()
+
+    def _batches(self) -> dict[str, list[tuple]]:
+        batches = self._pending
+        self._pending = {}
+        for school in self.lines:  # every line known here is refreshed
+            batches.setdefault(school, [])
+        for school, (admitted, queued) in self.collect().items():
+            ops = batches.setdefault(school, [])
+            if admitted:
+                ops.append(("record", admitted))
+            ops.append(("queue", self.worker, queued))
+        return batches
+
+    def sync(self) -> None:
+        """One synchronous exchange (local store, shared memory, fallback)."""
+        store = self._fallback or self.store
+        if self._async and self._fallback is None:
+            return  # Redis syncs in async_sync
+        batches = self._batches()
+        if self._fallback is not None and self.clock() >= self._retry_at:
+            self._retry_at = self.clock() + RETRY
+            loop = self._loop()
+            if loop is not None and (self._task is None or self._task.done()):
+                self._task = loop.create_task(self._try_again())
+        self.lines.update(store.exchange(batches, self.now()))
+
+    async def async_sync(self) -> None:
+        """One exchange with Redis; on failure, switch to the local line."""
+        batches = self._batches()
+        self._inflight = batches
+        try:
+            lines, offset = await asyncio.wait_for(
+                self.store.aexchange(batches, self.clock()), self.timeout)
+        except Exception as err:
+            self._inflight = None
+            self._degrade(batches, err)
+            return
+        self._inflight = None
+        self._offset = offset
+        self._take(lines)
+
+    def _take(self, lines: dict[str, Line]) -> None:
+        now = self.now()
+        for school, line in lines.items():
+            # Changes made here while the exchange was under way.
+            apply(line, list(self._pending.get(school, ())), now)
+            self.lines[school] = line
+
+    def _degrade(self, batches: dict[str, list[tuple]], err: BaseException) -> None:
+        log.warning("the shared waiting line is unreachable (%s): each worker keeps a local "
+                    "line until it is back", err or type(err).__name__)
+        local = LocalLineStore(getattr(self.store, "capacity", 100_000))
+        local.lines = self.lines
+        self._offset = 0.0
+        self._fallback = local
+        self._retry_at = self.clock() + RETRY
+        # What the failed exchange carried stays applied to the cache, which
+        # is now the line; only the measurements matter to the store.
+        for ops in batches.values():
+            del ops[:]
+
+    async def _try_again(self) -> None:
+        """Redis again: send the visitors who joined meanwhile as new draws."""
+        redraw: dict[str, list[tuple]] = {}
+        for school, line in self.lines.items():
+            entries = sorted(line.by_vid.items(), key=lambda kv: kv[1].key())
+            redraw[school] = [("draw", vid, e.urgency) for vid, e in entries
+                              if not e.called_at]
+        try:
+            lines, offset = await asyncio.wait_for(
+                self.store.aexchange(redraw, self.clock()), self.timeout)
+        except Exception:
+            return
+        self._fallback = None
+        self._offset = offset
+        self._take(lines)
+        log.warning("the shared waiting line is back")
+
+
+__all__ = ["LineView"]

@@ -1,0 +1,215 @@
+"""One waiting line per school across workers and instances (issue 9 point 4).
+
+- Redis: the Lua script keeps the line by the rules of the sans-IO model
+  (gateway/waiting/line.py), op for op; two gateway instances naming one
+  Redis (and no [admission] secret: the ticket key is the one kept in Redis)
+  show one line, and a ticket from instance A is honoured by B, in order.
+- Without Redis, four workers of one instance show every visitor the same
+  place, whichever worker answers (shared memory).
+
+A `redis-server` is started on a free loopback port per test and killed by
+its PID afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import select
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import redis
+from test_admission_room import poll, turned_away
+from test_admission_support import (
+    HTML_ACCEPT,
+    JSON_ACCEPT,
+    PROBE_HEADER,
+    classes,
+    hold,
+    send,
+    ticket_cookie,
+)
+
+from gateway.waiting.line import Line, apply
+from gateway.waiting.line_store import RedisLineStore
+from tests.support.clients import request, wait_until
+from tests.support.procs import free_port, port_open
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+pytestmark = pytest.mark.usefixtures("admission_connections")
+
+
+@pytest.fixture
+def redis_url(tmp_path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: port_open(port), 10.0), "redis-server did not start"
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+# -- the script against the model -------------------------------------------------------
+
+
+def test_redis_script_keeps_the_line_by_the_models_rules(redis_url):
+    import redis.asyncio as aioredis
+
+    rng = random.Random(4)
+    model = Line()
+    vids: list[bytes] = []
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        store = RedisLineStore(client, "test:")
+        try:
+            for step in range(60):
+                ops: list[tuple] = []
+                for _ in range(rng.randint(1, 4)):
+                    r = rng.random()
+                    if r < 0.45 or not vids:
+                        v = b"v%d" % len(vids)
+                        vids.append(v)
+                        ops.append(("draw", v, rng.choice([0, 10, 20])))
+                    elif r < 0.6:
+                        ops.append(("call", rng.choice(vids)))
+                    elif r < 0.7:
+                        ops.append(("leave", rng.choice(vids)))
+                    elif r < 0.8:
+                        ops.append(("draw", rng.choice(vids), 10))  # again: keeps its number
+                    elif r < 0.9:
+                        ops.append(("record", rng.randint(0, 5)))
+                    else:
+                        v = rng.choice(vids)
+                        ops.append(("shown", v, rng.randint(1, 9), rng.randint(0, 3)))
+                lines, _ = await store.aexchange({"s": ops}, 0.0)
+                got = lines["s"]
+                # Any clock but 0 (a call's "not yet"): no grace passes in the test.
+                apply(model, ops, 1_700_000_000.0)
+                assert (got.last, got.serving) == (model.last, model.serving), step
+                assert {v: (e.number, e.urgency, bool(e.called_at), e.shown, e.urgent_ahead)
+                        for v, e in got.by_vid.items()} == \
+                    {v: (e.number, e.urgency, bool(e.called_at), e.shown, e.urgent_ahead)
+                     for v, e in model.by_vid.items()}, step
+                assert {v: got.ahead(v) for v in vids} == {v: model.ahead(v) for v in vids}
+            assert sum(got.admissions.values()) == sum(model.admissions.values())
+            # One cluster slot for the school: every key carries its hash tag.
+            keys = [k.decode() for k in await client.keys("test:*")]
+            assert keys and all(k.startswith("test:{s}:line:") for k in keys)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+# -- two instances, one Redis --------------------------------------------------------------
+
+
+def _instance(make_gateway, gate, redis_url: str, prefix: str):
+    # No [admission] secret: the instances share the ticket key kept in Redis.
+    return make_gateway(upstreams=[gate.addr], school={"max_inflight": 1}, classes=classes(),
+                        redis={"url": redis_url, "prefix": prefix, "sync_interval": 0.05})
+
+
+def _state(port: int, cookie: str) -> tuple[str, int | None]:
+    body = poll(port, cookie).json()
+    return body["state"], body["position"]
+
+
+def test_a_ticket_from_instance_a_is_honoured_by_b_in_order(make_gateway, gate, redis_url):
+    a = _instance(make_gateway, gate, redis_url, "fleet:")
+    b = _instance(make_gateway, gate, redis_url, "fleet:")
+    hold_a = hold(a.port, gate, "a")
+    hold_b = hold(b.port, gate, "b")
+    visitors = []
+    for port, other in ((a.port, b.port), (b.port, a.port), (a.port, b.port)):
+        cookie = ticket_cookie(turned_away(port))
+        # Known to the other instance (the shared line) before the next arrives.
+        assert wait_until(lambda c=cookie, o=other: _state(o, c)[0] == "wait", 5.0)
+        visitors.append(cookie)
+    v1, v2, v3 = visitors
+    # One line: each visitor has the same place at either instance.
+    for port in (a.port, b.port):
+        assert [_state(port, v) for v in visitors] == [("wait", 1), ("wait", 2), ("wait", 3)]
+
+    # B gets a free slot: the head of the line (who queued at A) is called,
+    # not whoever polls B first.
+    gate.release("b")
+    assert hold_b.recv_response().status == 200
+    assert _state(b.port, v2) == ("wait", 2)
+    assert _state(b.port, v1)[0] == "go"
+    # A's ticket is honoured at B: lined up by its arrival, used up there.
+    back = request(b.port, "GET", "/lesson/v1", headers=[HTML_ACCEPT, ("Cookie", v1)])
+    assert back.status == 200
+    cleared = [c for c in back.headers_named("Set-Cookie") if c.startswith("schoolgate_ticket=")]
+    assert cleared and cleared[0].startswith("schoolgate_ticket=;")
+    assert gate.paths()[-1] == "/lesson/v1"
+    # v2 and v3 move up, in order: at A (still full) they wait ...
+    assert wait_until(lambda: _state(a.port, v2) == ("wait", 1), 5.0)
+    assert _state(a.port, v3) == ("wait", 2)
+    # ... and B, free again, calls v2 (who queued there), not v3 (from A).
+    assert _state(b.port, v3) == ("wait", 2)
+    assert _state(b.port, v2)[0] == "go"
+    assert request(b.port, "GET", "/lesson/v2",
+                   headers=[HTML_ACCEPT, ("Cookie", v2)]).status == 200
+    assert wait_until(lambda: _state(a.port, v3) == ("wait", 1), 5.0)
+    gate.release("a")
+    assert hold_a.recv_response().status == 200
+    assert _state(a.port, v3)[0] == "go"
+    assert request(a.port, "GET", "/lesson/v3",
+                   headers=[HTML_ACCEPT, ("Cookie", v3)]).status == 200
+    assert gate.paths()[-3:] == ["/lesson/v1", "/lesson/v2", "/lesson/v3"]
+    # The fleet's admissions are counted in Redis, under the school's hash tag.
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert sum(int(v) for v in client.hgetall("fleet:{school}:line:admissions").values()) >= 4
+        assert int(client.hget("fleet:{school}:line:meta", "last")) == 3
+    finally:
+        client.close()
+
+
+# -- four workers, no Redis ----------------------------------------------------------------------
+
+
+def _fill_every_worker(port: int, gate, rounds: int = 400, clear: int = 40) -> None:
+    """Probe requests that hold their slot, until `clear` in a row are turned
+    away: then every worker (each takes connections at random) is full."""
+    rejected = 0
+    for i in range(rounds):
+        target = f"/hold/fill{i}"
+        # JSON: a script's request takes no place in the line.
+        conn = send(port, "GET", target, [(PROBE_HEADER, "1"), JSON_ACCEPT])
+
+        def answered(c=conn, t=target) -> bool:
+            return gate.count(t) > 0 or bool(select.select([c.sock], [], [], 0)[0])
+
+        assert wait_until(answered, 5.0)
+        if gate.count(target):
+            rejected = 0
+            continue
+        assert conn.recv_response().status == 503
+        rejected += 1
+        if rejected >= clear:
+            return
+    raise AssertionError("the workers never all filled up")
+
+
+def test_four_workers_show_every_visitor_one_place(make_gateway, gate):
+    gw = make_gateway(upstreams=[gate.addr], school={"max_inflight": 4}, classes=classes(),
+                      server={"workers": 4})
+    _fill_every_worker(gw.port, gate)
+    visitors = [ticket_cookie(turned_away(gw.port, f"/lesson/{i}")) for i in range(8)]
+    # Every poll opens a new connection, so the polls land on all workers.
+    for _ in range(6):
+        for i, cookie in enumerate(visitors):
+            assert _state(gw.port, cookie) == ("wait", i + 1)
+

@@ -1,0 +1,261 @@
+"""The waiting line (gateway/waiting/line.py) with a fake clock, and its
+local and shared-memory stores (one line seen by several worker processes)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from gateway.waiting.line import GO_GRACE, GRACE, WINDOW, Line, apply
+from gateway.waiting.line_store import LocalLineStore, Region, ShmLineStore
+from gateway.waiting.line_view import LineView
+
+T0 = 1_700_000_000.0
+
+
+def vid(i: int) -> bytes:
+    return b"v%03d" % i
+
+
+def test_numbers_are_drawn_in_order_and_a_visitor_keeps_theirs():
+    line = Line()
+    assert [line.draw(vid(i), 10, T0 + i) for i in range(3)] == [1, 2, 3]
+    # Drawing again (a reload turned away again) keeps the number.
+    assert line.draw(vid(0), 10, T0 + 5) == 1
+    assert line.last == 3
+    assert [line.ahead(vid(i)) + 1 for i in range(3)] == [1, 2, 3]
+    assert line.ahead(b"stranger") == -1
+
+
+def test_position_counts_only_tickets_still_waiting():
+    line = Line()
+    for i in range(4):
+        line.draw(vid(i), 10, T0)
+    assert line.call(vid(0), T0 + 1)
+    assert line.serving == 1
+    # The called ticket's reload is on its way: no longer ahead of anyone.
+    assert line.ahead(vid(3)) == 2
+    assert line.called() == 1
+    line.leave(vid(1))
+    assert line.ahead(vid(3)) == 1
+    assert line.waiting() == {10.0: 2}
+
+
+def test_a_visitor_who_stops_polling_is_dropped_after_the_grace_period():
+    line = Line()
+    line.draw(vid(0), 10, T0)
+    line.draw(vid(1), 10, T0)
+    line.draw(vid(2), 10, T0)
+    line.call(vid(2), T0 + GRACE - 10)
+    # vid(1) polls; vid(0) went away.
+    line.seen(vid(1), T0 + GRACE - 1)
+    assert line.sweep(T0 + GRACE - 0.5) == 0
+    assert line.sweep(T0 + GRACE + 0.5) == 1
+    assert line.entry(vid(0)) is None
+    assert line.ahead(vid(1)) == 0
+    # A called visitor whose reload never came is dropped after GO_GRACE.
+    assert line.sweep(T0 + GRACE - 10 + GO_GRACE + 0.5) == 1
+    assert line.entry(vid(2)) is None and line.entry(vid(1)) is not None
+
+
+def test_a_called_visitor_turned_away_again_stays_called_and_ahead_of_nobody():
+    line = Line()
+    line.draw(vid(0), 10, T0)
+    line.draw(vid(1), 10, T0)
+    line.call(vid(0), T0 + 1)
+    assert line.ahead(vid(1)) == 0
+    line.draw(vid(0), 10, T0 + 2)  # its reload found no room
+    assert line.entry(vid(0)).called_at == T0 + 2  # its grace starts again
+    assert line.ahead(vid(1)) == 0
+
+
+def test_a_more_urgent_class_stands_ahead_and_only_it_moves_a_position_up():
+    line = Line()
+    for i in range(3):
+        line.draw(vid(i), 10, T0)
+    assert line.report(vid(2), line.ahead(vid(2)) + 1) == 3
+    line.draw(b"urgent", 20, T0 + 1)
+    assert line.ahead(vid(2)) == 3
+    assert line.report(vid(2), line.ahead(vid(2)) + 1) == 4
+    # A less urgent arrival stands behind everyone.
+    line.draw(b"bulk", 0, T0 + 2)
+    assert line.ahead(b"bulk") == 4
+    assert line.report(vid(2), line.ahead(vid(2)) + 1) == 4
+
+
+def test_report_never_shows_a_larger_position_without_urgent_arrivals():
+    # What another worker adds (its queue) may make the computed number
+    # larger; what the visitor saw last is kept.
+    line = Line()
+    line.draw(vid(0), 10, T0)
+    line.draw(vid(1), 10, T0)
+    assert line.report(vid(1), 2) == 2
+    assert line.report(vid(1), 7) == 2
+    assert line.report(vid(1), 1) == 1
+    assert line.report(vid(1), 2) == 1
+
+
+def test_positions_never_go_up_under_random_traffic_of_one_class():
+    rng = random.Random(9)
+    line = Line()
+    now = T0
+    shown: dict[bytes, int] = {}
+    for step in range(2000):
+        now += rng.random() * 0.5
+        r = rng.random()
+        if r < 0.35:
+            line.draw(b"n%d" % step, 10, now)
+        elif r < 0.55 and line.by_vid:
+            line.call(rng.choice(list(line.by_vid)), now)
+        elif r < 0.7 and line.by_vid:
+            line.leave(rng.choice(list(line.by_vid)))
+        line.sweep(now)
+        for v, e in list(line.by_vid.items()):
+            if rng.random() < 0.8:
+                line.seen(v, now)
+            if e.called_at:
+                continue
+            pos = line.report(v, line.ahead(v) + 1)
+            assert pos <= shown.get(v, pos), (step, v, pos, shown[v])
+            # Reported positions are honest: never below the truth.
+            assert pos == line.ahead(v) + 1
+            shown[v] = pos
+
+
+def test_rate_is_the_fleets_admissions_over_the_window():
+    line = Line()
+    assert line.rate(T0) == 0.0 and line.eta(5, T0) is None
+    now = T0
+    # Two workers, each admitting 3 per second, for 30 s.
+    for _ in range(30):
+        now += 1.0
+        line.record(3, now)
+        line.record(3, now)
+    assert line.rate(now) == pytest.approx(6.0, rel=0.1)
+    assert line.eta(12, now) == pytest.approx(2.0, rel=0.1)
+    # Early on, the span is the time measured so far, not the whole window.
+    young = Line()
+    young.record(0, T0)
+    young.record(8, T0 + 2)
+    assert young.rate(T0 + 2) == pytest.approx(4.0)
+    # Nothing admitted for a window: no rate.
+    assert line.rate(now + WINDOW + 2) == 0.0
+
+
+def test_queue_reports_count_until_they_go_stale():
+    line = Line()
+    line.set_queue("w1", {10.0: 3, 0.0: 5}, T0)
+    line.set_queue("w2", {20.0: 1}, T0)
+    assert line.queued_ahead(10, T0 + 1) == 4
+    assert line.queued_ahead(10, T0 + 1, exclude="w2") == 3
+    assert line.queued_ahead(0, T0 + 1) == 9
+    assert line.queued_ahead(0, T0 + 60) == 0
+
+
+def test_dump_and_load_keep_the_line():
+    line = Line()
+    for i in range(5):
+        line.draw(vid(i), 10 if i != 3 else 20, T0 + i)
+    line.call(vid(1), T0 + 6)
+    line.report(vid(4), 4)
+    line.record(7, T0 + 6)
+    line.set_queue("w", {10.0: 2}, T0 + 6)
+    copy = Line.load(line.dump())
+    assert copy.dump() == line.dump()
+    assert [copy.ahead(vid(i)) for i in range(5)] == [line.ahead(vid(i)) for i in range(5)]
+    assert copy.rate(T0 + 7) == line.rate(T0 + 7)
+
+
+def test_apply_runs_a_batch_and_refuses_unknown_ops():
+    line = Line()
+    assert apply(line, [("draw", b"a", 10), ("draw", b"b", 10), ("call", b"a"),
+                        ("record", 2), ("leave", b"a")], T0) == [1, 2, True, None, True]
+    with pytest.raises(ValueError):
+        apply(line, [("steal", b"a")], T0)
+
+
+def test_a_full_line_hands_out_no_number():
+    line = Line(capacity=2)
+    assert line.draw(b"a", 1, T0) and line.draw(b"b", 1, T0)
+    assert line.draw(b"c", 1, T0) == 0
+    line.leave(b"a")
+    assert line.draw(b"c", 1, T0) == 3
+
+
+# -- stores ----------------------------------------------------------------------------------
+
+
+def test_two_workers_on_one_region_see_one_line():
+    region = Region(1 << 20)
+    a, b = ShmLineStore(region), ShmLineStore(region)
+    assert a.exchange({"s": [("draw", b"x", 10)]}, T0)["s"].entry(b"x").number == 1
+    line = b.exchange({"s": [("draw", b"y", 10)]}, T0 + 1)["s"]
+    assert line.entry(b"y").number == 2 and line.ahead(b"y") == 1
+    line = a.exchange({"s": [("call", b"x")]}, T0 + 2)["s"]
+    assert line.ahead(b"y") == 0 and line.serving == 1
+
+
+def test_forked_workers_draw_distinct_numbers_in_one_sequence():
+    region = Region(1 << 20)
+    pids = []
+    for w in range(4):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                store = ShmLineStore(region)
+                for i in range(25):
+                    store.exchange({"s": [("draw", b"w%d-%d" % (w, i), 10)]}, T0 + i)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    line = ShmLineStore(region).exchange({"s": []}, T0 + 30)["s"]
+    numbers = sorted(e.number for e in line.by_vid.values())
+    assert numbers == list(range(1, 101))
+    # Each worker's own draws are in its order.
+    for w in range(4):
+        mine = [line.entry(b"w%d-%d" % (w, i)).number for i in range(25)]
+        assert mine == sorted(mine)
+
+
+def test_a_region_too_small_keeps_the_line_as_it_was():
+    store = ShmLineStore(Region(4096))
+    store.exchange({"s": [("draw", b"a", 10)]}, T0)
+    store.exchange({"s": [("draw", b"%d" % i, 10) for i in range(500)]}, T0)
+    assert store.full
+    line = store.exchange({"s": []}, T0)["s"]
+    assert len(line) == 1 and store.full is False
+
+
+def test_view_over_a_local_store_changes_in_place():
+    clock = [T0]
+    view = LineView(LocalLineStore(), "w", dict, clock=lambda: clock[0])
+    assert view.change("s", ("draw", b"a", 10)) == 1
+    assert view.change("s", ("draw", b"b", 10)) == 2
+    assert view.line("s").ahead(b"b") == 1
+    assert view.change("s", ("seen", b"a")) is True
+    clock[0] += GRACE + 5
+    # A stranger's poll sweeps the line: both left.
+    assert view.change("s", ("seen", b"c")) is False
+    assert len(view.line("s")) == 0
+
+
+def test_view_over_shared_memory_applies_at_once_and_syncs_with_the_others():
+    region = Region(1 << 20)
+    admitted = {"s": (3, {10.0: 1})}
+    one = LineView(ShmLineStore(region), "one", lambda: admitted, clock=lambda: T0)
+    two = LineView(ShmLineStore(region), "two", dict, clock=lambda: T0)
+    # Every change is exchanged when made: two's draw is numbered after one's.
+    assert one.change("s", ("draw", b"a", 10)) == 1
+    assert two.change("s", ("draw", b"b", 10)) == 2
+    assert one.line("s").entry(b"b") is None  # one learns of it at its next exchange
+    one.sync()
+    assert one.line("s").ahead(b"b") == 1
+    two.sync()
+    line = two.line("s")
+    assert line.ahead(b"b") == 1
+    # one's measurements arrived with its sync.
+    assert line.rate(T0) > 0 and line.queued_ahead(10, T0, exclude="two") == 1
