@@ -20,6 +20,7 @@ from gateway._native.serialize import serialize_response_head as _serialize_resp
 from gateway._native.context cimport AdmissionCore, Context, may_carry_cookie, wall_clock
 from gateway._native.head cimport RequestHead, ResponseHead
 from gateway._native.scheduler cimport Ticket
+from gateway._native.stats cimport Stats
 from gateway._native.link cimport *
 from gateway._native.upstream cimport Balancer, UpstreamConnection, UpstreamServer
 
@@ -110,6 +111,13 @@ cdef class Exchange(ExchangeLink):
         # its first arrival and what was left of its max_wait then.
         self.arrived_at = 0.0
         self.wait_left = 0.0
+        # The read that completed the head (the client's clock), so the
+        # duration costs no clock read here.
+        self.started = client.touched if client.touched > 0.0 else monotonic()
+        self.asked = 0.0
+        self.status = 0
+        self.queue_wait = -1.0
+        self.counted = False
 
     # -- request side (driven by ClientProtocol) ----------------------------
     cpdef on_request_body(self, bytes data):
@@ -139,6 +147,7 @@ cdef class Exchange(ExchangeLink):
                 client = self.client
                 client.pause_reading_for(P_BUFFER)
                 self.state = S_ADMITTING
+                self.asked = monotonic()
                 client.app.admission.admit(self)
             return
         # Not started yet (pipelined), or queued with its body unread: what
@@ -157,6 +166,7 @@ cdef class Exchange(ExchangeLink):
             if self.state == S_RECEIVING:
                 # The whole body is here: only now does it ask for a slot.
                 self.state = S_ADMITTING
+                self.asked = monotonic()
                 self.client.app.admission.admit(self)
             # Being forwarded from the spool: _pump ends the request.
             return
@@ -272,6 +282,7 @@ cdef class Exchange(ExchangeLink):
             self._write_local()
             return
         self.state = S_ADMITTING
+        self.asked = monotonic()
         self._admit()
 
     cdef _admit(self):
@@ -329,6 +340,9 @@ cdef class Exchange(ExchangeLink):
     cpdef admitted(self):
         if self.state != S_ADMITTING:
             return
+        if self.ticket is not None and self.asked > 0.0:
+            # Admission is on: how long it waited for this slot.
+            self.queue_wait = monotonic() - self.asked
         self.state = S_CONNECTING
         self._connect(None)
 
@@ -368,12 +382,16 @@ cdef class Exchange(ExchangeLink):
     async def _dial(self, UpstreamServer server):
         try:
             conn = await server.connect()
-        except (TimeoutError, OSError):
+        except (TimeoutError, OSError) as err:
             server.record_failure(monotonic())
+            server.connect_failures += 1
+            if isinstance(err, TimeoutError):
+                server.timeouts += 1
             if self.state != S_CONNECTING:
                 return
             # Nothing of the request left the gateway: retrying is always safe.
             if self.attempts < 2 and len(self.school.balancer.servers) > 1:
+                server.retries += 1
                 self._connect(server)
             else:
                 self._unavailable()
@@ -436,6 +454,7 @@ cdef class Exchange(ExchangeLink):
                 # not offer (RFC 9110 7.8; h2c is never offered): unusable.
                 conn.abort()
             else:
+                self.status = 101
                 self.tunnel_buf = [_serialize_response_head(
                     head, self.head.version, False, True, self.client.ctx.via)]
             return
@@ -449,6 +468,7 @@ cdef class Exchange(ExchangeLink):
         cdef int status = head.status
         cdef bint keep, chunked
         self.state = S_RESPONDING
+        self.status = status
         self.touched = monotonic()
         cdef Context ctx = client.ctx
         keep = self.keep_alive and self.request_done and not ctx.draining
@@ -521,6 +541,7 @@ cdef class Exchange(ExchangeLink):
         head = self.head
         replayable = head.idempotent and head.content_length <= 0 and not head.chunked
         if replayable and self.attempts < 2 and not self.continue_sent:
+            server.retries += 1
             self.state = S_CONNECTING
             # On a new connection: another pooled one may be just as stale.
             self._connect(server, True)
@@ -537,6 +558,7 @@ cdef class Exchange(ExchangeLink):
 
     cpdef timed_out(self):
         """The upstream sent nothing within upstream_read."""
+        self.server.timeouts += 1
         conn = self.upstream
         if conn is not None:
             conn.exchange = None
@@ -559,6 +581,8 @@ cdef class Exchange(ExchangeLink):
         self.state = S_TUNNEL
         conn.tunnel = True
         client = self.client
+        # Counted as the tunnel opens: its hours are no request's duration.
+        self._count(self.status)
         # A tunnel may stay open for hours: it counts against the school's
         # connections, not its request slots.
         if self.ticket is not None:
@@ -575,6 +599,7 @@ cdef class Exchange(ExchangeLink):
         """A 2xx answer to CONNECT: the tunnel starts right after its head
         (RFC 9110 section 9.3.6), exactly as after a 101."""
         self.touched = monotonic()
+        self.status = head.status
         self.tunnel_buf = [_serialize_response_head(
             head, self.head.version, False, True, self.client.ctx.via)]
         self.on_upstream_upgraded(b"")
@@ -617,6 +642,9 @@ cdef class Exchange(ExchangeLink):
 
     cpdef on_client_lost(self):
         """The client connection is gone: release whatever this holds."""
+        if not self.counted:
+            # 499 (nginx's "client closed request") if no answer had begun.
+            self._count(self.status or 499)
         self.state = S_DONE
         self._drop_spool()
         conn = self.upstream
@@ -634,12 +662,17 @@ cdef class Exchange(ExchangeLink):
         self.rejected(self.client.app.unavailable_page(self))
 
     cdef _write_local(self):
+        cdef const unsigned char* p = self.local
         self.state = S_RESPONDING
+        if len(self.local) >= 12:
+            # "HTTP/1.1 NNN ": every local answer is serialized so.
+            self.status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
         self.client.write(self.local)
         self._finish()
 
     cdef _finish(self):
         self.state = S_DONE
+        self._count(self.status)
         if self.spool is not None:
             self._drop_spool()
         if self.ticket is not None:
@@ -647,3 +680,15 @@ cdef class Exchange(ExchangeLink):
         self.client.exchange_done(self)
 
 
+
+    cdef _count(self, int status):
+        """Add this exchange to the worker's counters, once (native/stats.pyx):
+        school and class by current index, status, seconds since its head
+        was read, and its wait for a slot."""
+        cdef Stats stats = self.client.ctx.core.stats
+        school = self.school
+        if self.counted:
+            return
+        self.counted = True
+        stats.record(-1 if school is None else school.index, self.klass, status,
+                     monotonic() - self.started, self.queue_wait)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 # waiting.render is looked up on use: the first page loads the page renderer.
 from gateway import waiting
 from gateway._native.context import Context
+from gateway._native.stats import PAGE_WAITING
 from gateway.admission.allotment import StaticAllotment
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
@@ -334,6 +335,8 @@ class App:
     def _busy_page(self, ex: Exchange) -> Page:
         """The school is at max_connections: a waiting page, then close."""
         ex.school.rejected += 1  # type: ignore[union-attr]
+        self.admission.core.stats.count_page(ex.school.index, ex.klass,  # type: ignore[union-attr]
+                                             PAGE_WAITING)
         requested_with = ex.head.header(b"x-requested-with") or b""  # type: ignore[union-attr]
         return self.render_page("wait", ex, requested_with=requested_with,
                                 retry_after=max(self.cfg.admission.min_retry, 2))

@@ -38,6 +38,14 @@ cdef class Exchange(ExchangeLink):
     cdef public double body_since
     cdef public double arrived_at
     cdef public double wait_left
+    # Telemetry (Exchange._count): when the head was read and when it last
+    # asked for admission (monotonic seconds), the response's status code
+    # (0: none yet), the wait for its slot (seconds, -1: none), counted yet.
+    cdef public double started
+    cdef public double asked
+    cdef public int status
+    cdef public double queue_wait
+    cdef public bint counted
 
     cpdef on_request_body(self, bytes data)
     cpdef on_request_end(self)
@@ -63,5 +71,6 @@ cdef class Exchange(ExchangeLink):
     cdef _unavailable(self)
     cdef _write_local(self)
     cdef _finish(self)
+    cdef _count(self, int status)
 
 
