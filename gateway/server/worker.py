@@ -8,6 +8,10 @@ deadline); SIGHUP reloads the config file (a bad file keeps the old config
 and logs why). A reload keeps the worker's admission state (App.take_over),
 so limits hold across it, and open connections move to the new config at
 their next request.
+
+A worker serves no admin listener: it sends snapshots of its counters to
+the supervisor's admin process (gateway/server/telemetry.py), which
+answers for the whole gateway.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import uvloop
 from gateway.config import Config, ConfigError, load_config, parse_hostport
 from gateway.proxy.app import App
 from gateway.proxy.client import IDLE, ClientProtocol
-from gateway.server.admin import AdminProtocol
+from gateway.server.telemetry import Publisher
 from gateway.waiting import clear_cache
 
 log = logging.getLogger("schoolgate.worker")
@@ -62,7 +66,10 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 class Worker:
-    def __init__(self, config_path: str, cfg: Config, index: int) -> None:
+    def __init__(self, config_path: str, cfg: Config, index: int,
+                 stats_addr: str | None = None) -> None:
+        """`stats_addr`: the admin process's snapshot socket (None: no
+        admin listener, nothing is published)."""
         self.config_path = config_path
         self.index = index
         # The process count is fixed at start; a reload cannot change it.
@@ -72,7 +79,7 @@ class Worker:
         # the current App at its next request head).
         self.retired: list[App] = []
         self.server: asyncio.AbstractServer | None = None
-        self.admin: asyncio.AbstractServer | None = None
+        self.publisher = Publisher(self, stats_addr) if stats_addr else None
         self.stopping: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -85,9 +92,8 @@ class Worker:
             lambda: ClientProtocol(self.app, proto), sock=sock, ssl=tls_context(cfg),
             backlog=cfg.server.backlog,
         )
-        if cfg.server.admin_listen:
-            admin_sock = bind_socket(cfg.server.admin_listen, 128)
-            self.admin = await loop.create_server(lambda: AdminProtocol(self), sock=admin_sock)
+        if self.publisher is not None:
+            publishing = loop.create_task(self.publisher.run())
         self.stopping = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain)
@@ -95,6 +101,11 @@ class Worker:
         loop.call_later(REAP_INTERVAL, self._reap)
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
+        if self.publisher is not None:
+            publishing.cancel()
+            # The last counts, so that none of this worker's are lost.
+            await self.publisher.publish()
+            self.publisher.close()
 
     # -- signals ----------------------------------------------------------------
     def drain(self) -> None:
@@ -123,8 +134,6 @@ class Worker:
             for server in app.servers.values():
                 server.close_all()
         self.app.admission.close()  # one for all Apps
-        if self.admin is not None:
-            self.admin.close()
         if self.stopping is not None and not self.stopping.done():
             self.stopping.set_result(None)
 
@@ -168,8 +177,8 @@ class Worker:
             self.loop.call_later(REAP_INTERVAL, self._reap)  # type: ignore[union-attr]
 
 
-def worker_main(config_path: str, cfg: Config, index: int) -> int:
+def worker_main(config_path: str, cfg: Config, index: int, stats_addr: str | None = None) -> int:
     """Entry point of a forked worker process."""
-    worker = Worker(config_path, cfg, index)
+    worker = Worker(config_path, cfg, index, stats_addr)
     uvloop.run(worker.serve())
     return 0
