@@ -37,7 +37,7 @@ import struct
 import httptools
 import msgspec
 import uvloop
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.config import Config, ConfigError, is_loopback, load_config, parse_hostport
 from gateway.server.status_page import STATUS_PAGE
@@ -161,8 +161,7 @@ class AdminServer:
             return 401, [*_TEXT, (b"WWW-Authenticate", b'Bearer realm="schoolgate admin"')], \
                 b"401 Unauthorized: send Authorization: Bearer <server.admin_token>\n"
         if path == b"/metrics":
-            return 200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], \
-                generate_latest(self.registry)
+            return 200, [(b"Content-Type", _EXPOSITION)], generate_latest(self.registry)
         if path == b"/status.json":
             body = json.dumps(school_status(self.cfg, self.agg, self.rate)).encode()
             return 200, [(b"Content-Type", b"application/json")], body
@@ -172,6 +171,10 @@ class AdminServer:
 
 
 _TEXT = [(b"Content-Type", b"text/plain; charset=utf-8")]
+# The classic text format, which every Prometheus reads (the metric names are
+# all legacy-valid, so generate_latest writes exactly that); newer
+# prometheus_client releases would announce version=1.0.0.
+_EXPOSITION = b"text/plain; version=0.0.4; charset=utf-8"
 _HTML = [(b"Content-Type", b"text/html; charset=utf-8"),
          # Everything is inline; the script may only fetch from this origin.
          (b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'; "
