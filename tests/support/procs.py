@@ -333,7 +333,7 @@ class Gateway(ManagedProcess):
         self.host, port = server.get("listen", "127.0.0.1:8080").rsplit(":", 1)
         self.port = int(port)
         admin = server.get("admin_listen")
-        self.admin_port = int(admin.rsplit(":", 1)[1]) if admin else None
+        self.admin_port = int(admin.rsplit(":", 1)[-1]) if admin else None
 
     @property
     def url(self) -> str:
