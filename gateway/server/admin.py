@@ -54,6 +54,9 @@ log = logging.getLogger("schoolgate.admin")
 
 # Seconds between two samples of the waiting-page counter (status page rate).
 SAMPLE_INTERVAL = 1.0
+# How long a scrape waits for the workers' fresh snapshots; a worker that
+# has not answered by then is described by its last one.
+FRESH_TIMEOUT = 1.0
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
             405: b"Method Not Allowed", 408: b"Request Timeout",
             431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
@@ -78,8 +81,10 @@ class AdminServer:
         self.need_token = not is_loopback(host)
         self.draining = False
         self.connections: set[AdminProtocol] = set()
+        self.feeds: set[StatsProtocol] = set()
         self.done: asyncio.Future[None] | None = None
         self._next_conn = 0
+        self._asked = 0
 
     async def serve(self, stats_sock: socket.socket, listen_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -99,7 +104,16 @@ class AdminServer:
 
     def _stats_protocol(self) -> StatsProtocol:
         self._next_conn += 1
-        return StatsProtocol(self.agg, self._next_conn)
+        return StatsProtocol(self, self._next_conn)
+
+    async def fresh(self) -> None:
+        """Ask every worker for a snapshot now and wait for them (at most
+        FRESH_TIMEOUT), so an answer describes the gateway as it is."""
+        self._asked += 1
+        waiting = [f for f in (feed.ask(self._asked) for feed in list(self.feeds))
+                   if f is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=FRESH_TIMEOUT)
 
     def _sample(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,8 +162,8 @@ class AdminServer:
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(),
                                                                    self.token)
 
-    def answer(self, path: bytes, authorization: bytes | None
-               ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def answer(self, path: bytes, authorization: bytes | None
+                     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """(status, extra headers, body) for a GET of `path`."""
         if path == b"/healthz":
             if self.draining:
@@ -160,6 +174,8 @@ class AdminServer:
         if not self.authorized(authorization):
             return 401, [*_TEXT, (b"WWW-Authenticate", b'Bearer realm="schoolgate admin"')], \
                 b"401 Unauthorized: send Authorization: Bearer <server.admin_token>\n"
+        if path in (b"/metrics", b"/status.json"):
+            await self.fresh()
         if path == b"/metrics":
             return 200, [(b"Content-Type", _EXPOSITION)], generate_latest(self.registry)
         if path == b"/status.json":
@@ -188,14 +204,28 @@ class StatsProtocol(asyncio.Protocol):
 
     _decoder = msgspec.msgpack.Decoder(Snapshot)
 
-    def __init__(self, agg: Aggregate, conn: int) -> None:
-        self.agg = agg
+    def __init__(self, server: AdminServer, conn: int) -> None:
+        self.server = server
+        self.agg = server.agg
         self.conn = conn
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
+        # (request number, future) of the answers awaited.
+        self.waiting: list[tuple[int, asyncio.Future[None]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.server.feeds.add(self)
+
+    def ask(self, number: int) -> asyncio.Future[None] | None:
+        """Ask for a snapshot answering `number`; the future is done once
+        it is in (None: the connection is gone)."""
+        if self.transport is None or self.transport.is_closing():
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append((number, fut))
+        self.transport.write(_LEN.pack(number))
+        return fut
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -217,9 +247,23 @@ class StatsProtocol(asyncio.Protocol):
                 self.transport.abort()  # type: ignore[union-attr]
                 return
             self.agg.update(self.conn, snap)
+            if snap.answers:
+                keep = []
+                for number, fut in self.waiting:
+                    if number <= snap.answers:
+                        if not fut.done():
+                            fut.set_result(None)
+                    else:
+                        keep.append((number, fut))
+                self.waiting = keep
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self.server.feeds.discard(self)
         self.agg.gone(self.conn)
+        for _, fut in self.waiting:
+            if not fut.done():
+                fut.set_result(None)
+        self.waiting = []
 
 
 class AdminProtocol(asyncio.Protocol):
@@ -244,6 +288,8 @@ class AdminProtocol(asyncio.Protocol):
         self.in_head = False
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
+        # The answer being made (they go out in request order).
+        self.answering: asyncio.Task[None] | None = None
 
     # -- timeouts ----------------------------------------------------------------
     def _arm(self, seconds: float, head: bool) -> None:
@@ -322,8 +368,15 @@ class AdminProtocol(asyncio.Protocol):
             self._send(405, [*_TEXT, (b"Allow", b"GET, HEAD")],
                        b"405 Method Not Allowed\n", close=True)
             return
-        status, headers, body = self.server.answer(path, self.authorization)
-        self._send(status, headers, body, close=not keep, head_only=method == b"HEAD")
+        self.answering = asyncio.get_running_loop().create_task(self._respond(
+            self.answering, path, self.authorization, keep, method == b"HEAD"))
+
+    async def _respond(self, before: asyncio.Task[None] | None, path: bytes,
+                       authorization: bytes | None, keep: bool, head_only: bool) -> None:
+        if before is not None:
+            await before
+        status, headers, body = await self.server.answer(path, authorization)
+        self._send(status, headers, body, close=not keep, head_only=head_only)
         if keep and not self.closed and not self.in_head:
             self._arm(self.keepalive_timeout, False)
 

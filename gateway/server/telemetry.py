@@ -6,7 +6,10 @@ Why this shape: every worker counts its own requests in C arrays
 request). Once every PUBLISH_INTERVAL seconds a worker sends a Snapshot of
 its counters and gauges over a Unix socket to the one admin process
 (gateway/server/admin.py), framed as a 4-byte big-endian length and
-msgpack (msgspec). The admin process keeps the last Snapshot of each live
+msgpack (msgspec), and one at once whenever the admin process asks (a
+4-byte request number; the Snapshot answering it carries the number): a
+scrape asks every worker, so it describes the gateway as it is, not as it
+was up to PUBLISH_INTERVAL ago. The admin process keeps the last Snapshot of each live
 worker; when a worker's connection ends (it exited, or was killed and
 restarted) its counters are folded into a base that stays, so a counter
 summed over all workers never goes backwards. What a killed worker counted
@@ -90,6 +93,7 @@ class Snapshot(msgspec.Struct, array_like=True):
 
     worker: int
     pid: int
+    answers: int              # the admin's request number it answers (0: periodic)
     admission: bool
     connections_total: int
     connections_open: int
@@ -106,8 +110,8 @@ class Snapshot(msgspec.Struct, array_like=True):
 _encoder = msgspec.msgpack.Encoder()
 
 
-def snapshot(worker: Worker) -> Snapshot:
-    """The worker's Snapshot now."""
+def snapshot(worker: Worker, answers: int = 0) -> Snapshot:
+    """The worker's Snapshot now (answering request number `answers`)."""
     app = worker.app
     apps = (app, *worker.retired)
     admission = app.admission
@@ -134,7 +138,7 @@ def snapshot(worker: Worker) -> Snapshot:
     exported = admission.core.stats.export()
     m = app.metrics
     return Snapshot(
-        worker=worker.index, pid=os.getpid(), admission=admission.enabled,
+        worker=worker.index, pid=os.getpid(), answers=answers, admission=admission.enabled,
         connections_total=m.connections_total,
         connections_open=sum(len(a.connections) for a in apps),
         local_responses=dict(m.responses_local),
@@ -169,13 +173,23 @@ class Publisher:
         self.worker = worker
         self.addr = addr
         self.writer: asyncio.StreamWriter | None = None
+        self.reading: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         while True:
             await self.publish()
             await asyncio.sleep(PUBLISH_INTERVAL)
 
-    async def publish(self) -> None:
+    async def _answer(self, reader: asyncio.StreamReader) -> None:
+        """The admin process's requests: a Snapshot at once for each."""
+        try:
+            while True:
+                data = await reader.readexactly(4)
+                await self.publish(_LEN.unpack(data)[0])
+        except (asyncio.IncompleteReadError, OSError):
+            self.close()
+
+    async def publish(self, answers: int = 0) -> None:
         """Send one Snapshot now (connecting first if need be); errors only
         drop the connection, to be made again next time."""
         try:
@@ -187,11 +201,12 @@ class Publisher:
                 except BaseException:
                     sock.close()
                     raise
-                _, self.writer = await asyncio.open_unix_connection(sock=sock)
+                reader, self.writer = await asyncio.open_unix_connection(sock=sock)
+                self.reading = asyncio.get_running_loop().create_task(self._answer(reader))
             writer = self.writer
             if writer.transport.get_write_buffer_size() > MAX_FRAME:
                 return  # the admin process is not reading: skip, do not pile up
-            writer.write(frame(snapshot(self.worker)))
+            writer.write(frame(snapshot(self.worker, answers)))
             await asyncio.wait_for(writer.drain(), 5.0)
         except (OSError, TimeoutError) as err:
             log.debug("worker %d: snapshot not sent: %s", self.worker.index, err)
@@ -201,6 +216,9 @@ class Publisher:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.reading is not None and self.reading is not asyncio.current_task():
+            self.reading.cancel()
+        self.reading = None
 
 
 # -- the admin side -----------------------------------------------------------

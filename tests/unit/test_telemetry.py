@@ -77,7 +77,8 @@ def test_stats_count_codes_beyond_the_limit_as_other():
 
 def snap(pid: int, requests: int, inflight: int, up: bool = True) -> Snapshot:
     return Snapshot(
-        worker=0, pid=pid, admission=True, connections_total=requests, connections_open=inflight,
+        worker=0, pid=pid, answers=0, admission=True, connections_total=requests,
+        connections_open=inflight,
         local_responses={503: 1}, requests=[("a", "interactive", 200, requests)],
         duration=[("a", "interactive", [requests] + [0] * len(DURATION_BUCKETS), 0.5)],
         wait=[], pages=[("a", "interactive", PAGE_WAITING, 1)],
