@@ -13,6 +13,7 @@ when nothing needs the shell (see Exchange.start and _finish).
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from gateway._native.scheduler cimport Scheduler
+from gateway._native.stats cimport Stats
 
 
 cdef double wall_clock() noexcept:
@@ -44,6 +45,7 @@ cdef class AdmissionCore:
         self.controller = controller
         self.scheduler = scheduler
         self.enabled = enabled
+        self.stats = Stats()
 
 
 cdef class Context:

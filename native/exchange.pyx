@@ -22,6 +22,7 @@ from gateway._native.accesslog cimport keep_query, record
 from gateway._native.context cimport AdmissionCore, Context, may_carry_cookie, wall_clock
 from gateway._native.head cimport RequestHead, ResponseHead
 from gateway._native.scheduler cimport Ticket
+from gateway._native.stats cimport Stats
 from gateway._native.link cimport *
 from gateway._native.upstream cimport Balancer, UpstreamConnection, UpstreamServer
 
@@ -125,6 +126,10 @@ cdef class Exchange(ExchangeLink):
         self.began = monotonic()
         self.asked = 0.0
         self.asking = False
+        # Telemetry (_count): the wait for its slot (seconds, -1: admission
+        # off or never admitted), counted yet.
+        self.queue_wait = -1.0
+        self.counted = False
 
     # -- request side (driven by ClientProtocol) ----------------------------
     cpdef on_request_body(self, bytes data):
@@ -368,6 +373,9 @@ cdef class Exchange(ExchangeLink):
         if self.state != S_ADMITTING:
             return
         self._waited()
+        if self.ticket is not None:
+            # Admission is on: how long it waited for this slot.
+            self.queue_wait = self.queue_time
         self.state = S_CONNECTING
         self._connect(None)
 
@@ -409,12 +417,16 @@ cdef class Exchange(ExchangeLink):
     async def _dial(self, UpstreamServer server):
         try:
             conn = await server.connect()
-        except (TimeoutError, OSError):
+        except (TimeoutError, OSError) as err:
             server.record_failure(monotonic())
+            server.connect_failures += 1
+            if isinstance(err, TimeoutError):
+                server.timeouts += 1
             if self.state != S_CONNECTING:
                 return
             # Nothing of the request left the gateway: retrying is always safe.
             if self.attempts < 2 and len(self.school.balancer.servers) > 1:
+                server.retries += 1
                 self._connect(server)
             else:
                 self._unavailable()
@@ -477,6 +489,7 @@ cdef class Exchange(ExchangeLink):
                 # not offer (RFC 9110 7.8; h2c is never offered): unusable.
                 conn.abort()
             else:
+                self.status = 101
                 self.tunnel_buf = [_serialize_response_head(
                     head, self.head.version, False, True, self.client.ctx.via)]
             return
@@ -490,6 +503,7 @@ cdef class Exchange(ExchangeLink):
         cdef int status = head.status
         cdef bint keep, chunked
         self.state = S_RESPONDING
+        self.status = status
         self.touched = monotonic()
         cdef Context ctx = client.ctx
         keep = self.keep_alive and self.request_done and not ctx.draining
@@ -574,6 +588,7 @@ cdef class Exchange(ExchangeLink):
         head = self.head
         replayable = head.idempotent and head.content_length <= 0 and not head.chunked
         if replayable and self.attempts < 2 and not self.continue_sent:
+            server.retries += 1
             self.state = S_CONNECTING
             # On a new connection: another pooled one may be just as stale.
             self._connect(server, True)
@@ -590,6 +605,7 @@ cdef class Exchange(ExchangeLink):
 
     cpdef timed_out(self):
         """The upstream sent nothing within upstream_read."""
+        self.server.timeouts += 1
         conn = self.upstream
         if conn is not None:
             conn.exchange = None
@@ -616,6 +632,8 @@ cdef class Exchange(ExchangeLink):
             self.status = 101
         conn.tunnel = True
         client = self.client
+        # Counted as the tunnel opens: its hours are no request's duration.
+        self._count(self.status)
         # A tunnel may stay open for hours: it counts against the school's
         # connections, not its request slots.
         if self.ticket is not None:
@@ -692,6 +710,9 @@ cdef class Exchange(ExchangeLink):
                 # nginx's "client closed request": nothing was answered.
                 self.reason = "the client closed the connection"
                 self._log(499)
+        if not self.counted:
+            # 499 (nginx's "client closed request") if no answer had begun.
+            self._count(self.status or 499)
         self.state = S_DONE
         self._drop_spool()
         conn = self.upstream
@@ -725,6 +746,7 @@ cdef class Exchange(ExchangeLink):
     cdef _finish(self):
         self._log(self.status)
         self.state = S_DONE
+        self._count(self.status)
         if self.spool is not None:
             self._drop_spool()
         if self.ticket is not None:
@@ -778,3 +800,15 @@ cdef class Exchange(ExchangeLink):
         record(wall_clock(), school, klass, method, path, status, decision,
                self.queue_time * 1000.0, self.reason, upstream, up_ms, size_in,
                self.bytes_out, (now - self.began) * 1000.0)
+
+    cdef _count(self, int status):
+        """Add this exchange to the worker's counters, once (native/stats.pyx):
+        school and class by current index, status, seconds since its head
+        was read, and its wait for a slot."""
+        cdef Stats stats = self.client.ctx.core.stats
+        school = self.school
+        if self.counted:
+            return
+        self.counted = True
+        stats.record(-1 if school is None else school.index, self.klass, status,
+                     monotonic() - self.began, self.queue_wait)

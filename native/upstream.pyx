@@ -466,6 +466,9 @@ cdef class UpstreamServer:
         self.keep_alive_timeout = -1.0
         self.closed_idle = -1.0
         self.open_idle = 0.0
+        self.connect_failures = 0
+        self.retries = 0
+        self.timeouts = 0
 
     cpdef set_limits(self, Py_ssize_t max_status_line, Py_ssize_t max_header_bytes,
                      Py_ssize_t max_headers, Py_ssize_t max_chunk_ext):

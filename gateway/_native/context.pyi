@@ -7,15 +7,20 @@ Admission shell keeps the AdmissionCore for the worker's life.
 from typing import Any
 
 from gateway._native.scheduler import Scheduler
+from gateway._native.stats import Stats
 
 class AdmissionCore:
     """Whether admission is on, the shell (gateway.proxy.admission.Admission,
-    for the rare paths), the controller and its native Scheduler."""
+    for the rare paths), the controller, its native Scheduler and the
+    worker's request counters."""
 
     enabled: bool
     shell: Any
     controller: Any
     scheduler: Scheduler
+    stats: Stats
+    """The worker's request counters (native/stats.pyx), made empty here;
+    the Admission shell keeps its layout in step with the config."""
     def __init__(self, shell: Any, controller: Any, scheduler: Scheduler,
                  enabled: bool) -> None: ...
 

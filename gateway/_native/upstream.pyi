@@ -100,6 +100,12 @@ class UpstreamServer:
     total: set[UpstreamConnection]
     failures: int
     down_until: float
+    connect_failures: int
+    """Connects that failed or timed out (upstream_connect), ever."""
+    retries: int
+    """Requests sent to another attempt after this server failed them."""
+    timeouts: int
+    """Connect (upstream_connect) and read (upstream_read) timeouts, ever."""
     loop: asyncio.AbstractEventLoop | None
     keep_alive_timeout: float
     """Seconds from its last Keep-Alive: timeout=N header; negative: none seen."""

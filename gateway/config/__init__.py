@@ -9,6 +9,7 @@ from .load import (
     ConfigWarning,
     config_warnings,
     effective_classes,
+    is_loopback,
     load_config,
     parse_config,
     parse_hostport,
@@ -33,6 +34,6 @@ from .schema import (
 __all__ = [
     "Admission", "Config", "ConfigError", "ConfigWarning", "Limits", "Log", "Match", "Pool",
     "Redis", "School", "Server", "Timeouts", "TrafficClass", "Window", "config_warnings",
-    "default_classes", "effective_classes", "load_config", "parse_config", "parse_hostport",
-    "parse_upstream",
+    "default_classes", "effective_classes", "is_loopback", "load_config", "parse_config",
+    "parse_hostport", "parse_upstream",
 ]

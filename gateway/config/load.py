@@ -446,13 +446,34 @@ def _upstream(key: str, value: str) -> str:
         return format_hostport(*parse_upstream(value))
     except ValueError as exc:
         raise _Invalid(key, str(exc)) from None
+def is_loopback(host: str) -> bool:
+    """Whether a listener on `host` (from parse_hostport) is reachable from
+    this machine only: localhost, 127.0.0.0/8, ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_server(server: Server, base: Path) -> Server:
     listen = _hostport("server.listen", server.listen)
     admin = server.admin_listen
-    if admin is not None and _hostport("server.admin_listen", admin) == listen:
-        raise _Invalid("server.admin_listen", "must differ from server.listen")
+    if admin is not None:
+        if _PORT_RE.fullmatch(admin.removeprefix(":")):
+            # A port alone: the admin listener stays on this machine.
+            admin = f"127.0.0.1:{admin.removeprefix(':')}"
+            server = replace(server, admin_listen=admin)
+        admin_host, admin_port = _hostport("server.admin_listen", admin)
+        if (admin_host, admin_port) == listen:
+            raise _Invalid("server.admin_listen", "must differ from server.listen")
+        if server.admin_token is not None and len(server.admin_token.encode()) < 16:
+            raise _Invalid("server.admin_token", "must be at least 16 bytes")
+        if not is_loopback(admin_host) and not server.admin_token:
+            raise _Invalid("server.admin_token",
+                           f"required when server.admin_listen ({admin}) is not a loopback "
+                           "address: metrics and the status page are not for everyone")
     for i, net in enumerate(server.trusted_proxies):
         try:
             ipaddress.ip_network(net, strict=True)

@@ -29,8 +29,13 @@ class _Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
 class Server(_Section):
     listen: str = "127.0.0.1:8080"
     workers: PositiveInt = 1
-    # Admin listener: /metrics (Prometheus), /healthz. None disables it.
+    # Admin listener: /metrics (Prometheus), /healthz, the status page (/,
+    # /status.json). None disables it. A port alone ("9100") listens on
+    # 127.0.0.1; any address that is not loopback needs admin_token.
     admin_listen: str | None = None
+    # Bearer token the admin listener asks for on everything but /healthz
+    # when bound to a non-loopback address (Authorization: Bearer <token>).
+    admin_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     backlog: PositiveInt = 2048

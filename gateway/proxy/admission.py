@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING
 from gateway import waiting
 from gateway._native.accesslog import WAITING as WAITING_PAGE
 from gateway._native.context import AdmissionCore
+from gateway._native.stats import PAGE_429, PAGE_WAITING
 from gateway.admission import ADMITTED, QUEUED, AdmissionController
 from gateway.admission.allotment import AllotmentTask
 from gateway.proxy.exchange import PAUSE_ADMISSION
@@ -172,6 +173,8 @@ class Admission:
         # Python frame on the common path (see gateway._native.context).
         self.core = AdmissionCore(self, self.controller, self.controller._scheduler,
                                   cfg.admission.enabled)
+        # The request counters follow the controller's schools and classes.
+        self.core.stats.set_layout(self.controller.school_names, self.controller.class_names)
         self._configure(app, cfg)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
@@ -211,6 +214,8 @@ class Admission:
         admitted, rejected = self.controller.reconfigure(cfg, now)
         schools = _renumbering(old_schools, self.controller.school_names)
         classes = _renumbering(old_classes, self.controller.class_names)
+        # Before renumber: an exchange it answers is counted by new indices.
+        self.core.stats.set_layout(self.controller.school_names, self.controller.class_names)
         renumber(schools, classes)
         self._configure(app, cfg)
         self._dispatch(admitted)
@@ -474,6 +479,8 @@ class Admission:
         if over_own_rate:
             page.status = 429
         ex.decision = WAITING_PAGE  # the access log's "waiting_page" (or "429")
+        self.core.stats.count_page(school.index, t.klass,  # type: ignore[union-attr]
+                                   PAGE_429 if page.status == 429 else PAGE_WAITING)
         school.rejected += 1  # type: ignore[union-attr]
         if head.upgrade is not None:  # type: ignore[union-attr]
             # The parser is spent after an upgrade request: the connection

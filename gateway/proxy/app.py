@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import waiting
 from gateway._native.accesslog import WAITING as WAITING_PAGE
 from gateway._native.context import Context
+from gateway._native.stats import PAGE_WAITING
 from gateway.admission.allotment import StaticAllotment
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
@@ -339,6 +340,8 @@ class App:
     def _busy_page(self, ex: Exchange) -> Page:
         """The school is at max_connections: a waiting page, then close."""
         ex.school.rejected += 1  # type: ignore[union-attr]
+        self.admission.core.stats.count_page(ex.school.index, ex.klass,  # type: ignore[union-attr]
+                                             PAGE_WAITING)
         requested_with = ex.head.header(b"x-requested-with") or b""  # type: ignore[union-attr]
         return self.render_page("wait", ex, requested_with=requested_with,
                                 retry_after=max(self.cfg.admission.min_retry, 2))

@@ -1,164 +1,416 @@
-"""Admin listener: GET /healthz and GET /metrics (Prometheus text format).
+"""The admin process: the one admin listener of the gateway (admin_listen).
 
 Kept apart from the proxy listener so that scraping and health checks are
-never queued behind pupils, and never reachable through a school's Host.
+never queued behind pupils, and never reachable through a school's Host;
+run once, by a process of its own that the supervisor forks beside the
+workers (never by the workers: with SO_REUSEPORT each scrape would reach
+one worker at random). The workers send it snapshots of their counters
+(gateway/server/telemetry.py), and it answers:
+
+- GET /healthz: 200 "ok" while workers report and the gateway is not
+  draining, 503 otherwise; never asks for a token (load balancers).
+- GET /metrics: the whole gateway in the Prometheus text format
+  (prometheus_client's exposition of GatewayCollector).
+- GET /status.json: the status page's figures; GET /: the status page
+  (one HTML document, inline CSS and script, polling /status.json each
+  second).
+
+The listener is hardened like the proxy's: the request head must arrive
+within timeouts.header (408, then close), an idle keep-alive connection is
+closed after timeouts.keepalive, a head may take limits.max_request_line +
+limits.max_header_bytes bytes (431 beyond), only GET and HEAD are served.
+Bound to anything but a loopback address it asks for
+`Authorization: Bearer <server.admin_token>` (RFC 6750) on every path but
+/healthz: 401 with WWW-Authenticate otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from typing import TYPE_CHECKING
+import hmac
+import json
+import logging
+import signal
+import socket
+import struct
 
 import httptools
+import msgspec
+import uvloop
+from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.proxy.spool import RESPONSE_STATS as RESPONSE_SPOOLS
-from gateway.proxy.spool import STATS as SPOOLS
+from gateway.config import Config, ConfigError, is_loopback, load_config, parse_hostport
+from gateway.server.status_page import STATUS_PAGE
+from gateway.server.telemetry import (
+    MAX_FRAME,
+    Aggregate,
+    GatewayCollector,
+    Snapshot,
+    WaitingPageRate,
+    school_status,
+)
 
-if TYPE_CHECKING:
-    from gateway.server.worker import Worker
+log = logging.getLogger("schoolgate.admin")
 
-
-def render_metrics(worker: Worker) -> bytes:
-    app = worker.app
-    m = app.metrics
-    # Connections opened before a reload stay with their App until their
-    # next request.
-    open_connections = sum(len(a.connections) for a in (app, *worker.retired))
-    labels = f'worker="{worker.index}",pid="{os.getpid()}"'
-    lines = [
-        "# HELP schoolgate_connections_total Client connections accepted.",
-        "# TYPE schoolgate_connections_total counter",
-        f"schoolgate_connections_total{{{labels}}} {m.connections_total}",
-        "# HELP schoolgate_connections_open Client connections open now.",
-        "# TYPE schoolgate_connections_open gauge",
-        f"schoolgate_connections_open{{{labels}}} {open_connections}",
-        "# HELP schoolgate_requests_total Request heads parsed.",
-        "# TYPE schoolgate_requests_total counter",
-        f"schoolgate_requests_total{{{labels}}} {m.requests_total}",
-        "# HELP schoolgate_local_responses_total Responses made by the gateway itself.",
-        "# TYPE schoolgate_local_responses_total counter",
-    ]
-    for status, n in sorted(m.responses_local.items()):
-        lines.append(f'schoolgate_local_responses_total{{{labels},status="{status}"}} {n}')
-    lines += [
-        "# HELP schoolgate_school_requests_total Requests routed to a school.",
-        "# TYPE schoolgate_school_requests_total counter",
-    ]
-    for s in app.schools:
-        lines.append(f'schoolgate_school_requests_total{{{labels},school="{_label(s.name)}"}} '
-                     f"{s.requests}")
-    lines += _admission_metrics(app, labels)
-    lines += [
-        "# HELP schoolgate_request_bodies_buffered Request bodies held at the gateway "
-        "(request buffering).",
-        "# TYPE schoolgate_request_bodies_buffered gauge",
-        f"schoolgate_request_bodies_buffered{{{labels}}} {SPOOLS.bodies}",
-        "# HELP schoolgate_request_body_bytes_buffered Bytes of those bodies, in memory "
-        "and temporary files.",
-        "# TYPE schoolgate_request_body_bytes_buffered gauge",
-        f"schoolgate_request_body_bytes_buffered{{{labels}}} {SPOOLS.bytes}",
-        "# HELP schoolgate_request_body_files Temporary files holding request bodies.",
-        "# TYPE schoolgate_request_body_files gauge",
-        f"schoolgate_request_body_files{{{labels}}} {SPOOLS.files}",
-        "# HELP schoolgate_responses_spooled Responses held at the gateway for clients "
-        "that read slowly (their upstream and slot already free).",
-        "# TYPE schoolgate_responses_spooled gauge",
-        f"schoolgate_responses_spooled{{{labels}}} {RESPONSE_SPOOLS.bodies}",
-        "# HELP schoolgate_response_bytes_spooled Bytes of those responses, in memory "
-        "and temporary files.",
-        "# TYPE schoolgate_response_bytes_spooled gauge",
-        f"schoolgate_response_bytes_spooled{{{labels}}} {RESPONSE_SPOOLS.bytes}",
-        "# HELP schoolgate_response_spool_files Temporary files holding spooled responses.",
-        "# TYPE schoolgate_response_spool_files gauge",
-        f"schoolgate_response_spool_files{{{labels}}} {RESPONSE_SPOOLS.files}",
-    ]
-    lines += [
-        "# HELP schoolgate_upstream_inflight Requests in flight per upstream server.",
-        "# TYPE schoolgate_upstream_inflight gauge",
-    ]
-    for addr, server in app.servers.items():
-        lines.append(f'schoolgate_upstream_inflight{{{labels},upstream="{addr}"}} '
-                     f"{server.inflight}")
-    return ("\n".join(lines) + "\n").encode()
+# Seconds between two samples of the waiting-page counter (status page rate).
+SAMPLE_INTERVAL = 1.0
+# How long a scrape waits for the workers' fresh snapshots; a worker that
+# has not answered by then is described by its last one.
+FRESH_TIMEOUT = 1.0
+_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
+            405: b"Method Not Allowed", 408: b"Request Timeout",
+            431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+_LEN = struct.Struct("!I")
 
 
-_ADMISSION = [
-    # (metric, type, help, stats key, per class)
-    ("inflight", "gauge", "Admitted requests not yet finished.", "inflight", False),
-    ("connections", "gauge", "Client connections counted against the school.",
-     "connections", False),
-    ("queued", "gauge", "Requests waiting for admission.", "queued", True),
-    ("admitted_total", "counter", "Requests admitted.", "admitted", True),
-    ("rejected_total", "counter", "Requests turned away (waiting page, 429).", "rejected", True),
-    ("cancelled_total", "counter", "Queued requests whose client left.", "cancelled", False),
-    ("admission_rate", "gauge", "Measured admissions per second.", "admission_rate", False),
-]
+
+class AdminServer:
+    """The admin process's state: its config (re-read on SIGHUP, counted as
+    the gateway's reloads), the aggregate of the workers' snapshots, and
+    the Prometheus registry over it."""
+
+    def __init__(self, config_path: str, cfg: Config) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.agg = Aggregate()
+        self.rate = WaitingPageRate()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(GatewayCollector(self.agg))  # type: ignore[arg-type]
+        host, _ = parse_hostport(cfg.server.admin_listen or "127.0.0.1:0")
+        self.token = (cfg.server.admin_token or "").encode()
+        self.need_token = not is_loopback(host)
+        self.draining = False
+        self.connections: set[AdminProtocol] = set()
+        self.feeds: set[StatsProtocol] = set()
+        self.done: asyncio.Future[None] | None = None
+        self._next_conn = 0
+        self._asked = 0
+
+    async def serve(self, stats_sock: socket.socket, listen_sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        stats = await loop.create_unix_server(self._stats_protocol, sock=stats_sock)
+        server = await loop.create_server(lambda: AdminProtocol(self), sock=listen_sock)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.drain)
+        loop.add_signal_handler(signal.SIGINT, self.drain)
+        loop.call_later(SAMPLE_INTERVAL, self._sample)
+        log.info("admin listener on %s", self.cfg.server.admin_listen)
+        await self.done
+        server.close()
+        stats.close()
+        for conn in list(self.connections):
+            conn.close()
+
+    def _stats_protocol(self) -> StatsProtocol:
+        self._next_conn += 1
+        return StatsProtocol(self, self._next_conn)
+
+    async def fresh(self) -> None:
+        """Ask every worker for a snapshot now and wait for them (at most
+        FRESH_TIMEOUT), so an answer describes the gateway as it is."""
+        self._asked += 1
+        waiting = [f for f in (feed.ask(self._asked) for feed in list(self.feeds))
+                   if f is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=FRESH_TIMEOUT)
+
+    def _sample(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.rate.sample(loop.time(), self.agg.totals())
+        if self.draining and not self.agg.live:
+            # Every worker has sent its last snapshot and gone.
+            if self.done is not None and not self.done.done():
+                self.done.set_result(None)
+            return
+        loop.call_later(0.1 if self.draining else SAMPLE_INTERVAL, self._sample)
+
+    def reload(self) -> None:
+        """SIGHUP (the supervisor forwards it): the config is read again, as
+        every worker does; a good one is a new generation."""
+        try:
+            self.cfg = load_config(self.config_path)
+        except (ConfigError, OSError) as err:
+            self.agg.reloads["failure"] += 1
+            log.debug("admin: reload refused: %s", err)
+            return
+        self.agg.reloads["success"] += 1
+        self.agg.generation += 1
+
+    def drain(self) -> None:
+        """SIGTERM: /healthz says draining; the process ends once the workers
+        have (their last snapshots are in), or at the drain deadline."""
+        if self.draining:
+            return
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.cfg.timeouts.drain, self._stop)
+        loop.call_soon(self._sample)
+
+    def _stop(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    # -- answers ---------------------------------------------------------------
+    def authorized(self, authorization: bytes | None) -> bool:
+        if not self.need_token:
+            return True
+        if authorization is None or not self.token:
+            return False
+        scheme, _, credentials = authorization.strip().partition(b" ")
+        # RFC 6750 2.1: the scheme is case-insensitive.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(),
+                                                                   self.token)
+
+    async def answer(self, path: bytes, authorization: bytes | None
+                     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """(status, extra headers, body) for a GET of `path`."""
+        if path == b"/healthz":
+            if self.draining:
+                return 503, _TEXT, b"draining\n"
+            if not self.agg.live:
+                return 503, _TEXT, b"no worker is reporting\n"
+            return 200, _TEXT, b"ok\n"
+        if not self.authorized(authorization):
+            return 401, [*_TEXT, (b"WWW-Authenticate", b'Bearer realm="schoolgate admin"')], \
+                b"401 Unauthorized: send Authorization: Bearer <server.admin_token>\n"
+        if path in (b"/metrics", b"/status.json"):
+            await self.fresh()
+        if path == b"/metrics":
+            return 200, [(b"Content-Type", _EXPOSITION)], generate_latest(self.registry)
+        if path == b"/status.json":
+            body = json.dumps(school_status(self.cfg, self.agg, self.rate)).encode()
+            return 200, [(b"Content-Type", b"application/json")], body
+        if path == b"/":
+            return 200, _HTML, STATUS_PAGE
+        return 404, _TEXT, b"not found\n"
 
 
-def _admission_metrics(app, labels: str) -> list[str]:
-    if not app.admission.enabled:
-        return []
-    controller = app.admission.controller
-    stats = [(_label(s.name), controller.stats(s.index)) for s in app.schools]
-    lines = []
-    for metric, kind, text, key, per_class in _ADMISSION:
-        name = f"schoolgate_school_{metric}"
-        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        for school, st in stats:
-            if per_class:
-                for klass, value in st[key].items():
-                    lines.append(f'{name}{{{labels},school="{school}",class="{_label(klass)}"}} '
-                                 f"{value}")
-            else:
-                lines.append(f'{name}{{{labels},school="{school}"}} {st[key]}')
-    return lines
+_TEXT = [(b"Content-Type", b"text/plain; charset=utf-8")]
+# The classic text format, which every Prometheus reads (the metric names are
+# all legacy-valid, so generate_latest writes exactly that); newer
+# prometheus_client releases would announce version=1.0.0.
+_EXPOSITION = b"text/plain; version=0.0.4; charset=utf-8"
+_HTML = [(b"Content-Type", b"text/html; charset=utf-8"),
+         # Everything is inline; the script may only fetch from this origin.
+         (b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'; "
+                                      b"script-src 'unsafe-inline'; connect-src 'self'; "
+                                      b"img-src data:; base-uri 'none'; form-action 'none'"),
+         (b"X-Content-Type-Options", b"nosniff")]
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class StatsProtocol(asyncio.Protocol):
+    """One worker's connection: length-prefixed msgpack Snapshots."""
 
+    _decoder = msgspec.msgpack.Decoder(Snapshot)
 
-class AdminProtocol(asyncio.Protocol):
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.parser = httptools.HttpRequestParser(self)
+    def __init__(self, server: AdminServer, conn: int) -> None:
+        self.server = server
+        self.agg = server.agg
+        self.conn = conn
+        self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.url = b""
+        # (request number, future) of the answers awaited.
+        self.waiting: list[tuple[int, asyncio.Future[None]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.server.feeds.add(self)
+
+    def ask(self, number: int) -> asyncio.Future[None] | None:
+        """Ask for a snapshot answering `number`; the future is done once
+        it is in (None: the connection is gone)."""
+        if self.transport is None or self.transport.is_closing():
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append((number, fut))
+        self.transport.write(_LEN.pack(number))
+        return fut
 
     def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= 4:
+            (size,) = _LEN.unpack_from(buf)
+            if size > MAX_FRAME:
+                log.error("admin: a snapshot of %d bytes refused", size)
+                self.transport.abort()  # type: ignore[union-attr]
+                return
+            if len(buf) < 4 + size:
+                return
+            body = bytes(buf[4:4 + size])
+            del buf[:4 + size]
+            try:
+                snap = self._decoder.decode(body)
+            except msgspec.DecodeError as err:
+                log.error("admin: a snapshot that does not decode: %s", err)
+                self.transport.abort()  # type: ignore[union-attr]
+                return
+            self.agg.update(self.conn, snap)
+            if snap.answers:
+                keep = []
+                for number, fut in self.waiting:
+                    if number <= snap.answers:
+                        if not fut.done():
+                            fut.set_result(None)
+                    else:
+                        keep.append((number, fut))
+                self.waiting = keep
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.server.feeds.discard(self)
+        self.agg.gone(self.conn)
+        for _, fut in self.waiting:
+            if not fut.done():
+                fut.set_result(None)
+        self.waiting = []
+
+
+class AdminProtocol(asyncio.Protocol):
+    """One admin HTTP/1.1 connection (see the module docstring for the
+    limits and timeouts)."""
+
+    def __init__(self, server: AdminServer) -> None:
+        self.server = server
+        limits = server.cfg.limits
+        timeouts = server.cfg.timeouts
+        self.head_budget = limits.max_request_line + limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.header_timeout = timeouts.header
+        self.keepalive_timeout = timeouts.keepalive
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.field = b""
+        self.authorization: bytes | None = None
+        self.headers = 0
+        self.head_bytes = 0
+        self.in_head = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.closed = False
+        # The answer being made (they go out in request order).
+        self.answering: asyncio.Task[None] | None = None
+
+    # -- timeouts ----------------------------------------------------------------
+    def _arm(self, seconds: float, head: bool) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(
+            seconds, self._header_timeout if head else self.close)
+
+    def _header_timeout(self) -> None:
+        self._send(408, _TEXT, b"408 Request Timeout: request header timeout\n", close=True)
+
+    # -- asyncio -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        # A new connection is owed a request head: the header timeout runs.
+        self.in_head = True
+        self._arm(self.header_timeout, True)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.in_head:
+            # The first byte of the next request: its head is now due.
+            self.in_head = True
+            self.head_bytes = 0
+            self._arm(self.header_timeout, True)
+        self.head_bytes += len(data)
+        if self.in_head and self.head_bytes > self.head_budget:
+            self._send(431, _TEXT, b"431 Request Header Fields Too Large\n", close=True)
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._send(400, b"text/plain", b"bad request\n", close=True)
+        except httptools.HttpParserUpgrade:
+            self._send(400, _TEXT, b"400 Bad Request: no upgrades here\n", close=True)
+        except (httptools.HttpParserError, ValueError):
+            self._send(400, _TEXT, b"400 Bad Request\n", close=True)
+
+    # -- httptools callbacks -------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.authorization = None
+        self.headers = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > 4096:
-            raise ValueError("url too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers += 1
+        if self.headers > self.max_headers:
+            raise ValueError("too many header fields")
+        if name.lower() == b"authorization":
+            self.authorization = value
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_bytes = 0
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def on_message_complete(self) -> None:
-        path = self.url.split(b"?", 1)[0]
-        self.url = b""
-        if path == b"/healthz":
-            status = 503 if self.worker.app.draining else 200
-            self._send(status, b"text/plain", b"draining\n" if status == 503 else b"ok\n")
-        elif path == b"/metrics":
-            self._send(200, b"text/plain; version=0.0.4", render_metrics(self.worker))
-        else:
-            self._send(404, b"text/plain", b"not found\n")
-
-    def _send(self, status: int, ctype: bytes, body: bytes, close: bool = False) -> None:
-        if self.transport is None:
+        if self.closed:
             return
-        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found",
-                  503: b"Service Unavailable"}[status]
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s"
-            % (status, reason, ctype, len(body), b"Connection: close\r\n" if close else b"", body)
-        )
+        method = self.parser.get_method()
+        path = self.url.split(b"?", 1)[0]
+        keep = self.parser.should_keep_alive()
+        if method not in (b"GET", b"HEAD"):
+            self._send(405, [*_TEXT, (b"Allow", b"GET, HEAD")],
+                       b"405 Method Not Allowed\n", close=True)
+            return
+        self.answering = asyncio.get_running_loop().create_task(self._respond(
+            self.answering, path, self.authorization, keep, method == b"HEAD"))
+
+    async def _respond(self, before: asyncio.Task[None] | None, path: bytes,
+                       authorization: bytes | None, keep: bool, head_only: bool) -> None:
+        if before is not None:
+            await before
+        status, headers, body = await self.server.answer(path, authorization)
+        self._send(status, headers, body, close=not keep, head_only=head_only)
+        if keep and not self.closed and not self.in_head:
+            self._arm(self.keepalive_timeout, False)
+
+    # -- output --------------------------------------------------------------
+    def _send(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+              close: bool = False, head_only: bool = False) -> None:
+        if self.transport is None or self.closed:
+            return
+        lines = [b"HTTP/1.1 %d %s" % (status, _REASONS[status])]
+        lines += [b"%s: %s" % kv for kv in headers]
+        lines.append(b"Content-Length: %d" % len(body))
+        lines.append(b"Cache-Control: no-store")
         if close:
+            lines.append(b"Connection: close")
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head_only else body))
+        if close:
+            self.close()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
             self.transport.close()
+
+
+def admin_main(config_path: str, cfg: Config, stats_sock: socket.socket) -> int:
+    """Entry point of the forked admin process."""
+    from gateway.server.worker import bind_socket
+
+    # One process serves it: no SO_REUSEPORT, so nothing else can share it.
+    listen_sock = bind_socket(cfg.server.admin_listen, 128,  # type: ignore[arg-type]
+                              reuse_port=False)
+    server = AdminServer(config_path, cfg)
+    uvloop.run(server.serve(stats_sock, listen_sock))
+    return 0

@@ -12,6 +12,12 @@ sigtimedwait so that signal handling is synchronous and race-free.
   timeout plus a grace period the rest are killed.
 - SIGUSR1: forwarded to the workers, which reopen their access log file
   (`[log] access`; logrotate renames the file, then sends it).
+
+With `admin_listen` set, one more child, the admin process
+(gateway/server/admin.py), serves the admin listener for the whole gateway:
+the workers send it snapshots of their counters over a Unix socket the
+parent makes before forking anyone. It gets SIGHUP and SIGTERM like the
+workers, ends after them, and is started again if it dies.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -78,7 +85,10 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _spawn(config_path: str, cfg: Config, index: int) -> int:
+def _spawn(config_path: str, cfg: Config, index: int,
+           stats: socket.socket | None = None) -> int:
+    """Fork worker `index`; `stats` is the admin process's snapshot socket
+    (the worker connects to its address), or None."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
@@ -93,11 +103,38 @@ def _spawn(config_path: str, cfg: Config, index: int) -> int:
         # kill a starting worker (its default action).
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         _die_with_parent(parent)
+        stats_addr = None
+        if stats is not None:
+            stats_addr = stats.getsockname()
+            stats.close()  # the admin process's to accept on, not ours
         from gateway.server.worker import worker_main
 
-        code = worker_main(config_path, cfg, index)
+        code = worker_main(config_path, cfg, index, stats_addr)
     except BaseException:
         log.exception("worker %d crashed", index)
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _spawn_admin(config_path: str, cfg: Config, stats: socket.socket) -> int:
+    """Fork the admin process, which accepts the workers' snapshots on
+    `stats` and serves admin_listen."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent(parent)
+        from gateway.server.admin import admin_main
+
+        code = admin_main(config_path, cfg, stats)
+    except BaseException:
+        log.exception("admin process crashed")
     finally:
         logging.shutdown()
         os._exit(code)
@@ -141,25 +178,33 @@ def run(config_path: str) -> int:
 
     watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    stats: socket.socket | None = None
+    admin: int | None = None  # the admin process's pid
+    if cfg.server.admin_listen:
+        from gateway.server.telemetry import stats_listener
+        stats = stats_listener()
+        admin = _spawn_admin(config_path, cfg, stats)
     workers: dict[int, int] = {}  # pid -> index
     started: dict[int, float] = {}  # pid -> spawn time
     early_deaths = [0] * cfg.server.workers
     for i in range(cfg.server.workers):
-        pid = _spawn(config_path, cfg, i)
+        pid = _spawn(config_path, cfg, i, stats)
         workers[pid] = i
         started[pid] = time.monotonic()
     log.info("schoolgate %s: %d worker(s) on %s", os.getpid(), len(workers), cfg.server.listen)
 
     stopping_since: float | None = None
     exit_code = 0
-    while workers:
+    while workers or admin:
         info = signal.sigtimedwait(watched, 0.5)
         sig = info.si_signo if info is not None else None
         if sig in (signal.SIGTERM, signal.SIGINT) and stopping_since is None:
             stopping_since = time.monotonic()
             log.info("stopping: draining %d worker(s)", len(workers))
             _signal_all(workers, signal.SIGTERM)
+            _signal_one(admin, signal.SIGTERM)
         elif sig == signal.SIGHUP and stopping_since is None:
+            _signal_one(admin, signal.SIGHUP)  # it reads the file itself, as workers do
             try:
                 new_cfg = load_config(config_path)
             except (ConfigError, OSError) as err:
@@ -174,14 +219,23 @@ def run(config_path: str) -> int:
         elif sig == signal.SIGUSR1:
             _signal_all(workers, signal.SIGUSR1)  # reopen the access log
         # Reap whatever exited (SIGCHLD or not: signals coalesce).
-        while workers:
+        while workers or admin:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 workers.clear()
+                admin = None
                 break
             if pid == 0:
                 break
+            if pid == admin:
+                admin = None
+                if stopping_since is None and stats is not None:
+                    log.error("the admin process (pid %d) exited with %d; starting a new one",
+                              pid, os.waitstatus_to_exitcode(status))
+                    time.sleep(RESPAWN_BACKOFF)
+                    admin = _spawn_admin(config_path, cfg, stats)
+                continue
             index = workers.pop(pid, None)
             if index is None:
                 continue
@@ -195,22 +249,32 @@ def run(config_path: str) -> int:
                     stopping_since = time.monotonic()
                     exit_code = exitcodes.WORKERS
                     _signal_all(workers, signal.SIGTERM)
+                    _signal_one(admin, signal.SIGTERM)
                     continue
                 log.error("worker %d (pid %d) exited with %d; starting a new one",
                           index, pid, code)
                 time.sleep(RESPAWN_BACKOFF)
-                pid = _spawn(config_path, cfg, index)
+                pid = _spawn(config_path, cfg, index, stats)
                 workers[pid] = index
                 started[pid] = time.monotonic()
             elif code != 0:
                 exit_code = exitcodes.WORKERS
-        if stopping_since is not None and workers and \
+        if stopping_since is not None and (workers or admin) and \
                 time.monotonic() - stopping_since > cfg.timeouts.drain + GRACE:
             log.error("drain deadline passed; killing %d worker(s)", len(workers))
             _signal_all(workers, signal.SIGKILL)
+            _signal_one(admin, signal.SIGKILL)
     log.info("stopped")
     claim.close()
     return exit_code
+
+
+def _signal_one(pid: int | None, sig: int) -> None:
+    if pid is not None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _signal_all(workers: dict[int, int], sig: int) -> None:

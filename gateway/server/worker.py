@@ -11,6 +11,10 @@ warnings about requests and connections, the event loop's included, go
 through one RateLimitedLog. A reload keeps the worker's admission state (App.take_over),
 so limits hold across it, and open connections move to the new config at
 their next request.
+
+A worker serves no admin listener: it sends snapshots of its counters to
+the supervisor's admin process (gateway/server/telemetry.py), which
+answers for the whole gateway.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import uvloop
 from gateway.config import Config, ConfigError, load_config, parse_hostport
 from gateway.proxy.app import App
 from gateway.proxy.client import IDLE, ClientProtocol
-from gateway.server.admin import AdminProtocol
 from gateway.server.logs import FLUSH_INTERVAL, AccessLog, LimitFilter, RateLimitedLog
+from gateway.server.telemetry import Publisher
 from gateway.server.tlsport import TLSPortProtocol
 from gateway.waiting import clear_cache
 
@@ -67,7 +71,10 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 class Worker:
-    def __init__(self, config_path: str, cfg: Config, index: int) -> None:
+    def __init__(self, config_path: str, cfg: Config, index: int,
+                 stats_addr: str | None = None) -> None:
+        """`stats_addr`: the admin process's snapshot socket (None: no
+        admin listener, nothing is published)."""
         self.config_path = config_path
         self.index = index
         # The process count is fixed at start; a reload cannot change it.
@@ -81,7 +88,7 @@ class Worker:
         # the current App at its next request head).
         self.retired: list[App] = []
         self.server: asyncio.AbstractServer | None = None
-        self.admin: asyncio.AbstractServer | None = None
+        self.publisher = Publisher(self, stats_addr) if stats_addr else None
         self.stopping: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -99,9 +106,8 @@ class Worker:
             factory = lambda: TLSPortProtocol(  # noqa: E731
                 context, lambda: ClientProtocol(self.app, proto), self.app.timeouts.header)
         self.server = await loop.create_server(factory, sock=sock, backlog=cfg.server.backlog)
-        if cfg.server.admin_listen:
-            admin_sock = bind_socket(cfg.server.admin_listen, 128)
-            self.admin = await loop.create_server(lambda: AdminProtocol(self), sock=admin_sock)
+        if self.publisher is not None:
+            publishing = loop.create_task(self.publisher.run())
         self.stopping = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain)
@@ -113,6 +119,11 @@ class Worker:
         self.app.admission.start()  # the waiting lines' syncs
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
+        if self.publisher is not None:
+            publishing.cancel()
+            # The last counts, so that none of this worker's are lost.
+            await self.publisher.publish()
+            self.publisher.close()
 
     # -- signals ----------------------------------------------------------------
     def drain(self) -> None:
@@ -141,8 +152,6 @@ class Worker:
             for server in app.servers.values():
                 server.close_all()
         self.app.admission.close()  # one for all Apps
-        if self.admin is not None:
-            self.admin.close()
         if self.stopping is not None and not self.stopping.done():
             self.stopping.set_result(None)
 
@@ -203,9 +212,9 @@ class Worker:
             self.loop.call_later(REAP_INTERVAL, self._reap)  # type: ignore[union-attr]
 
 
-def worker_main(config_path: str, cfg: Config, index: int) -> int:
+def worker_main(config_path: str, cfg: Config, index: int, stats_addr: str | None = None) -> int:
     """Entry point of a forked worker process."""
-    worker = Worker(config_path, cfg, index)
+    worker = Worker(config_path, cfg, index, stats_addr)
     try:
         uvloop.run(worker.serve())
     finally:

@@ -3,34 +3,33 @@ from a running gateway after real traffic."""
 
 from __future__ import annotations
 
-import re
 import signal
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.clients import RawConn, build_request, request
+from tests.support.clients import RawConn, build_request, request, wait_until
 from tests.support.procs import free_port
 
-_SAMPLE = re.compile(r'^([a-z_]+)\{([^}]*)\} (\S+)$')
 
-
-def _scrape(gw) -> dict[tuple[str, frozenset], float]:
+def _read(gw) -> dict[tuple[str, frozenset], float]:
     resp = httpx.get(gw.admin_url + "/metrics", timeout=5)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for line in resp.text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        assert m, f"not a Prometheus sample: {line!r}"
-        labels = frozenset(tuple(kv.split("=", 1)) for kv in re.findall(r'\w+="[^"]*"', m[2]))
-        samples[(m[1], labels)] = float(m[3])
-    return samples
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(resp.text) for s in fam.samples}
+
+
+def _scrape(gw, requests: int) -> dict[tuple[str, frozenset], float]:
+    """The samples once `requests` answered requests are counted: the admin
+    process sums the workers' snapshots, which they send every half second."""
+    assert wait_until(lambda: sum(v for (n, _), v in _read(gw).items()
+                                  if n == "schoolgate_requests_total") >= requests, timeout=10)
+    return _read(gw)
 
 
 def _value(samples, name: str, **labels: str) -> float:
-    want = {(k, f'"{v}"') for k, v in labels.items()}
+    want = set(labels.items())
     found = [v for (n, ls), v in samples.items() if n == name and want <= ls]
     assert found, f"no sample {name} {labels}"
     return sum(found)
@@ -46,7 +45,7 @@ def test_metrics_count_requests_admissions_and_local_answers(make_gateway, upstr
     with RawConn(gw.port) as conn:
         conn.send(build_request(target="/echo", host="nobody.test"))
         assert conn.recv_response().status == 421
-    samples = _scrape(gw)
+    samples = _scrape(gw, 5)
     assert _value(samples, "schoolgate_requests_total") == 5
     assert _value(samples, "schoolgate_school_requests_total", school="school") == 4
     assert _value(samples, "schoolgate_local_responses_total", status="421") == 1

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import struct
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from test_admission_support import (
     HTML_ACCEPT,
     JSON_ACCEPT,
@@ -44,10 +44,13 @@ def admin() -> dict:
 
 
 def gauge(gw, name: str) -> float:
+    """A gauge summed over the gateway's workers (the admin process asks
+    each for its figures as the scrape comes in)."""
     text = httpx.get(gw.admin_url + "/metrics", timeout=5).text
-    values = re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)
+    values = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+              if s.name == name]
     assert values, f"no {name} in /metrics"
-    return sum(float(v) for v in values)
+    return sum(values)
 
 
 def buffered(gw) -> tuple[float, float, float]:

@@ -333,7 +333,7 @@ class Gateway(ManagedProcess):
         self.host, port = server.get("listen", "127.0.0.1:8080").rsplit(":", 1)
         self.port = int(port)
         admin = server.get("admin_listen")
-        self.admin_port = int(admin.rsplit(":", 1)[1]) if admin else None
+        self.admin_port = int(admin.rsplit(":", 1)[-1]) if admin else None
 
     @property
     def url(self) -> str:
@@ -346,7 +346,30 @@ class Gateway(ManagedProcess):
     def start(self, timeout: float = 15.0) -> Gateway:
         self._spawn()
         self.wait_port(self.port, timeout)
+        if self.admin_port is not None:
+            self.wait_admin(timeout)
         return self
+
+    def wait_admin(self, timeout: float) -> None:
+        """Block until the admin process answers /healthz with 200: a worker
+        has sent it a snapshot, so its figures describe the gateway."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+                conn.close()
+            except OSError:
+                pass
+            if not self.alive():
+                raise ProcessDied(f"{self.name} exited with {self.returncode}\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise ProcessDied(f"{self.name}: admin /healthz not ready within "
+                                  f"{timeout}s\n{self.log()}")
+            time.sleep(0.05)
 
 
 class RssSampler:

@@ -14,7 +14,7 @@ import pytest
 import gateway._native
 
 MODULES = ["accesslog", "client", "context", "exchange", "head", "link", "router", "serialize",
-           "upstream"]
+           "stats", "upstream"]
 
 STUBS = Path(gateway._native.__file__).parent
 

@@ -2,6 +2,7 @@
 # (documented in gateway/_native/context.pyi).
 
 from gateway._native.scheduler cimport Scheduler
+from gateway._native.stats cimport Stats
 
 
 cdef class AdmissionCore:
@@ -9,6 +10,8 @@ cdef class AdmissionCore:
     cdef public object shell          # gateway.proxy.admission.Admission
     cdef public object controller     # gateway.admission.AdmissionController
     cdef public Scheduler scheduler
+    # The worker's request counters (Exchange._count; outlives reloads).
+    cdef public Stats stats
 
 
 cdef class Context:

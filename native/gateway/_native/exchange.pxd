@@ -51,6 +51,10 @@ cdef class Exchange(ExchangeLink):
     cdef double began                 # monotonic, when the head was complete
     cdef double asked                 # monotonic, when it last asked for a slot (0: not)
     cdef bint asking                  # inside an ask: an admission now is at once
+    # Telemetry (Exchange._count): the wait for its slot (seconds, -1:
+    # none), counted yet.
+    cdef public double queue_wait
+    cdef public bint counted
 
     cpdef on_request_body(self, bytes data)
     cpdef on_request_end(self)
@@ -79,5 +83,6 @@ cdef class Exchange(ExchangeLink):
     cdef _ask(self, bint native)
     cdef _waited(self)
     cdef _log(self, int status)
+    cdef _count(self, int status)
 
 

@@ -66,6 +66,10 @@ cdef class UpstreamServer:
     cdef public double keep_alive_timeout
     cdef public double closed_idle
     cdef public double open_idle
+    # Telemetry, for the server's life (it outlives reloads by address).
+    cdef public long long connect_failures
+    cdef public long long retries
+    cdef public long long timeouts
 
     cpdef set_limits(self, Py_ssize_t max_status_line, Py_ssize_t max_header_bytes,
                      Py_ssize_t max_headers, Py_ssize_t max_chunk_ext)

@@ -1,0 +1,535 @@
+"""Telemetry of the whole gateway: worker snapshots, their sum, and the
+Prometheus collector that publishes it.
+
+Why this shape: every worker counts its own requests in C arrays
+(gateway._native.stats, added to at exchange end, no Python call per
+request). Once every PUBLISH_INTERVAL seconds a worker sends a Snapshot of
+its counters and gauges over a Unix socket to the one admin process
+(gateway/server/admin.py), framed as a 4-byte big-endian length and
+msgpack (msgspec), and one at once whenever the admin process asks (a
+4-byte request number; the Snapshot answering it carries the number): a
+scrape asks every worker, so it describes the gateway as it is, not as it
+was up to PUBLISH_INTERVAL ago. The admin process keeps the last Snapshot of each live
+worker; when a worker's connection ends (it exited, or was killed and
+restarted) its counters are folded into a base that stays, so a counter
+summed over all workers never goes backwards. What a killed worker counted
+after its last Snapshot (at most PUBLISH_INTERVAL's worth) is lost; a
+worker that exits normally sends a last Snapshot first. Gauges (in flight,
+queued, upstream up) come from the live workers only.
+
+Labels are bounded by the config: schools, classes and upstreams by name,
+status codes (at most gateway._native.stats.MAX_CODES of them); never client
+addresses or paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import msgspec
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from gateway._native.stats import DURATION_BUCKETS, PAGE_429, PAGE_WAITING, WAIT_BUCKETS
+from gateway.proxy.spool import RESPONSE_STATS, STATS
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.server.worker import Worker
+
+log = logging.getLogger("schoolgate.telemetry")
+
+# Seconds between two snapshots of a worker.
+PUBLISH_INTERVAL = 0.5
+# Largest frame the admin process accepts (a snapshot of hundreds of
+# schools is tens of kilobytes).
+MAX_FRAME = 16 << 20
+_LEN = struct.Struct("!I")
+
+
+class SchoolState(msgspec.Struct, array_like=True):
+    """One school at one worker: gauges against the worker's allotment of
+    the limits (None: no limit), per-class queues, counters since the
+    worker started."""
+
+    name: str
+    inflight: int
+    max_inflight: int | None
+    connections: int
+    max_connections: int | None
+    max_queue: int | None
+    queued: dict[str, int]
+    admitted: dict[str, int]
+    rejected: dict[str, int]
+    cancelled: int
+    admission_rate: float     # admissions per second, measured
+    estimated_wait: float     # seconds a request arriving now would wait
+
+
+class UpstreamState(msgspec.Struct, array_like=True):
+    addr: str
+    up: bool
+    inflight: int
+    connect_failures: int
+    retries: int
+    timeouts: int
+
+
+class Snapshot(msgspec.Struct, array_like=True):
+    """What a worker publishes: its identity, counters since it started
+    (cumulative) and gauges now."""
+
+    worker: int
+    pid: int
+    answers: int              # the admin's request number it answers (0: periodic)
+    admission: bool
+    connections_total: int
+    connections_open: int
+    local_responses: dict[int, int]
+    requests: list[tuple[str, str, int, int]]
+    duration: list[tuple[str, str, list[int], float]]
+    wait: list[tuple[str, str, list[int], float]]
+    pages: list[tuple[str, str, int, int]]
+    schools: list[SchoolState]
+    upstreams: list[UpstreamState]
+    spools: list[int]         # request bodies, bytes, files; responses, bytes, files
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def snapshot(worker: Worker, answers: int = 0) -> Snapshot:
+    """The worker's Snapshot now (answering request number `answers`)."""
+    app = worker.app
+    apps = (app, *worker.retired)
+    admission = app.admission
+    controller = admission.controller
+    now = time.time()
+    schools = []
+    for i, name in enumerate(controller.school_names):
+        use = controller.usage(i, now)
+        st = controller.stats(i, now)
+        queued = st["queued_total"]
+        schools.append(SchoolState(
+            name=name, inflight=use["inflight"], max_inflight=use["max_inflight"],
+            connections=use["connections"], max_connections=use["max_connections"],
+            max_queue=use["max_queue"], queued=st["queued"], admitted=st["admitted"],
+            rejected=st["rejected"], cancelled=st["cancelled"],
+            admission_rate=st["admission_rate"],
+            estimated_wait=controller.queue_eta(i, queued + 1, now) if queued else 0.0,
+        ))
+    mono = time.monotonic()
+    upstreams = [UpstreamState(addr=addr, up=bool(s.available(mono)), inflight=s.inflight,
+                               connect_failures=s.connect_failures, retries=s.retries,
+                               timeouts=s.timeouts)
+                 for addr, s in app.servers.items()]
+    exported = admission.core.stats.export()
+    m = app.metrics
+    return Snapshot(
+        worker=worker.index, pid=os.getpid(), answers=answers, admission=admission.enabled,
+        connections_total=m.connections_total,
+        connections_open=sum(len(a.connections) for a in apps),
+        local_responses=dict(m.responses_local),
+        requests=exported["requests"], duration=exported["duration"], wait=exported["wait"],
+        pages=exported["pages"], schools=schools, upstreams=upstreams,
+        spools=[STATS.bodies, STATS.bytes, STATS.files,
+                RESPONSE_STATS.bodies, RESPONSE_STATS.bytes, RESPONSE_STATS.files],
+    )
+
+
+def frame(snap: Snapshot) -> bytes:
+    body = _encoder.encode(snap)
+    return _LEN.pack(len(body)) + body
+
+
+def stats_listener() -> socket.socket:
+    """The admin process's Unix socket for snapshots, made by the supervisor
+    before it forks anyone: an abstract name (Linux; no file to clean up),
+    random so that two gateways on one host never meet."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(f"\0schoolgate-{os.getpid()}-{os.urandom(8).hex()}")
+    sock.listen(64)
+    return sock
+
+
+class Publisher:
+    """A worker's side: a Snapshot every PUBLISH_INTERVAL to `addr`,
+    reconnecting (the admin process may restart) without ever blocking the
+    worker's loop for long: a snapshot not taken in time is dropped."""
+
+    def __init__(self, worker: Worker, addr: str) -> None:
+        self.worker = worker
+        self.addr = addr
+        self.writer: asyncio.StreamWriter | None = None
+        self.reading: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        while True:
+            await self.publish()
+            await asyncio.sleep(PUBLISH_INTERVAL)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> None:
+        """The admin process's requests: a Snapshot at once for each."""
+        try:
+            while True:
+                data = await reader.readexactly(4)
+                await self.publish(_LEN.unpack(data)[0])
+        except (asyncio.IncompleteReadError, OSError):
+            self.close()
+
+    async def publish(self, answers: int = 0) -> None:
+        """Send one Snapshot now (connecting first if need be); errors only
+        drop the connection, to be made again next time."""
+        try:
+            if self.writer is None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    await asyncio.get_running_loop().sock_connect(sock, self.addr)
+                except BaseException:
+                    sock.close()
+                    raise
+                reader, self.writer = await asyncio.open_unix_connection(sock=sock)
+                self.reading = asyncio.get_running_loop().create_task(self._answer(reader))
+            writer = self.writer
+            if writer.transport.get_write_buffer_size() > MAX_FRAME:
+                return  # the admin process is not reading: skip, do not pile up
+            writer.write(frame(snapshot(self.worker, answers)))
+            await asyncio.wait_for(writer.drain(), 5.0)
+        except (OSError, TimeoutError) as err:
+            log.debug("worker %d: snapshot not sent: %s", self.worker.index, err)
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.reading is not None and self.reading is not asyncio.current_task():
+            self.reading.cancel()
+        self.reading = None
+
+
+# -- the admin side -----------------------------------------------------------
+
+Key = tuple  # (metric, *label values)
+
+
+def counters(snap: Snapshot) -> dict[Key, float | list[float]]:
+    """The cumulative part of a Snapshot, flat: a number, or for a
+    histogram the per-bucket counts followed by the sum."""
+    out: dict[Key, float | list[float]] = {("connections",): snap.connections_total}
+    for status, n in snap.local_responses.items():
+        out[("local", str(status))] = n
+    for school, klass, code, n in snap.requests:
+        out[("requests", school, klass, str(code))] = n
+    for school, klass, buckets, total in snap.duration:
+        out[("duration", school, klass)] = [*buckets, total]
+    for school, klass, buckets, total in snap.wait:
+        out[("wait", school, klass)] = [*buckets, total]
+    for school, klass, kind, n in snap.pages:
+        out[("pages", school, klass, str(kind))] = n
+    for s in snap.schools:
+        for klass, n in s.admitted.items():
+            out[("admitted", s.name, klass)] = n
+        for klass, n in s.rejected.items():
+            out[("rejected", s.name, klass)] = n
+        out[("cancelled", s.name)] = s.cancelled
+    for u in snap.upstreams:
+        out[("connect_failures", u.addr)] = u.connect_failures
+        out[("retries", u.addr)] = u.retries
+        out[("timeouts", u.addr)] = u.timeouts
+    return out
+
+
+def _add(into: dict[Key, float | list[float]], more: dict[Key, float | list[float]]) -> None:
+    for key, value in more.items():
+        have = into.get(key)
+        if have is None:
+            into[key] = list(value) if isinstance(value, list) else value
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                have[i] += v  # type: ignore[index]
+        else:
+            into[key] = have + value  # type: ignore[operator]
+
+
+class Aggregate:
+    """The sum over the gateway's workers, live and gone (see the module's
+    docstring); the admin process's counts of reloads."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, Snapshot] = {}   # connection id -> last snapshot
+        self.base: dict[Key, float | list[float]] = {}
+        self.workers_gone = 0
+        self.generation = 1
+        self.reloads = {"success": 0, "failure": 0}
+
+    def update(self, conn: int, snap: Snapshot) -> None:
+        self.live[conn] = snap
+
+    def gone(self, conn: int) -> None:
+        """A worker's connection ended: its counters stay in the sum."""
+        snap = self.live.pop(conn, None)
+        if snap is not None:
+            _add(self.base, counters(snap))
+            self.workers_gone += 1
+
+    def totals(self) -> dict[Key, float | list[float]]:
+        out: dict[Key, float | list[float]] = {}
+        _add(out, self.base)
+        for snap in self.live.values():
+            _add(out, counters(snap))
+        return out
+
+    def schools(self) -> dict[str, dict]:
+        """Per school, summed over live workers: inflight, limits (the sum of
+        the workers' allotments; None: unlimited), queued by class,
+        admission rate, estimated wait (the longest of the workers')."""
+        out: dict[str, dict] = {}
+        for snap in self.live.values():
+            for s in snap.schools:
+                d = out.setdefault(s.name, {
+                    "inflight": 0, "max_inflight": 0, "connections": 0,
+                    "max_connections": 0, "max_queue": 0, "queued": {},
+                    "admission_rate": 0.0, "estimated_wait": 0.0})
+                for key in ("inflight", "connections"):
+                    d[key] += getattr(s, key)
+                for key in ("max_inflight", "max_connections", "max_queue"):
+                    value = getattr(s, key)
+                    d[key] = None if value is None or d[key] is None else d[key] + value
+                for klass, n in s.queued.items():
+                    d["queued"][klass] = d["queued"].get(klass, 0) + n
+                d["admission_rate"] += s.admission_rate
+                d["estimated_wait"] = max(d["estimated_wait"], s.estimated_wait)
+        return out
+
+    def upstreams(self) -> dict[str, dict]:
+        """Per upstream over live workers: up (every worker that uses it
+        finds it available), in flight."""
+        out: dict[str, dict] = {}
+        for snap in self.live.values():
+            for u in snap.upstreams:
+                d = out.setdefault(u.addr, {"up": True, "inflight": 0})
+                d["up"] = d["up"] and u.up
+                d["inflight"] += u.inflight
+        return out
+
+
+class GatewayCollector:
+    """A prometheus_client collector over an Aggregate (register it in a
+    CollectorRegistry; each scrape reads the Aggregate anew)."""
+
+    def __init__(self, agg: Aggregate) -> None:
+        self.agg = agg
+
+    def describe(self) -> list[Metric]:
+        return []  # no fixed set: the families follow the workers' snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        agg = self.agg
+        totals = agg.totals()
+
+        def counter(name: str, text: str, labels: list[str], kind: str) -> CounterMetricFamily:
+            fam = CounterMetricFamily(name, text, labels=labels)
+            for key, value in sorted(totals.items()):
+                if key[0] == kind:
+                    fam.add_metric(list(key[1:]), value)
+            return fam
+
+        yield counter("schoolgate_requests", "Requests answered (by the upstream or the "
+                      "gateway), at the end of each exchange; school and class are empty "
+                      "for requests no school serves; code 0: a status beyond the codes "
+                      "counted apart.", ["school", "class", "code"], "requests")
+        per_school: dict[str, float] = {}
+        for key, value in totals.items():
+            if key[0] == "requests" and key[1]:
+                per_school[key[1]] = per_school.get(key[1], 0) + value  # type: ignore[operator]
+        fam = CounterMetricFamily("schoolgate_school_requests",
+                                  "Requests answered, per school.", labels=["school"])
+        for school, n in sorted(per_school.items()):
+            fam.add_metric([school], n)
+        yield fam
+        for kind, name, text, bounds in (
+                ("duration", "schoolgate_request_duration_seconds",
+                 "Time from a request head read to the end of its response at the gateway.",
+                 DURATION_BUCKETS),
+                ("wait", "schoolgate_queue_wait_seconds",
+                 "Time an admitted request waited for its slot.", WAIT_BUCKETS)):
+            hist = HistogramMetricFamily(name, text, labels=["school", "class"])
+            for key, value in sorted(totals.items()):
+                if key[0] != kind:
+                    continue
+                counts = value[:-1]  # type: ignore[index]
+                running, buckets = 0.0, []
+                for le, n in zip((*map(_le, bounds), "+Inf"), counts, strict=True):
+                    running += n
+                    buckets.append((le, running))
+                hist.add_metric(list(key[1:]), buckets, value[-1])  # type: ignore[index]
+            yield hist
+        pages = {PAGE_WAITING: CounterMetricFamily(
+                     "schoolgate_waiting_pages", "Waiting pages served (the school full).",
+                     labels=["school", "class"]),
+                 PAGE_429: CounterMetricFamily(
+                     "schoolgate_too_many_requests",
+                     "429 Too Many Requests served (bulk classes, clients over their rate).",
+                     labels=["school", "class"])}
+        for key, value in sorted(totals.items()):
+            if key[0] == "pages":
+                pages[int(key[3])].add_metric([key[1], key[2]], value)
+        yield from pages.values()
+        yield counter("schoolgate_local_responses", "Responses made by the gateway itself.",
+                      ["status"], "local")
+        fam = CounterMetricFamily("schoolgate_connections", "Client connections accepted.")
+        fam.add_metric([], totals.get(("connections",), 0))
+        yield fam
+        live = list(agg.live.values())
+        yield _gauge("schoolgate_connections_open", "Client connections open now.",
+                     sum(s.connections_open for s in live))
+
+        schools = agg.schools()
+        yield counter("schoolgate_school_admitted", "Requests admitted.", ["school", "class"],
+                      "admitted")
+        yield counter("schoolgate_school_rejected",
+                      "Requests turned away (waiting page, 429).", ["school", "class"],
+                      "rejected")
+        yield counter("schoolgate_school_cancelled", "Queued requests whose client left.",
+                      ["school"], "cancelled")
+        for key, text in (
+                ("inflight", "Admitted requests not yet finished."),
+                ("max_inflight", "Limit of requests in flight (max_inflight; absent: none)."),
+                ("connections", "Client connections counted against the school."),
+                ("max_connections", "Limit of client connections (absent: none)."),
+                ("max_queue", "Limit of queued requests (absent: none)."),
+                ("admission_rate", "Measured admissions per second."),
+                ("estimated_wait", "Seconds a request arriving now would wait for a slot.")):
+            name = "schoolgate_school_" + key + ("_seconds" if key == "estimated_wait" else "")
+            fam = GaugeMetricFamily(name, text, labels=["school"])
+            for school, d in sorted(schools.items()):
+                if d[key] is not None:
+                    fam.add_metric([school], d[key])
+            yield fam
+        fam = GaugeMetricFamily("schoolgate_school_queued", "Requests waiting for admission.",
+                                labels=["school", "class"])
+        for school, d in sorted(schools.items()):
+            for klass, n in d["queued"].items():
+                fam.add_metric([school, klass], n)
+        yield fam
+
+        ups = agg.upstreams()
+        up = GaugeMetricFamily("schoolgate_upstream_up",
+                               "1 if every worker finds the upstream server available "
+                               "(not cooling down after connect failures).",
+                               labels=["upstream"])
+        inflight = GaugeMetricFamily("schoolgate_upstream_inflight",
+                                     "Requests in flight per upstream server.",
+                                     labels=["upstream"])
+        for addr, d in sorted(ups.items()):
+            up.add_metric([addr], 1 if d["up"] else 0)
+            inflight.add_metric([addr], d["inflight"])
+        yield up
+        yield inflight
+        yield counter("schoolgate_upstream_connect_failures",
+                      "Connects to the upstream server that failed or timed out.",
+                      ["upstream"], "connect_failures")
+        yield counter("schoolgate_upstream_retries",
+                      "Requests given another attempt after this server failed them.",
+                      ["upstream"], "retries")
+        yield counter("schoolgate_upstream_timeouts",
+                      "Connect and read timeouts of the upstream server.",
+                      ["upstream"], "timeouts")
+
+        spools = [sum(s.spools[i] for s in live) for i in range(6)]
+        for i, (name, text) in enumerate((
+                ("request_bodies_buffered", "Request bodies held at the gateway."),
+                ("request_body_bytes_buffered", "Bytes of those bodies, memory and files."),
+                ("request_body_files", "Temporary files holding request bodies."),
+                ("responses_spooled", "Responses held for clients that read slowly."),
+                ("response_bytes_spooled", "Bytes of those responses, memory and files."),
+                ("response_spool_files", "Temporary files holding spooled responses."))):
+            yield _gauge("schoolgate_" + name, text, spools[i])
+
+        yield _gauge("schoolgate_workers", "Worker processes reporting now.", len(live))
+        fam = CounterMetricFamily("schoolgate_worker_exits",
+                                  "Worker processes that ended (their counts stay in the "
+                                  "totals).")
+        fam.add_metric([], agg.workers_gone)
+        yield fam
+        fam = CounterMetricFamily("schoolgate_reloads", "Configuration reloads (SIGHUP).",
+                                  labels=["result"])
+        for result, n in sorted(agg.reloads.items()):
+            fam.add_metric([result], n)
+        yield fam
+        yield _gauge("schoolgate_config_generation",
+                     "Configurations loaded since start (1, plus one per successful reload).",
+                     agg.generation)
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, value=value)
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class WaitingPageRate:
+    """Waiting pages per minute per school, from the counter's samples
+    over the last minute (sampled each second by the admin process)."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, dict[str, float]]] = deque()
+
+    def sample(self, now: float, totals: dict[Key, float | list[float]]) -> None:
+        per: dict[str, float] = {}
+        for key, value in totals.items():
+            if key[0] == "pages" and int(key[3]) == PAGE_WAITING:
+                per[key[1]] = per.get(key[1], 0) + value  # type: ignore[operator]
+        self.samples.append((now, per))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
+            self.samples.popleft()
+
+    def per_minute(self, school: str) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, first), (t1, last) = self.samples[0], self.samples[-1]
+        if t1 <= t0:
+            return 0.0
+        return max(0.0, last.get(school, 0) - first.get(school, 0)) * 60.0 / (t1 - t0)
+
+
+def school_status(cfg: Config, agg: Aggregate, rate: WaitingPageRate) -> dict:
+    """The status page's figures (GET /status.json)."""
+    live = agg.schools()
+    ups = agg.upstreams()
+    schools = []
+    for school in cfg.schools:
+        d = live.get(school.name)
+        schools.append({
+            "name": school.name,
+            "title": school.title or school.name,
+            "inflight": d["inflight"] if d else 0,
+            "max_inflight": d["max_inflight"] if d else (school.max_inflight or None),
+            "queued": d["queued"] if d else {},
+            "max_queue": d["max_queue"] if d else None,
+            "waiting_pages_per_minute": round(rate.per_minute(school.name), 2),
+            "admission_rate": round(d["admission_rate"], 2) if d else 0.0,
+            "estimated_wait": round(d["estimated_wait"], 1) if d else 0.0,
+            "upstreams": [{"addr": addr, "up": ups.get(addr, {}).get("up"),
+                           "inflight": ups.get(addr, {}).get("inflight", 0)}
+                          for addr in school.upstreams],
+        })
+    return {"time": time.time(), "workers": len(agg.live), "configured_workers":
+            cfg.server.workers, "generation": agg.generation, "schools": schools}

@@ -1,0 +1,164 @@
+"""The telemetry pieces without sockets: the native Stats arrays, the
+admin side's sum over workers (a gone worker's counts stay), the Prometheus
+collector's output read back with prometheus_client's parser, and the
+admin listener's config keys."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway._native.stats import (
+    DURATION_BUCKETS,
+    MAX_CODES,
+    PAGE_429,
+    PAGE_WAITING,
+    WAIT_BUCKETS,
+    Stats,
+)
+from gateway.config import ConfigError, parse_config
+from gateway.server.telemetry import (
+    Aggregate,
+    GatewayCollector,
+    SchoolState,
+    Snapshot,
+    UpstreamState,
+    WaitingPageRate,
+)
+
+SCHOOL = """
+[[schools]]
+name = "a"
+hosts = ["a.example.org"]
+upstreams = ["127.0.0.1:9000"]
+"""
+
+
+def test_stats_count_by_name_across_a_renumbering_reload():
+    st = Stats(["a", "b"], ["interactive", "bulk"])
+    st.add(0, 0, 200, 0.003)
+    st.add(1, 1, 429, 0.2, 1.5)
+    st.add(-1, -1, 421, 0.0)
+    st.count_page(1, 1, PAGE_429)
+    # A reload: "b" first, "a" removed, a new class before the old ones.
+    st.set_layout(["b", "c"], ["submit", "interactive", "bulk"])
+    st.add(0, 2, 429, 0.2)
+    st.add(1, 0, 200, 20.0)
+    st.count_page(0, 1, PAGE_WAITING)
+    out = st.export()
+    assert sorted(out["requests"]) == [("", "", 421, 1), ("a", "interactive", 200, 1),
+                                       ("b", "bulk", 429, 2), ("c", "submit", 200, 1)]
+    duration = {(s, c): (b, total) for s, c, b, total in out["duration"]}
+    assert len(duration[("b", "bulk")][0]) == len(DURATION_BUCKETS) + 1
+    # 0.2 s twice: both in the 0.25 bucket; 20 s in the 30 bucket.
+    assert duration[("b", "bulk")][0][DURATION_BUCKETS.index(0.25)] == 2
+    assert duration[("b", "bulk")][1] == pytest.approx(0.4)
+    assert duration[("c", "submit")][0][DURATION_BUCKETS.index(30.0)] == 1
+    # Only the request that waited for a slot is in the wait histogram.
+    assert [(s, c, b[WAIT_BUCKETS.index(2.5)], w) for s, c, b, w in out["wait"]] == \
+        [("b", "bulk", 1, 1.5)]
+    assert sorted(out["pages"]) == [("b", "bulk", PAGE_429, 1),
+                                    ("b", "interactive", PAGE_WAITING, 1)]
+    with pytest.raises(ValueError):
+        st.count_page(0, 0, 7)
+
+
+def test_stats_count_codes_beyond_the_limit_as_other():
+    st = Stats(["a"], ["k"])
+    for code in range(200, 200 + MAX_CODES + 5):
+        st.add(0, 0, code, 0.0)
+    st.add(0, 0, 999, 0.0)
+    codes = {code: n for _, _, code, n in st.export()["requests"]}
+    assert sum(codes.values()) == MAX_CODES + 6
+    assert len(codes) == MAX_CODES
+    assert codes[0] == 7  # six codes past the limit and the out-of-range one
+
+
+def snap(pid: int, requests: int, inflight: int, up: bool = True) -> Snapshot:
+    return Snapshot(
+        worker=0, pid=pid, answers=0, admission=True, connections_total=requests,
+        connections_open=inflight,
+        local_responses={503: 1}, requests=[("a", "interactive", 200, requests)],
+        duration=[("a", "interactive", [requests] + [0] * len(DURATION_BUCKETS), 0.5)],
+        wait=[], pages=[("a", "interactive", PAGE_WAITING, 1)],
+        schools=[SchoolState(name="a", inflight=inflight, max_inflight=4, connections=1,
+                             max_connections=None, max_queue=10, queued={"interactive": 2},
+                             admitted={"interactive": requests}, rejected={"interactive": 1},
+                             cancelled=0, admission_rate=1.5, estimated_wait=3.0)],
+        upstreams=[UpstreamState(addr="127.0.0.1:9000", up=up, inflight=inflight,
+                                 connect_failures=1, retries=0, timeouts=0)],
+        spools=[0, 0, 0, 0, 0, 0])
+
+
+def samples(agg: Aggregate) -> dict[tuple[str, frozenset], float]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(agg))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(found, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in found.items() if n == name and set(labels.items()) <= ls)
+
+
+def test_the_sum_keeps_a_gone_workers_counts_and_drops_its_gauges():
+    agg = Aggregate()
+    agg.update(1, snap(100, 5, 1))
+    agg.update(2, snap(101, 7, 2, up=False))
+    s = samples(agg)
+    assert value(s, "schoolgate_requests_total", school="a", code="200") == 12
+    assert value(s, "schoolgate_request_duration_seconds_count", school="a") == 12
+    assert value(s, "schoolgate_request_duration_seconds_bucket", school="a", le="+Inf") == 12
+    assert value(s, "schoolgate_request_duration_seconds_sum", school="a") == 1.0
+    assert value(s, "schoolgate_school_inflight", school="a") == 3
+    assert value(s, "schoolgate_school_max_inflight", school="a") == 8
+    assert value(s, "schoolgate_school_queued", school="a", **{"class": "interactive"}) == 4
+    assert value(s, "schoolgate_school_estimated_wait_seconds", school="a") == 3.0
+    assert value(s, "schoolgate_upstream_up", upstream="127.0.0.1:9000") == 0
+    assert value(s, "schoolgate_upstream_connect_failures_total",
+                 upstream="127.0.0.1:9000") == 2
+    assert value(s, "schoolgate_waiting_pages_total", school="a") == 2
+    assert value(s, "schoolgate_local_responses_total", status="503") == 2
+    agg.gone(2)  # worker 101 exited: its counts stay, its gauges go
+    agg.update(3, snap(102, 1, 0))  # its replacement starts from zero
+    s = samples(agg)
+    assert value(s, "schoolgate_requests_total", school="a") == 13
+    assert value(s, "schoolgate_school_admitted_total", school="a") == 13
+    assert value(s, "schoolgate_school_inflight", school="a") == 1
+    assert value(s, "schoolgate_upstream_up", upstream="127.0.0.1:9000") == 1
+    assert value(s, "schoolgate_worker_exits_total") == 1
+    assert value(s, "schoolgate_workers") == 2
+
+
+def test_waiting_pages_per_minute_from_the_last_minute():
+    rate = WaitingPageRate()
+    key = ("pages", "a", "interactive", str(PAGE_WAITING))
+    rate.sample(0.0, {key: 10})
+    assert rate.per_minute("a") == 0.0
+    rate.sample(30.0, {key: 40})
+    assert rate.per_minute("a") == 60.0
+    rate.sample(120.0, {key: 40})
+    # The samples older than a minute are dropped but one (the rate's start).
+    assert rate.per_minute("a") == pytest.approx(0.0)
+
+
+def parse(server: str):
+    return parse_config(f"[server]\nlisten = \"127.0.0.1:8080\"\n{server}\n{SCHOOL}".encode(),
+                        "gw.toml")
+
+
+def test_admin_listen_port_alone_means_loopback():
+    assert parse('admin_listen = "9100"').server.admin_listen == "127.0.0.1:9100"
+    assert parse('admin_listen = ":9100"').server.admin_listen == "127.0.0.1:9100"
+    assert parse('admin_listen = "[::1]:9100"').server.admin_listen == "[::1]:9100"
+
+
+def test_a_non_loopback_admin_listen_needs_a_token():
+    with pytest.raises(ConfigError, match=r"server\.admin_token.*not a loopback"):
+        parse('admin_listen = "0.0.0.0:9100"')
+    with pytest.raises(ConfigError, match=r"server\.admin_token.*at least 16 bytes"):
+        parse('admin_listen = "0.0.0.0:9100"\nadmin_token = "short"')
+    cfg = parse('admin_listen = "0.0.0.0:9100"\nadmin_token = "0123456789abcdef"')
+    assert cfg.server.admin_token == "0123456789abcdef"
