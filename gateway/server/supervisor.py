@@ -257,7 +257,10 @@ def run(config_path: str) -> int:
                 pid = _spawn(config_path, cfg, index, stats)
                 workers[pid] = index
                 started[pid] = time.monotonic()
-            elif code != 0:
+            elif code not in (0, -signal.SIGTERM, -signal.SIGINT):
+                # A worker still starting when the stop came dies of the
+                # SIGTERM it was sent (its handler is set once it serves, so
+                # it held nothing): an orderly stop, not a failure.
                 exit_code = exitcodes.WORKERS
         if stopping_since is not None and (workers or admin) and \
                 time.monotonic() - stopping_since > cfg.timeouts.drain + GRACE:
