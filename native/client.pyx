@@ -27,7 +27,6 @@ name, so those stay `def` methods.
 # Imported under private names: the module exports only the class and
 # constants in gateway/_native/client.pyi.
 import re as _re
-from collections import deque as _deque
 
 import httptools as _httptools
 
@@ -77,8 +76,13 @@ cdef class ClientProtocol(ClientLink):
         self.ctx = app.ctx
         self.proto = proto
         self.transport = None
+        # The parser exists while requests flow; an idle keep-alive
+        # connection gives it back (_trim_idle) and its next bytes make a new one.
         self.parser = HttpRequestParser(self)
-        self.queue = _deque()
+        # A list, not a deque: it holds one exchange, or a few pipelined,
+        # and an empty list is 56 bytes where an empty deque is 760 (its
+        # first block is allocated with it) on every idle connection.
+        self.queue = []
         # Response bytes produced while handling one upstream read, sent as
         # one writev by flush(): a head and its body leave in one syscall.
         self.out = []
@@ -101,7 +105,9 @@ cdef class ClientProtocol(ClientLink):
         self._send_sent = -1
         self._send_buf = 0
         self._send_queued = -1
-        self._fd = -1
+        # Looked up when first needed (_check_send): asking uvloop for the
+        # socket creates and keeps a socket-like object per connection.
+        self._fd = -2
         self.eof = False
         self.error = None
         self.client_ip = b""
@@ -130,11 +136,6 @@ cdef class ClientProtocol(ClientLink):
         self.client_key = self.client_ip
         limit = self.ctx.max_buffer
         transport.set_write_buffer_limits(high=limit, low=limit // 4)
-        sock = transport.get_extra_info("socket")
-        try:
-            self._fd = sock.fileno() if sock is not None else -1
-        except (AttributeError, OSError, ValueError):
-            self._fd = -1
         self.since = monotonic()
         self.app.connection_opened(self)
 
@@ -215,8 +216,11 @@ cdef class ClientProtocol(ClientLink):
                 self._line = piece
             elif phase == C_HEAD and self._line is not None:
                 self._line_more(piece)
+            parser = self.parser
+            if parser is None:
+                parser = self.parser = HttpRequestParser(self)
             try:
-                self.parser.feed_data(piece)
+                parser.feed_data(piece)
             except HttpParserUpgrade as upg:
                 data = piece[upg.args[0]:] + data
                 if not self._upgrade(data):
@@ -376,6 +380,10 @@ cdef class ClientProtocol(ClientLink):
             self._fail(_HeadError(400, "ambiguous message framing"))
         ex = self.current
         self.current = None
+        # What the head was parsed from is not needed any more; an idle
+        # connection should not keep the last request's target alive.
+        self._url = b""
+        self._headers = None
         if self.phase < C_BROKEN:
             # (Not when a gateway answer already ended the connection while
             # this message was being parsed: nothing more is read then.)
@@ -463,7 +471,7 @@ cdef class ClientProtocol(ClientLink):
         cdef Exchange ex = <Exchange>link
         queue = self.queue
         if queue and queue[0] is ex:
-            queue.popleft()
+            del queue[0]
         if not ex.keep_alive or (self.phase == C_BROKEN and not queue):
             self._close_after_response(ex)
             return
@@ -481,7 +489,7 @@ cdef class ClientProtocol(ClientLink):
         what the client sent after its upgrade request, for the upstream."""
         cdef Exchange ex = <Exchange>link
         if self.queue and self.queue[0] is ex:
-            self.queue.popleft()
+            del self.queue[0]
         self.tunnel = ex
         self.phase = C_UPGRADED
         self.touched = monotonic()
@@ -552,12 +560,28 @@ cdef class ClientProtocol(ClientLink):
         if phase == C_HEAD:
             if now - self.since > ctx.header_timeout:
                 self._protocol_error(_HeadError(408, "request header timeout"))
-        elif phase == C_IDLE and not stalled and now - self.since > ctx.keepalive_timeout:
+        elif phase == C_IDLE and not stalled:
             # (A connection still sending a response is not idle:
             # client_send watches it.)
-            self.close()
+            if now - self.since > ctx.keepalive_timeout:
+                self.close()
+            else:
+                self._trim_idle()
 
     # -- internals ---------------------------------------------------------
+    cdef _trim_idle(self):
+        """Give back what only a request in progress needs, on a connection
+        the reaper found idle between requests (nothing queued or owed):
+        the parser (the llhttp state, its settings and six bound callbacks,
+        about 0.9 KiB) is made again by the next bytes that arrive. llhttp
+        holds nothing between two messages of a keep-alive connection, so a
+        new parser reads the next request exactly as the old one would, and
+        a CR or LF already taken before it (_pending_cr) stays here. Done by
+        the reaper rather than after every response, so a busy connection
+        keeps its parser and pays nothing."""
+        self.parser = None
+        self._tail = b""
+
     cdef bint _body_framed(self):
         """Whether the framing verdict has read the current body to its end."""
         return self.chunks.done if self._chunked else self._cl_left == 0
@@ -811,6 +835,8 @@ cdef class ClientProtocol(ClientLink):
         t = self.transport
         if t is not None:
             buf = t.get_write_buffer_size()
+        if self._fd == -2:
+            self._fd = _socket_fd(t)
         if self._fd >= 0 and ioctl(self._fd, TIOCOUTQ, &queued) != 0:
             queued = -1
         if self._send_since == 0.0 or sent != self._send_sent or buf < self._send_buf \
@@ -826,6 +852,17 @@ cdef class ClientProtocol(ClientLink):
             self.abort()
             return True
         return False
+
+
+cdef int _socket_fd(object transport):
+    """The file descriptor of a transport's socket, -1 if it has none."""
+    if transport is None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    try:
+        return sock.fileno() if sock is not None else -1
+    except (AttributeError, OSError, ValueError):
+        return -1
 
 
 # A request line (RFC 9112 section 3) whose version is well formed, as far

@@ -7,7 +7,6 @@ subclass overrides a method only where the method is `cpdef`.
 """
 
 import asyncio
-from collections import deque
 from typing import Any
 
 from gateway._native.exchange import Exchange
@@ -35,7 +34,7 @@ class ClientProtocol(ClientLink):
     proto: bytes
     transport: asyncio.Transport | None
     parser: Any
-    queue: deque[Exchange]
+    queue: list[Exchange]
     out: list[bytes]
     current: Exchange | None
     tunnel: Exchange | None
