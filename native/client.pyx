@@ -85,7 +85,8 @@ cdef class ClientProtocol(ClientLink):
         self.queue = []
         # Response bytes produced while handling one upstream read, sent as
         # one writev by flush(): a head and its body leave in one syscall.
-        self.out = []
+        # None while nothing is corked, so an idle connection holds no list.
+        self.out = None
         # The exchange whose request body is still being parsed.
         self.current = None
         self.tunnel = None
@@ -126,7 +127,9 @@ cdef class ClientProtocol(ClientLink):
         self._tail = b""
         self._line = None
         self._pending_cr = False
-        self.chunks = _ChunkedFraming(self.ctx.max_chunk_ext, self.ctx.max_header_bytes)
+        # Made with the connection's first chunked request body: most
+        # connections never send one.
+        self.chunks = None
 
     # -- asyncio protocol -------------------------------------------------
     def connection_made(self, transport):
@@ -345,7 +348,10 @@ cdef class ClientProtocol(ClientLink):
         # The framing verdict for this message, taken once from its head.
         self._chunked = head.chunked
         if head.chunked:
-            self.chunks.reset()
+            if self.chunks is None:
+                self.chunks = _ChunkedFraming(ctx.max_chunk_ext, ctx.max_header_bytes)
+            else:
+                self.chunks.reset()
             self._cl_left = 0
         else:
             self._cl_left = head.content_length if head.content_length > 0 else 0
@@ -416,21 +422,28 @@ cdef class ClientProtocol(ClientLink):
             t.writelines(parts)
 
     cpdef cork(self, bytes data):
-        self.out.append(data)
+        if self.out is None:
+            self.out = [data]
+        else:
+            self.out.append(data)
 
     cpdef corklines(self, list parts):
-        self.out.extend(parts)
+        if self.out is None:
+            self.out = list(parts)
+        else:
+            self.out.extend(parts)
 
     cpdef Py_ssize_t cork_mark(self) except -1:
-        return len(self.out)
+        return len(self.out) if self.out is not None else 0
 
     cpdef uncork(self, Py_ssize_t mark):
-        del self.out[mark:]
+        if self.out is not None:
+            del self.out[mark:]
 
     cpdef flush(self):
         cdef list out = self.out
         if out:
-            self.out = []
+            self.out = None
             self.flushes += 1
             if self._to_spool():
                 # The client is behind: the spool takes it, and the upstream
@@ -507,7 +520,7 @@ cdef class ClientProtocol(ClientLink):
             t.close()
 
     cpdef abort(self):
-        self.out = []
+        self.out = None
         self._drain_then = D_NONE
         self._drop_outspool()
         t = self.transport

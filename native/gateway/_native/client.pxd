@@ -10,7 +10,7 @@ from gateway._native.link cimport ClientLink
 cdef class ClientProtocol(ClientLink):
     cdef public object parser
     cdef public list queue            # [Exchange], the oldest first
-    cdef public list out
+    cdef public list out              # corked bytes, None while nothing is corked
     cdef public Exchange current
     cdef public Exchange tunnel
     cdef public int phase
