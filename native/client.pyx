@@ -135,7 +135,7 @@ cdef class ClientProtocol(ClientLink):
     def connection_made(self, transport):
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0].encode() if isinstance(peer, tuple) else b"unix"
+        self.client_ip = _ip_bytes(peer[0]) if isinstance(peer, tuple) else b"unix"
         self.client_key = self.client_ip
         limit = self.ctx.max_buffer
         transport.set_write_buffer_limits(high=limit, low=limit // 4)
@@ -865,6 +865,22 @@ cdef class ClientProtocol(ClientLink):
             self.abort()
             return True
         return False
+
+
+# Client addresses as bytes, one object per address: a school's clients
+# mostly come from a few (NAT) addresses, and each connection keeps its own
+# (client_ip, client_key) for as long as it is open. Bounded: emptied when full.
+cdef dict _IP_BYTES = {}
+cdef Py_ssize_t _IP_BYTES_MAX = 4096
+
+
+cdef bytes _ip_bytes(str ip):
+    cdef bytes b = _IP_BYTES.get(ip)
+    if b is None:
+        if len(_IP_BYTES) >= _IP_BYTES_MAX:
+            _IP_BYTES.clear()
+        b = _IP_BYTES[ip] = ip.encode()
+    return b
 
 
 cdef int _socket_fd(object transport):
