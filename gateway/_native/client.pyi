@@ -7,7 +7,6 @@ subclass overrides a method only where the method is `cpdef`.
 """
 
 import asyncio
-from collections import deque
 from typing import Any
 
 from gateway._native.exchange import Exchange
@@ -35,8 +34,11 @@ class ClientProtocol(ClientLink):
     proto: bytes
     transport: asyncio.Transport | None
     parser: Any
-    queue: deque[Exchange]
-    out: list[bytes]
+    """The httptools request parser; None on a connection the reaper found
+    idle between requests (its next bytes make a new one)."""
+    queue: list[Exchange]
+    out: list[bytes] | None
+    """Corked response bytes not yet flushed (None: none)."""
     current: Exchange | None
     tunnel: Exchange | None
     phase: int
@@ -59,8 +61,9 @@ class ClientProtocol(ClientLink):
     client_ip: bytes
     school: int
     trusted_peer: bool
-    chunks: ChunkedFraming
-    """The verdict on where the current chunked request body ends."""
+    chunks: ChunkedFraming | None
+    """The verdict on where the current chunked request body ends (None until
+    the connection's first chunked body)."""
     def __init__(self, app: Any, proto: bytes = b"http") -> None: ...
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def data_received(self, data: bytes) -> None: ...

@@ -1,6 +1,9 @@
 """A serving worker loads the page renderer when it first makes a page, and
-never a Redis client: a real Worker in a fresh interpreter, on loopback,
-in front of the test upstream, asked which modules it holds as it goes.
+never a Redis client; everything else it uses the supervisor imported
+before forking it (supervisor.preload), so a worker imports nothing of its
+own to start or to serve an admitted request. A real Worker in a fresh
+interpreter, on loopback, in front of the test upstream, asked which
+modules it holds as it goes.
 
 (A worker forked by `schoolgate run` cannot be asked; this runs the same
 Worker class, with the supervisor's imports, in a process of its own.)
@@ -21,10 +24,16 @@ SCRIPT = """
 import asyncio, json, sys
 import uvloop
 import gateway.cli, gateway.server.supervisor  # what a forked worker inherits
+gateway.server.supervisor.preload()  # ... with what run() imports before forking
+inherited = set(sys.modules)
 from gateway.config import parse_config
 from gateway.server.worker import Worker
 
 config, port, renderer = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+
+
+def imported():  # modules imported since the fork would have happened
+    return sorted(set(sys.modules) - inherited)
 
 
 def held():
@@ -52,11 +61,13 @@ async def main():
         if worker.stopping is not None:  # listening
             break
         await asyncio.sleep(0.01)
-    report = {"start": held()}
+    report = {"start": held(), "imported at start": imported()}
     report["admitted"] = await fetch("school.test", "/echo", "text/html")
     report["after admitted"] = held()
+    report["imported after admitted"] = imported()
     report["down"] = await fetch("down.test", "/page", "text/html")
     report["after down"] = held()
+    report["imported after down"] = imported()
     report["status"] = await fetch("school.test", "/.schoolgate/status", "application/json")
     worker.drain()
     await asyncio.wait_for(serving, 10)
@@ -86,11 +97,15 @@ def test_worker_loads_the_renderer_with_its_first_page(upstream: Upstream):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.splitlines()[-1])
 
-    # Serving an admitted request needs neither the renderer nor Redis.
+    # Serving an admitted request needs neither the renderer nor Redis, and
+    # nothing the supervisor did not import before forking: whatever a
+    # worker imports itself costs every worker its own copy (see preload).
     assert report["start"] == []
+    assert report["imported at start"] == []
     assert report["admitted"]["status"] == 200
     assert json.loads(report["admitted"]["body"])["target"] == "/echo"
     assert report["after admitted"] == []
+    assert report["imported after admitted"] == []
     assert upstream.requests("/echo") == 1
 
     # The first page loads the renderer, and the page is the real one.
@@ -100,6 +115,7 @@ def test_worker_loads_the_renderer_with_its_first_page(upstream: Upstream):
     assert int(down["headers"]["Retry-After"]) >= 1
     assert "Down School" in down["body"]
     assert report["after down"] == sorted(RENDERER)
+    assert set(RENDERER) <= set(report["imported after down"])
 
     status = report["status"]
     assert status["status"] == 200

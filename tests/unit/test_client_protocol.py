@@ -242,3 +242,70 @@ def test_bodiless_request_refused_at_its_head_lingers_not_idles():
     assert bytes(transport.written).count(b"HTTP/1.1") == 1
     proto.check_timeouts(time.monotonic() + 5)
     assert transport.closed
+
+
+# The gateway's own status endpoint answers with keep-alive, so a connection
+# can be taken through whole requests and back to idle without an upstream.
+STATUS = b"GET /.schoolgate/status HTTP/1.1\r\nHost: school.test\r\n\r\n"
+CHUNKED_STATUS = (b"POST /.schoolgate/status HTTP/1.1\r\nHost: school.test\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+
+
+def split_answers(written: bytes) -> list[tuple[int, dict[str, str]]]:
+    """Each response in `written` (all framed by Content-Length): status, headers."""
+    answers = []
+    rest = bytes(written)
+    while rest:
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        assert sep, f"incomplete response head {head[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {n.strip().lower(): v.strip()
+                   for n, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers["content-length"])
+        assert len(rest) >= length
+        rest = rest[length:]
+        answers.append((int(lines[0].split(" ", 2)[1]), headers))
+    return answers
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_idle_connection_gives_back_its_parser_and_reads_on(bytewise):
+    # A keep-alive connection found idle by the reaper holds no parser and
+    # no per-request containers (what an idle client costs the worker);
+    # its next requests, pipelined, chunked, after a stray CRLF whose CR
+    # came before the reaper, are read exactly as before.
+    proto, transport = connect()
+    feed(proto, STATUS, bytewise)
+    assert [s for s, _ in split_answers(transport.written)] == [200]
+    feed(proto, b"\r", bytewise)  # an empty line's CR before the next request
+    proto.check_timeouts(time.monotonic() + 1)
+    assert not transport.done
+    assert (proto.parser, proto.out, proto.chunks, proto.queue) == (None, None, None, [])
+
+    feed(proto, b"\n" + CHUNKED_STATUS + STATUS, bytewise)
+    answers = split_answers(transport.written)
+    assert [s for s, _ in answers] == [200, 200, 200]
+    assert all(h["connection"] == "keep-alive" for _, h in answers)
+    assert proto.chunks is not None and proto.parser is not None
+    assert not transport.done
+
+    # Idle again: trimmed again, and a malformed request after it is still
+    # refused as one (the new parser is as strict as the first).
+    proto.check_timeouts(time.monotonic() + 1)
+    assert proto.parser is None
+    answered = len(transport.written)
+    feed(proto, b"GET / HTTP/1.1\r\nHost: school.test\r\nX: a\x00b\r\n\r\n", bytewise)
+    del transport.written[:answered]
+    expect_refusal(transport, 400, "header", "char")
+
+
+def test_connection_mid_request_keeps_its_parser():
+    # Only a connection between requests gives its parser back: one whose
+    # head is half read keeps the state llhttp holds for it.
+    proto, transport = connect()
+    proto.data_received(STATUS[:30])
+    parser = proto.parser
+    proto.check_timeouts(time.monotonic() + 1)
+    assert proto.parser is parser
+    proto.data_received(STATUS[30:])
+    assert [s for s, _ in split_answers(transport.written)] == [200]

@@ -9,8 +9,8 @@ from gateway._native.link cimport ClientLink
 # client_ip, and the cpdef methods an exchange calls.
 cdef class ClientProtocol(ClientLink):
     cdef public object parser
-    cdef public object queue          # deque[Exchange]
-    cdef public list out
+    cdef public list queue            # [Exchange], the oldest first
+    cdef public list out              # corked bytes, None while nothing is corked
     cdef public Exchange current
     cdef public Exchange tunnel
     cdef public int phase
@@ -29,7 +29,7 @@ cdef class ClientProtocol(ClientLink):
     cdef long long _send_sent         # the spool's `sent` then (-1: no spool)
     cdef Py_ssize_t _send_buf         # the transport's write buffer size then
     cdef int _send_queued             # the kernel send queue's unsent bytes then (-1: unknown)
-    cdef int _fd                      # the client socket's fd (-1: unknown), for TIOCOUTQ
+    cdef int _fd                      # the socket's fd for TIOCOUTQ (-1: none, -2: not asked yet)
     cdef bytes _url
     cdef list _headers
     cdef Py_ssize_t _n_headers
@@ -49,6 +49,7 @@ cdef class ClientProtocol(ClientLink):
     cdef bint _upgrade(self, bytes rest) except -1
     cdef _close_after_response(self, Exchange ex)
     cdef _linger(self)
+    cdef _trim_idle(self)
     cdef bint _to_spool(self)
     cdef bint _stalled(self)
     cdef _start_next(self)
