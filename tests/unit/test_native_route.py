@@ -54,13 +54,13 @@ name = "north"
 hosts = ["north.test"]
 upstreams = ["127.0.0.1:9"]
 max_inflight = 4
+{school}
 
 [[schools]]
 name = "south"
 hosts = ["south.test", "*.south.test"]
 upstreams = ["127.0.0.1:9"]
 max_inflight = 4
-{school}
 """
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
@@ -164,7 +164,14 @@ def gateway_frames(action: Callable[[], None]) -> list[str]:
 # -- ordinary requests --------------------------------------------------------------
 
 
-def test_keep_alive_requests_after_the_first_run_no_python_of_the_gateway(run):
+@pytest.mark.parametrize("limits", [
+    "",
+    # Token buckets for the school and each client: the scheduler then
+    # always has a deadline pending (the client buckets' sweep), so the
+    # shell's poll timer stays armed while requests are released.
+    "rate = 100000.0\nburst = 100000\nclient_rate = 100000.0\nclient_burst = 100000",
+])
+def test_keep_alive_requests_after_the_first_run_no_python_of_the_gateway(run, limits):
     n = 40
 
     def body(h: Harness) -> None:
@@ -190,7 +197,8 @@ def test_keep_alive_requests_after_the_first_run_no_python_of_the_gateway(run):
         assert not transport.done
         assert h.app.metrics.requests_total == n
         assert [s.requests for s in h.app.schools] == [n, 0]
-    run(body)
+        assert h.app.admission.controller.stats(0)["inflight"] == 0
+    run(body, school=limits)
 
 
 def test_natively_routed_requests_get_the_school_and_class_app_route_would(run):
