@@ -356,7 +356,11 @@ cdef class ClientProtocol(ClientLink):
             self._cl_left = 0
         else:
             self._cl_left = head.content_length if head.content_length > 0 else 0
-        ex = self.app.route(self, head)
+        # An ordinary request is routed by the typed context; App.route
+        # (Python) takes the rest (Context.route says which).
+        ex = ctx.route(self, head, self.school, self.trusted_peer)
+        if ex is None:
+            ex = self.app.route(self, head)
         self.current = ex
         queue = self.queue
         queue.append(ex)

@@ -352,21 +352,34 @@ cdef class Exchange(ExchangeLink):
 
     cdef _release(self):
         """Admission.release without a Python frame when the freed slot
-        admits nothing and no poll timer needs moving."""
+        admits nothing and the shell's poll timer needs no move: none is
+        armed and nothing is due, or the one armed is due no later than the
+        scheduler's next deadline (the shell's _rearm would keep it; the
+        controller's other deadlines are already in it, see below)."""
         cdef AdmissionCore core = self.client.ctx.core
         cdef Ticket t = self.ticket
         cdef double now
         controller = core.controller
         shell = core.shell
-        due = controller.shares_due
-        if t.state != _ADMITTED or due is not None or shell._timer is not None:
+        if t.state != _ADMITTED or controller.shares_due is not None:
             shell.release(self)
             return
         self.ticket = None
         now = wall_clock()
         controller.now = now
         admitted = core.scheduler.release(t, now, False)
-        if admitted or core.scheduler.next_deadline() is not None:
+        if admitted:
+            shell.released(admitted)
+            return
+        due = core.scheduler.next_deadline()
+        if shell._timer is None:
+            if due is not None:
+                shell.released(admitted)
+        elif due is None or <double>due < <double>shell._timer_due:
+            # (An armed timer is due no later than the controller's other
+            # deadline, the allotment task's: every change of that is
+            # followed by the shell's _rearm. A per-client bucket sweep keeps
+            # a deadline pending under load, so this is the common case.)
             shell.released(admitted)
 
     cpdef admitted(self):

@@ -6,6 +6,7 @@ Admission shell keeps the AdmissionCore for the worker's life.
 
 from typing import Any
 
+from gateway._native.router import Classifier, Router
 from gateway._native.scheduler import Scheduler
 from gateway._native.stats import Stats
 
@@ -26,8 +27,14 @@ class AdmissionCore:
 
 class Context:
     """One config's protocol limits ([limits], bytes and counts), timeouts
-    ([timeouts], seconds), Via name and draining flag, C-typed, with the
-    worker's AdmissionCore; `app` is the App it was built for."""
+    ([timeouts], seconds), Via name and draining flag, C-typed, its routing
+    tables and request counters, with the worker's AdmissionCore; `app` is
+    the App it was built for.
+
+    Per request (a cdef method, no Python frame) it routes an ordinary
+    request: Host to school, the traffic class, the Exchange. App.route
+    takes the rest: a superseded config, a connection's first request, a
+    trusted proxy's, an unknown host (421), CONNECT, the status path."""
 
     app: Any
     core: AdmissionCore
@@ -51,4 +58,25 @@ class Context:
     tunnel_idle_timeout: float
     client_send_timeout: float
     temp_dir: str                 # [server] temp_dir ("": $TMPDIR), for response spools
-    def __init__(self, app: Any, cfg: Any, core: AdmissionCore) -> None: ...
+    router: Router
+    classifier: Classifier
+    schools: list[Any]
+    """gateway.proxy.app.SchoolRuntime per school index."""
+    fallback_class: int
+    """The class of a request no class matches."""
+    status_path: bytes
+    """The admission shell's status endpoint: left to App.route."""
+    names: dict[str, Any]
+    """The namespace whose `Exchange` builds exchanges (gateway.proxy.app's
+    globals), looked up per request so a substituted class sees them all."""
+    superseded: bool
+    """A reload replaced this config: App.route routes (and moves connections)."""
+    requests_total: int
+    """Request heads this config routed (to a school or to a 421)."""
+    def __init__(self, app: Any, cfg: Any, core: AdmissionCore, router: Router,
+                 classifier: Classifier, schools: list[Any], fallback_class: int,
+                 status_path: bytes, names: dict[str, Any]) -> None: ...
+    def count_request(self, school: int) -> None:
+        """Count a request head App.route routed to `school` (-1: to none)."""
+    def school_requests(self, school: int) -> int:
+        """Requests this config routed to `school`; IndexError if no such."""

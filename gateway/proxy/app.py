@@ -52,18 +52,45 @@ class SchoolRuntime:
     request_buffer_max: int = 1 << 30
     response_buffer: int | None = None
     response_buffer_max: int = 1 << 30
-    # Counters exported on /metrics.
-    requests: int = 0
+    # Counters exported on /metrics (requests: see the property).
     unavailable: int = 0
     rejected: int = 0
+    # The Context that counts this school's routed requests (App sets it),
+    # and the school's index in that config (`index` is renumbered by reloads).
+    ctx: Context | None = field(default=None, repr=False)
+    slot: int = -1
+
+    @property
+    def requests(self) -> int:
+        """Requests routed to this school by its config: a C counter of the
+        Context (Context.route counts the ordinary ones, App.route the rest)."""
+        return self.ctx.school_requests(self.slot) if self.ctx is not None else 0
 
 
-@dataclass(eq=False)
 class Metrics:
-    connections_total: int = 0
-    requests_total: int = 0
-    protocol_errors: dict[int, int] = field(default_factory=dict)
-    responses_local: dict[int, int] = field(default_factory=dict)
+    """The worker's counters exported on /metrics; they continue across
+    reloads (each new App takes the previous one's Metrics)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.connections_total = 0
+        self.protocol_errors: dict[int, int] = {}
+        self.responses_local: dict[int, int] = {}
+        # Request heads counted by the Contexts reloads retired, and the
+        # current one (which counts in C).
+        self._retired_requests = 0
+        self._ctx = ctx
+
+    @property
+    def requests_total(self) -> int:
+        """Request heads routed (to a school or to a 421) by this worker."""
+        return self._retired_requests + self._ctx.requests_total
+
+    def count_with(self, ctx: Context) -> None:
+        """Count from now on with `ctx`, the config a reload installed; the
+        one it replaced counts nothing more (it is superseded)."""
+        if ctx is not self._ctx:
+            self._retired_requests += self._ctx.requests_total
+            self._ctx = ctx
 
 
 class App:
@@ -80,10 +107,8 @@ class App:
         self.reject_underscore = cfg.limits.underscore_headers == "reject"
         # Raw bytes a request head may take before it is refused outright.
         self.head_budget = cfg.limits.max_request_line + cfg.limits.max_header_bytes
-        # The App a reload replaced this one with (route follows it).
-        self.successor: App | None = None
+        self._successor: App | None = None
         self.connections: set[ClientProtocol] = set()
-        self.metrics = Metrics()
         self.classes = effective_classes(cfg)
         self.router = Router([s.hosts for s in cfg.schools])
         self.classifier = Classifier([c.match for c in self.classes])
@@ -119,7 +144,7 @@ class App:
                 self.servers[addr] = server
                 members.append(server)
             self.schools.append(SchoolRuntime(
-                index=i, name=school.name, title=school.title or school.name,
+                index=i, slot=i, name=school.name, title=school.title or school.name,
                 balancer=Balancer(members, school.balance == "least_inflight"),
                 templates=school.templates, allow_connect=school.allow_connect,
                 request_buffering=school.request_buffering,
@@ -139,8 +164,26 @@ class App:
         self.admission = (Admission(self, cfg, StaticAllotment(worker, workers))
                           if admission is None else admission)
         # The typed view of this config the native protocol objects read
-        # (limits, timeouts, via, draining, the admission core).
-        self.ctx = Context(self, cfg, self.admission.core)
+        # (limits, timeouts, via, draining, the admission core) and that
+        # routes ordinary requests (Context.route; route() has the rest). It
+        # builds exchanges by the name this module's route() uses.
+        self.ctx = Context(self, cfg, self.admission.core, self.router, self.classifier,
+                           self.schools, self.fallback_class, STATUS_PATH, globals())
+        for school_rt in self.schools:
+            school_rt.ctx = self.ctx
+        self.metrics = Metrics(self.ctx)
+
+    @property
+    def successor(self) -> App | None:
+        """The App a reload replaced this one with (route follows it)."""
+        return self._successor
+
+    @successor.setter
+    def successor(self, app: App | None) -> None:
+        self._successor = app
+        # From now on App.route routes this config's requests (it moves
+        # their connections to the newest App).
+        self.ctx.superseded = app is not None
 
     @property
     def draining(self) -> bool:
@@ -167,6 +210,7 @@ class App:
             self, self.cfg,
             lambda schools, classes: self._follow(previous, schools, classes))
         self.metrics = previous[0].metrics
+        self.metrics.count_with(self.ctx)
         limits, timeouts = self.cfg.limits, self.cfg.timeouts
         for server in self.servers.values():
             server.keepalive = limits.upstream_keepalive
@@ -212,17 +256,21 @@ class App:
 
     # -- per request ----------------------------------------------------------
     def route(self, client: ClientProtocol, head: RequestHead) -> Exchange:
+        """The Exchange for a request head on the rare paths, which
+        Context.route (native, the same decisions for the rest) leaves
+        here: a replaced config, a connection's first request, a trusted
+        proxy's, no school at the host (421), CONNECT, the status path."""
         if self.successor is not None:
             # A reload replaced this config: the request is routed by the
             # newest one, and the connection moves there if nothing of it is
             # in progress (a pipelined exchange keeps the App it started on).
             return self._move(client).route(client, head)
-        self.metrics.requests_total += 1
         # head.host is the authority the request is forwarded with (an
         # absolute-form target's own, RFC 9112 3.2.2), and head.path/target
         # are what the upstream receives: routing, classification, admission
         # and the forwarded request all name the same school and resource.
         idx = self.router.route(head.host)
+        self.ctx.count_request(idx)
         if idx < 0:
             ex = Exchange(client, head, None, -1)
             ex.keep_alive = False
@@ -230,7 +278,6 @@ class App:
             ex.local = self.error_response(HeadError(421, ex.reason))
             return ex
         school = self.schools[idx]
-        school.requests += 1
         klass = self.classifier.classify(head.method, head.path, head)
         if klass < 0:
             klass = self.fallback_class

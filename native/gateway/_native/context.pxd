@@ -1,6 +1,8 @@
 # Declarations for native/context.pyx, built as gateway._native.context
 # (documented in gateway/_native/context.pyi).
 
+from gateway._native.head cimport RequestHead
+from gateway._native.router cimport Classifier, Router
 from gateway._native.scheduler cimport Scheduler
 from gateway._native.stats cimport Stats
 
@@ -35,6 +37,24 @@ cdef class Context:
     cdef public double tunnel_idle_timeout
     cdef public double client_send_timeout
     cdef public str temp_dir
+    # Per-request routing (route): Host -> school, request -> class.
+    cdef public Router router
+    cdef public Classifier classifier
+    cdef public list schools          # SchoolRuntime per school index
+    cdef public int fallback_class    # the class of a request no class matches
+    cdef public bytes status_path     # served by the admission shell (App.route)
+    cdef public dict names            # where `Exchange` is resolved: gateway.proxy.app's globals
+    # A reload replaced this config (App.successor is set): App.route routes.
+    cdef public bint superseded
+    # Request heads routed by this config, and per school (the /metrics counters).
+    cdef public long long requests_total
+    cdef long long* _school_requests
+    cdef Py_ssize_t _n_schools
+
+    cdef object route(self, object client, RequestHead head, int conn_school,
+                      bint trusted_peer)
+    cpdef count_request(self, int school)
+    cpdef long long school_requests(self, int school) except -1
 
 
 cdef double wall_clock() noexcept
