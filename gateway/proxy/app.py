@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 # waiting.render is looked up on use: the first page loads the page renderer.
 from gateway import waiting
 from gateway._native.context import Context
-from gateway.admission.allotment import StaticAllotment
+from gateway.admission.allotment import AllotmentTask, StaticAllotment
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
 from gateway.proxy.admission import STATUS_PATH, Admission
@@ -67,10 +67,13 @@ class Metrics:
 class App:
     def __init__(self, cfg: Config, servers: dict[str, UpstreamServer] | None = None,
                  worker: int = 0, workers: int | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 allotment: AllotmentTask | None = None) -> None:
         """`servers` and `admission` come from the App a reload replaces;
         nothing of theirs changes until take_over() (so a failed build leaves
-        the running config untouched)."""
+        the running config untouched). `allotment`: the task that sets this
+        worker's part of the limits when the admission is made here
+        (default StaticAllotment(worker, workers))."""
         self.cfg = cfg
         self.limits = cfg.limits
         self.timeouts = cfg.timeouts
@@ -134,8 +137,9 @@ class App:
         # Each worker process enforces its share of the schools' limits: the
         # controller holds the whole config, the allotment task sets the
         # shares (at start and on every reload).
-        self.admission = (Admission(self, cfg, StaticAllotment(worker, workers))
-                          if admission is None else admission)
+        if admission is None:
+            admission = Admission(self, cfg, allotment or StaticAllotment(worker, workers))
+        self.admission = admission
         # The typed view of this config the native protocol objects read
         # (limits, timeouts, via, draining, the admission core).
         self.ctx = Context(self, cfg, self.admission.core)

@@ -25,6 +25,8 @@ from gateway.config import Config, ConfigError, load_config, parse_hostport
 from gateway.proxy.app import App
 from gateway.proxy.client import IDLE, ClientProtocol
 from gateway.server.admin import AdminProtocol
+from gateway.shared.ledger import shared_allotment
+from gateway.shared.region import inherited
 from gateway.waiting import clear_cache
 
 log = logging.getLogger("schoolgate.worker")
@@ -67,7 +69,10 @@ class Worker:
         self.index = index
         # The process count is fixed at start; a reload cannot change it.
         self.workers = cfg.server.workers
-        self.app = App(cfg, worker=index, workers=self.workers)
+        # Limits shared with the other workers (shared memory) or instances
+        # (Redis); None: this worker's static part (gateway/shared/ledger.py).
+        allotment, self.ledger = shared_allotment(cfg, index, inherited())
+        self.app = App(cfg, worker=index, workers=self.workers, allotment=allotment)
         # Apps replaced by a reload that still have connections (each moves to
         # the current App at its next request head).
         self.retired: list[App] = []
@@ -75,6 +80,7 @@ class Worker:
         self.admin: asyncio.AbstractServer | None = None
         self.stopping: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.ledger_task: asyncio.Task[None] | None = None
 
     async def serve(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
@@ -93,6 +99,12 @@ class Worker:
             loop.add_signal_handler(sig, self.drain)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.call_later(REAP_INTERVAL, self._reap)
+        # The ledger's I/O runs beside the requests, never in their way; the
+        # admission timer drives the rounds (the allotment task's tick), so
+        # arm it once even before the first request.
+        self.ledger_task = (loop.create_task(self.ledger.run())
+                            if self.ledger is not None else None)
+        self.app.admission._rearm()
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
 
@@ -123,6 +135,9 @@ class Worker:
             for server in app.servers.values():
                 server.close_all()
         self.app.admission.close()  # one for all Apps
+        if self.ledger_task is not None:
+            self.ledger_task.cancel()
+            await self.ledger.close()  # type: ignore[union-attr]
         if self.admin is not None:
             self.admin.close()
         if self.stopping is not None and not self.stopping.done():

@@ -68,7 +68,12 @@ def key(prefix: str, school: str, name: str, kind: str = "school") -> str:
     """``<prefix>{<kind>:<school>}:<name>``: the key `name` of one school
     (or, kind="pool", of one pool). All keys of one scope share a Redis
     Cluster hash slot."""
-    return f"{prefix}{{{scope(kind, school)}}}:{name}"
+    return scoped_key(prefix, scope(kind, school), name)
 
 
-__all__ = ["client", "key", "scope"]
+def scoped_key(prefix: str, scope: str, name: str) -> str:
+    """The key `name` in a scope made by scope()."""
+    return f"{prefix}{{{scope}}}:{name}"
+
+
+__all__ = ["client", "key", "scope", "scoped_key"]
