@@ -466,6 +466,10 @@ class SharedAllotment:
                 mine = {"": d}
                 spec = str(d)
                 other_demand = {q: {"": _school_demand(v)} for q, v in others.items()}
+            # Workers of this instance not heard of yet count as idle
+            # participants, so the first to report does not take it all.
+            for i in range(self.peers - 1 - len(other_demand)):
+                other_demand[f"~{i}"] = {k: 0.0 for k in mine}
             want, _ = targets(lim.limit, self.me, mine, other_demand, lim.weights,
                               _rotation(now))
             # Lower locally before the ledger hears of it: a lease is given
@@ -598,6 +602,14 @@ class SharedAllotment:
                 wanted[("pool", lim.index, "max_inflight")] = held
                 if caps and lim.members:
                     pool_caps.update(self._pool_caps(lim, held, now))
+            elif lim.kind in ("queue", "conns"):
+                # These two bound this process's memory and sockets, not the
+                # upstream: each participant keeps at least its even part,
+                # so one joining the fleet turns nobody away before the
+                # others have made room (the bound then holds to within
+                # that part per participant).
+                school_lim[(lim.index, lim.kind)] = max(
+                    held, fair_share(lim.limit, self._rank(), self._seen()))
             else:
                 school_lim[(lim.index, lim.kind)] = held
         for k in range(len(cfg.schools)):
