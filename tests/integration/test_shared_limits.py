@@ -129,17 +129,18 @@ class Load:
 
     def _run(self, port: int, host: str) -> None:
         while not self.stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 conn.request("GET", "/x", headers={"Host": host, "Accept": "application/json"})
                 resp = conn.getresponse()
                 body = resp.read()
-                conn.close()
             except (OSError, http.client.HTTPException):
                 with self.lock:
                     self.errors += 1
                 time.sleep(0.05)
                 continue
+            finally:
+                conn.close()
             with self.lock:
                 self.codes[resp.status] = self.codes.get(resp.status, 0) + 1
                 if resp.status != 200 and len(self.bodies) < 3:
