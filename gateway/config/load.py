@@ -412,6 +412,9 @@ def _check(cfg: Config, base: Path) -> Config:
     url = cfg.redis.url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
         raise _Invalid("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
+    if cfg.redis.lease_ttl <= 2 * cfg.redis.sync_interval:
+        raise _Invalid("redis.lease_ttl", f"must be more than twice sync_interval "
+                       f"({cfg.redis.sync_interval}): a lease is renewed every round")
     log = _check_log(cfg.log, base)
     return replace(cfg, server=server, schools=schools, classes=classes, log=log)
 

@@ -210,10 +210,19 @@ class Admission(_Section):
 
 
 class Redis(_Section):
+    # redis://, rediss:// (TLS) or unix:// URL of the Redis (or Valkey) every
+    # instance of a fleet names; "" keeps the limits to this instance (its
+    # workers still share them exactly, through shared memory).
     url: str = ""
+    # Put before every key, so several fleets can share one Redis.
     prefix: str = "schoolgate:"
-    # How often local counters are synced to Redis.
+    # Seconds between two rounds of a worker with the shared ledger (Redis,
+    # or shared memory between the workers): how soon slots and tokens move
+    # to where the demand is.
     sync_interval: PositiveFloat = 0.1
+    # Seconds a worker's lease on its part of the limits lasts without a
+    # renewal: the slots of a killed instance are free again after it.
+    lease_ttl: PositiveFloat = 5.0
 
 
 class Log(_Section):

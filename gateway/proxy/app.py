@@ -24,7 +24,7 @@ from gateway import waiting
 from gateway._native.accesslog import WAITING as WAITING_PAGE
 from gateway._native.context import Context
 from gateway._native.stats import PAGE_WAITING
-from gateway.admission.allotment import StaticAllotment
+from gateway.admission.allotment import AllotmentTask, StaticAllotment
 from gateway.config import Config, effective_classes, parse_hostport
 from gateway.http import HeadError, serialize_simple_response
 from gateway.proxy.admission import STATUS_PATH, Admission
@@ -96,10 +96,13 @@ class Metrics:
 class App:
     def __init__(self, cfg: Config, servers: dict[str, UpstreamServer] | None = None,
                  worker: int = 0, workers: int | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 allotment: AllotmentTask | None = None) -> None:
         """`servers` and `admission` come from the App a reload replaces;
         nothing of theirs changes until take_over() (so a failed build leaves
-        the running config untouched)."""
+        the running config untouched). `allotment`: the task that sets this
+        worker's part of the limits when the admission is made here
+        (default StaticAllotment(worker, workers))."""
         self.cfg = cfg
         self.limits = cfg.limits
         self.timeouts = cfg.timeouts
@@ -161,8 +164,9 @@ class App:
         # Each worker process enforces its share of the schools' limits: the
         # controller holds the whole config, the allotment task sets the
         # shares (at start and on every reload).
-        self.admission = (Admission(self, cfg, StaticAllotment(worker, workers))
-                          if admission is None else admission)
+        if admission is None:
+            admission = Admission(self, cfg, allotment or StaticAllotment(worker, workers))
+        self.admission = admission
         # The typed view of this config the native protocol objects read
         # (limits, timeouts, via, draining, the admission core) and that
         # routes ordinary requests (Context.route; route() has the rest). It

@@ -177,9 +177,10 @@ def run(config_path: str) -> int:
         return exitcodes.LISTEN
     _log_warnings(cfg, config_path)
 
-    if cfg.redis.url:
-        log.warning("redis.url is set, but limits shared through Redis are not implemented "
-                    "in this version: this instance enforces its own limits")
+    # Shared memory for the workers (limits shared between them without
+    # Redis; gateway/shared/region.py), made before forking so all inherit it.
+    from gateway.shared.region import Region, publish
+    publish(Region.create())
     # Made before forking, so every worker signs waiting-room tickets with
     # the same key when the config sets none.
     from gateway.proxy.admission import process_secret

@@ -34,6 +34,8 @@ from gateway.proxy.client import IDLE, ClientProtocol
 from gateway.server.logs import FLUSH_INTERVAL, AccessLog, LimitFilter, RateLimitedLog
 from gateway.server.telemetry import Publisher
 from gateway.server.tlsport import TLSPortProtocol
+from gateway.shared.ledger import shared_allotment
+from gateway.shared.region import inherited
 from gateway.waiting import clear_cache
 
 log = logging.getLogger("schoolgate.worker")
@@ -79,7 +81,10 @@ class Worker:
         self.index = index
         # The process count is fixed at start; a reload cannot change it.
         self.workers = cfg.server.workers
-        self.app = App(cfg, worker=index, workers=self.workers)
+        # Limits shared with the other workers (shared memory) or instances
+        # (Redis); None: this worker's static part (gateway/shared/ledger.py).
+        allotment, self.ledger = shared_allotment(cfg, index, inherited())
+        self.app = App(cfg, worker=index, workers=self.workers, allotment=allotment)
         self.warnings = RateLimitedLog(log, cfg.log.warn_burst, cfg.log.warn_interval)
         self.access = AccessLog(cfg.log, self.warnings)
         # What asyncio/uvloop log per connection on their own, limited too.
@@ -91,6 +96,7 @@ class Worker:
         self.publisher = Publisher(self, stats_addr) if stats_addr else None
         self.stopping: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.ledger_task: asyncio.Task[None] | None = None
 
     async def serve(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
@@ -117,6 +123,12 @@ class Worker:
         loop.call_later(REAP_INTERVAL, self._reap)
         loop.call_later(FLUSH_INTERVAL, self._flush_logs)
         self.app.admission.start()  # the waiting lines' syncs
+        # The ledger's I/O runs beside the requests, never in their way; the
+        # admission timer drives the rounds (the allotment task's tick), so
+        # arm it once even before the first request.
+        self.ledger_task = (loop.create_task(self.ledger.run())
+                            if self.ledger is not None else None)
+        self.app.admission._rearm()
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
         if self.publisher is not None:
@@ -152,6 +164,9 @@ class Worker:
             for server in app.servers.values():
                 server.close_all()
         self.app.admission.close()  # one for all Apps
+        if self.ledger_task is not None:
+            self.ledger_task.cancel()
+            await self.ledger.close()  # type: ignore[union-attr]
         if self.stopping is not None and not self.stopping.done():
             self.stopping.set_result(None)
 

@@ -1,0 +1,289 @@
+"""The two ledgers of shared limits: shared memory and Redis.
+
+Both carry out a participant's round (gateway.admission.sharing.Report)
+with the same two steps, `claim` for a lease table and `gcra` for a token
+bucket, and answer with SlotAnswer / TokenAnswer in op order:
+
+- `LocalLedger`: the workers of one instance, in a segment of the shared
+  memory region (gateway/shared/region.py) the supervisor made before
+  forking. The state is one msgpack value ({"t": lease tables, "b": token
+  TATs}) read, changed and stored under the segment's lock; the clock is
+  CLOCK_MONOTONIC, which all processes of one machine share. A round runs
+  in take_answer(), with a non-blocking lock: a busy segment leaves the
+  round pending for the next tick, so nothing ever waits.
+- `RedisLedger`: every instance naming the same Redis. The steps run in
+  the Lua script ROUND, reading Redis's own TIME (no clock skew between
+  instances); the keys of one school share a hash tag ({school:<name>}),
+  so each scope's ops are one EVALSHA, and all scopes of a round go in one
+  pipeline. The I/O runs in `run()`, a task of the worker's event loop;
+  post() and take_answer() only hand reports and answers over, so the
+  controller's tick never waits on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.admission.sharing import (
+    Report,
+    SlotAnswer,
+    SlotOp,
+    TokenAnswer,
+    claim,
+    gcra,
+)
+from gateway.shared.redis import scoped_key
+from gateway.shared.region import Busy, Segment
+
+log = logging.getLogger("schoolgate.ledger")
+
+Answer = tuple[Report, list[SlotAnswer | TokenAnswer] | BaseException]
+
+
+class LocalLedger:
+    """Leases in shared memory between the workers of one instance."""
+
+    def __init__(self, segment: Segment, clock: Callable[[], float] = time.monotonic) -> None:
+        self.segment = segment
+        self.clock = clock
+        self.pending = False
+        self._report: Report | None = None
+
+    def post(self, report: Report) -> None:
+        self._report = report
+        self.pending = True
+
+    def take_answer(self) -> Answer | None:
+        report = self._report
+        if report is None:
+            return None
+        try:
+            with self.segment.locked(blocking=False):
+                state = self.segment.load() or {}
+                answers = run_round(state, report, self.clock())
+                self.segment.store(state)
+        except Busy:
+            return None  # another worker's round: ours runs at the next tick
+        except (ValueError, OSError) as err:
+            answers_or_error: Any = err
+        else:
+            answers_or_error = answers
+        self._report = None
+        self.pending = False
+        return report, answers_or_error
+
+
+def run_round(state: dict, report: Report, now: float) -> list[SlotAnswer | TokenAnswer]:
+    """Carry out `report` on a LocalLedger's state (mutated) at `now`."""
+    tables = state.setdefault("t", {})
+    tats = state.setdefault("b", {})
+    answers: list[SlotAnswer | TokenAnswer] = []
+    for op in report.ops:
+        k = scoped_key("", op.scope, op.name)
+        if isinstance(op, SlotOp):
+            table = tables.setdefault(k, {})
+            grant, age, others = claim(
+                table, report.me, now, limit=op.limit, want=op.want, allot=op.allot,
+                inuse=op.inuse, cap=op.cap, spec=op.spec, ttl=report.ttl, grace=report.grace)
+            answers.append(SlotAnswer(grant, age, others))
+        else:
+            tat, taken = gcra(tats.get(k), now, rate=op.rate, burst=op.burst,
+                              take=op.take, give=op.give)
+            tats[k] = tat
+            answers.append(TokenAnswer(taken))
+    # Tables nobody renews any more (a school removed from the config).
+    for k in [k for k, t in tables.items() if len(t) <= 1 and k not in
+              {scoped_key("", op.scope, op.name) for op in report.ops}]:
+        del tables[k]
+    return answers
+
+
+# The Lua twin of sharing.claim and sharing.gcra; ARGV: me, ttl, grace, then
+# per key "s" limit want allot inuse cap spec, or "t" rate burst take give.
+ROUND = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local me, ttl, grace = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+local a = 4
+for i, key in ipairs(KEYS) do
+  if ARGV[a] == 's' then
+    local limit, want = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local allot, inuse = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+    local cap, spec = tonumber(ARGV[a + 5]), ARGV[a + 6]
+    a = a + 7
+    local flat = redis.call('HGETALL', key)
+    local born = nil
+    local others = 0
+    local live = {}
+    for j = 1, #flat, 2 do
+      local f, v = flat[j], flat[j + 1]
+      if f == '_born' then
+        born = tonumber(v)
+      else
+        local held, used, expires = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|')
+        if tonumber(expires) <= now then
+          redis.call('HDEL', key, f)
+        elseif f ~= me then
+          others = others + math.max(tonumber(held), tonumber(used))
+          live[#live + 1] = f
+          live[#live + 1] = v
+        end
+      end
+    end
+    if born == nil then
+      born = now
+      redis.call('HSET', key, '_born', string.format('%.6f', now))
+    end
+    if now - born < grace then want = math.min(want, cap) end
+    local grant = math.max(0, math.min(want, limit - others))
+    local held = math.max(grant, allot, inuse)
+    redis.call('HSET', key, me, string.format('%d|%d|%.6f|%s', held, inuse, now + ttl, spec))
+    redis.call('PEXPIRE', key, math.ceil(ttl * 3000))
+    out[i] = {grant, string.format('%.6f', now - born), live}
+  else
+    local rate, burst = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local take, give = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+    a = a + 5
+    local period = 1 / rate
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now then tat = now end
+    if give > 0 then tat = math.max(now, tat - give * period) end
+    local available = math.floor((now + burst * period - tat) / period + 1e-9)
+    local taken = math.max(0, math.min(take, available))
+    tat = tat + taken * period
+    redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+    out[i] = {taken}
+  end
+end
+return out
+"""
+
+
+class RedisLedger:
+    """Leases in Redis, for every instance naming it. `client` is the
+    worker's redis.asyncio client (gateway.shared.redis.client); `prefix`
+    [redis] prefix. Start `run()` as a task of the worker's loop and cancel
+    it (or call close()) at shutdown."""
+
+    def __init__(self, client: Any, prefix: str, timeout: float = 2.0) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.timeout = timeout
+        self.pending = False
+        self._report: Report | None = None
+        self._answer: Answer | None = None
+        self._wake = asyncio.Event()
+        self._script = client.register_script(ROUND)
+        self.failures = 0  # rounds that failed (Redis down, slow, refused)
+
+    def post(self, report: Report) -> None:
+        self._report = report
+        self.pending = True
+        self._wake.set()
+
+    def take_answer(self) -> Answer | None:
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            self.pending = False
+        return answer
+
+    async def run(self) -> None:
+        """Carry out each posted round, one at a time, forever."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            report = self._report
+            if report is None:
+                continue
+            self._report = None
+            try:
+                result: Any = await asyncio.wait_for(self.round(report), self.timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # any failure: the round is lost, fail static
+                self.failures += 1
+                result = err
+            self._answer = (report, result)
+
+    async def round(self, report: Report) -> list[SlotAnswer | TokenAnswer]:
+        """One round trip: one script call per scope, pipelined."""
+        by_scope: dict[str, list[int]] = {}
+        for i, op in enumerate(report.ops):
+            by_scope.setdefault(op.scope, []).append(i)
+        pipe = self.client.pipeline(transaction=False)
+        for sc, indices in by_scope.items():
+            keys: list[str] = []
+            args: list[Any] = [report.me, report.ttl, report.grace]
+            for i in indices:
+                op = report.ops[i]
+                keys.append(scoped_key(self.prefix, sc, op.name))
+                if isinstance(op, SlotOp):
+                    args += ["s", op.limit, op.want, op.allot, op.inuse, op.cap, op.spec]
+                else:
+                    args += ["t", repr(op.rate), repr(op.burst), op.take, repr(op.give)]
+            await self._script(keys=keys, args=args, client=pipe)
+        replies = await pipe.execute() if by_scope else []
+        answers: list[SlotAnswer | TokenAnswer | None] = [None] * len(report.ops)
+        for (_, indices), reply in zip(by_scope.items(), replies, strict=True):
+            for i, item in zip(indices, reply, strict=True):
+                if isinstance(report.ops[i], SlotOp):
+                    flat = item[2]
+                    others = {_str(flat[j]): _str(flat[j + 1]) for j in range(0, len(flat), 2)}
+                    answers[i] = SlotAnswer(int(item[0]), float(item[1]), others)
+                else:
+                    answers[i] = TokenAnswer(int(item[0]))
+        return answers  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+
+
+def shared_allotment(cfg: Any, index: int, region: Any = None,
+                     instance: str | None = None) -> tuple[Any, RedisLedger | None]:
+    """The allotment task for worker `index` under `cfg`, and the Redis
+    ledger whose run() the worker must start (None without Redis).
+
+    - `[redis] url` set: a SharedAllotment on a RedisLedger (participant
+      "<instance>/<index>", instance default "<host>:<supervisor pid>").
+    - no URL, several workers and the supervisor's `region`: a
+      SharedAllotment on a LocalLedger in its "ledger" segment.
+    - otherwise: None and None (the caller keeps StaticAllotment: one
+      worker enforces the limits whole).
+    """
+    import os
+    import socket
+
+    from gateway.admission.sharing import SharedAllotment
+
+    red = cfg.redis
+    workers = cfg.server.workers
+    if red.url:
+        from gateway.shared.redis import client
+
+        ledger = RedisLedger(client(red), red.prefix)
+        if instance is None:
+            instance = f"{socket.gethostname()}:{os.getppid()}"
+        task = SharedAllotment(ledger, f"{instance}/{index}", peers=workers,
+                               interval=red.sync_interval, ttl=red.lease_ttl)
+        return task, ledger
+    if workers > 1 and region is not None:
+        task = SharedAllotment(LocalLedger(region.segment("ledger")), str(index),
+                               peers=workers, interval=red.sync_interval, ttl=red.lease_ttl)
+        return task, None
+    return None, None
+
+
+__all__ = ["ROUND", "LocalLedger", "RedisLedger", "run_round", "shared_allotment"]
