@@ -116,7 +116,8 @@ def test_redis_script_keeps_the_line_by_the_models_rules(redis_url):
 
 def _instance(make_gateway, gate, redis_url: str, prefix: str):
     # No [admission] secret: the instances share the ticket key kept in Redis.
-    return make_gateway(upstreams=[gate.addr], school={"max_inflight": 1}, classes=classes(),
+    # max_inflight is the fleet's (shared through Redis): one slot each while both hold one.
+    return make_gateway(upstreams=[gate.addr], school={"max_inflight": 2}, classes=classes(),
                         redis={"url": redis_url, "prefix": prefix, "sync_interval": 0.05})
 
 
