@@ -553,7 +553,10 @@ cdef class Scheduler:
                 s = self.schools[t.school]
                 self._list(s, t)
                 self.waiting.add(s)
-        for s in list(self.waiting):
+        # In school order, not the set's (address) order: which school a
+        # freed pool slot or refilled bucket serves first must not depend on
+        # where objects happen to live in memory.
+        for s in sorted(self.waiting, key=_school_index):
             if s.queued:
                 self._dispatch(s, now)
             else:
@@ -1020,3 +1023,8 @@ cdef class Scheduler:
                     del s.clients[key]
                 self.has_clients = self.has_clients or bool(s.clients)
         self.next_sweep = now + SWEEP_EVERY
+
+
+def _school_index(_School s):
+    """Sort key of the schools waiting for a poll: their config index."""
+    return s.index

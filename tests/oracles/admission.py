@@ -452,7 +452,7 @@ class Scheduler:
                 s = self.schools[t.school]
                 self._list(s, t)
                 self.waiting.add(s)
-        for s in list(self.waiting):
+        for s in sorted(self.waiting, key=lambda s: s.index):  # school order, as native
             if s.queued:
                 self._dispatch(s, now)
             else:
