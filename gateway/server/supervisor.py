@@ -120,8 +120,9 @@ def run(config_path: str) -> int:
     _log_warnings(cfg, config_path)
 
     if cfg.redis.url:
-        log.warning("redis.url is set, but limits shared through Redis are not implemented "
-                    "in this version: this instance enforces its own limits")
+        log.warning("redis.url is set: the waiting line and the ticket key are shared "
+                    "through Redis, but the limits (max_inflight, rates) are not yet: "
+                    "this instance enforces its own limits")
     # Made before forking, so every worker signs waiting-room tickets with
     # the same key when the config sets none.
     from gateway.proxy.admission import process_secret
