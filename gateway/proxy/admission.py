@@ -83,7 +83,7 @@ from gateway.admission import ADMITTED, QUEUED, AdmissionController
 from gateway.admission.allotment import AllotmentTask
 from gateway.proxy.exchange import PAUSE_ADMISSION
 from gateway.waiting import TicketSigner, cookie_header, new_visitor_id, read_cookie
-from gateway.waiting.line import POLL_MAX, Rules
+from gateway.waiting.line import POLL_MAX, POLL_MIN, Rules
 from gateway.waiting.line_store import LocalLineStore, ShmLineStore, region
 from gateway.waiting.line_view import Inputs, LineView
 
@@ -469,10 +469,14 @@ class Admission:
                 vid, arrived = visitor if visitor is not None else (new_visitor_id(), t.arrived_at)
                 urgency = self.controller.classes[t.klass].priority
                 if self.line.change(school.name, ("draw", vid, urgency)):  # type: ignore[union-attr]
-                    state, pos, wait = self._line_status(school, vid, t.klass,  # type: ignore[arg-type]
-                                                         arrived, now)
-                    if state == "wait":
-                        position, eta = pos, wait
+                    # The page shows what its first poll would answer (the
+                    # same computation as status_response), and polls when
+                    # that answer says.
+                    state, position, eta, retry = self._line_status(
+                        school, vid, arrived, now)  # type: ignore[arg-type]
+                    if state == "go":
+                        # Called at once: its first poll sends it back in.
+                        position, eta = 1, float(retry)
                     status_url = STATUS_PATH.decode()
                 extra.append(self._cookie(school, vid, arrived, now))  # type: ignore[arg-type]
         page = self.app.render_page(kind, ex, retry_after=retry, position=position, eta=eta,
@@ -504,10 +508,10 @@ class Admission:
             body = waiting.render_status_json("go", None, None, 0)
         else:
             vid, arrived = visitor
-            state, position, eta = self._line_status(school, vid, None,  # type: ignore[arg-type]
-                                                     arrived, now)
-            # Poll sooner when the turn is near, rarely when it is far.
-            retry = 1 if state == "go" else max(1, min(POLL_MAX, int(eta / 4)))
+            state, position, eta, retry = self._line_status(school, vid,  # type: ignore[arg-type]
+                                                            arrived, now)
+            if state == "go":
+                retry = 1
             body = waiting.render_status_json(state, position, eta, retry)
             if state == "wait":
                 # Re-issued only while the visitor waits in this room, so a
@@ -522,9 +526,11 @@ class Admission:
 
     # -- the waiting line ------------------------------------------------------------
 
-    def _line_status(self, school: SchoolRuntime, vid: bytes, klass: int | None,
-                     arrived: float, now: float) -> tuple[str, int, float]:
-        """(state, position, eta seconds) of visitor `vid` in the school's line.
+    def _line_status(self, school: SchoolRuntime, vid: bytes, arrived: float,
+                     now: float) -> tuple[str, int, float, int]:
+        """(state, position, eta seconds, seconds to the next poll) of visitor
+        `vid` in the school's line; the waiting page and the status endpoint
+        both show what this answers.
 
         "go" when the visitor was called, is called now, or is not in the
         line (left, served, or never here: its reload is then judged by the
@@ -535,33 +541,35 @@ class Admission:
         `call_ahead` seconds of the fleet's admissions (the reload lines up
         ahead of them); less the tickets called and not back yet.
 
-        Position: the requests queued here ahead of the visitor (`klass`,
-        `arrived`; None: the first class of its ticket's urgency, or every
+        Position: the requests queued here ahead of the visitor (by
+        `arrived` and the first class of its ticket's urgency, or every
         queued one when no class has it), those other workers reported queued at
         its urgency or above, and the waiting tickets ahead, plus one;
         never more than last shown but for more urgent arrivals
-        (Line.report). The estimate divides it by the fleet's measured
-        admission rate (the local one while none is measured).
+        (Line.report).
+
+        Estimate: the position over the fleet's measured admission rate
+        (Line.rate; the local one while none is measured), plus what the
+        page itself adds: it learns of its turn only when it polls, every
+        `poll` seconds (sooner when the turn is near, POLL_MIN..POLL_MAX),
+        so half a poll on average, and never less than the first poll.
         """
         name, idx = school.name, school.index
         if not self.line.change(name, ("seen", vid)):
-            return "go", 0, 0.0
+            return "go", 0, 0.0, POLL_MIN
         line = self.line.line(name)
         entry = line.entry(vid)
-        if entry is None:
-            return "go", 0, 0.0
-        if entry.called_at:
-            return "go", 0, 0.0
+        if entry is None or entry.called_at:
+            return "go", 0, 0.0, POLL_MIN
         rank = line.ahead(vid)
         controller = self.controller
         free = controller.free_slots(idx, now)
-        if klass is None:
-            # A poll: the ticket's class is the first of its urgency.
-            klass = next((k for k, c in enumerate(controller.classes)
-                          if c.priority == entry.urgency), None)
-            # The ticket keeps whole milliseconds: whoever queued within the
-            # visitor's millisecond counts as ahead.
-            arrived += 0.001
+        # The ticket's class is the first of its urgency.
+        klass = next((k for k, c in enumerate(controller.classes)
+                      if c.priority == entry.urgency), None)
+        # The ticket keeps whole milliseconds: whoever queued within the
+        # visitor's millisecond counts as ahead.
+        arrived += 0.001
         # Requests that came later (or matter less) queue behind the
         # visitor's return, so they do not count against its place.
         ahead = controller.queued(idx) if klass is None else \
@@ -571,14 +579,15 @@ class Admission:
             budget = max(budget, math.ceil(line.rate(self.line.now()) * self.call_ahead))
         if free < 0 or rank < budget - line.called():
             self.line.change(name, ("call", vid))
-            return "go", 0, 0.0
+            return "go", 0, 0.0, POLL_MIN
         ahead += line.queued_ahead(entry.urgency, self.line.now(), exclude=self.line.worker)
         position = line.report(vid, ahead + rank + 1)
         self.line.change(name, ("shown", vid, entry.shown, entry.urgent_ahead))
         eta = line.eta(position, self.line.now())
         if eta is None:
             eta = controller.queue_eta(idx, position, now)
-        return "wait", position, eta
+        poll = max(POLL_MIN, min(POLL_MAX, int(eta / 4)))
+        return "wait", position, max(float(poll), eta + poll / 2), poll
 
     def _line_inputs(self) -> Inputs:
         """Per school: admissions since last asked, and this worker's queue

@@ -14,8 +14,11 @@ less urgent one; within one urgency, the lower number goes first.
 - Calling (`call`): a worker with room calls the head of the line; "now
   serving" (`serving`) is the highest number called so far.
 - The admission rate (`record`, `rate`): admissions of the whole fleet
-  (every worker adds what it admitted since it last said so), over a
-  sliding `window` of seconds; the estimated wait of position p is p / rate.
+  (every worker adds what it admitted since it last said so), per second of
+  the last WINDOW seconds in which the school was busy (a worker reported a
+  queue, or tickets stood in the line): the pace the line moves at, not
+  diluted by quiet seconds before a storm. The estimated wait of position
+  p is p / rate (`eta`; the shell adds the page's own polling delay).
 - Honesty (`shown`): the position a visitor was last shown is kept with the
   ticket, and a later answer never shows more, unless more urgent tickets
   arrived ahead in between (`report`).
@@ -52,6 +55,8 @@ REPORT_TTL = 5.0
 # next poll (Retry-After of /.schoolgate/status): a visitor still there is
 # seen at least this often, so the grace periods must be longer.
 POLL_MAX = 10
+# The shortest a waiting page waits between polls (its script's floor).
+POLL_MIN = 2
 # Seconds a spent ticket is remembered (the default ticket_ttl, 600 s, plus
 # the signer's leeway).
 KEEP = 601.0
@@ -95,7 +100,7 @@ class Line:
     bytes). Every method takes `now` where time matters (Unix seconds).
     """
 
-    __slots__ = ("_next_sweep", "_order", "admissions", "by_vid", "capacity", "last",
+    __slots__ = ("_next_sweep", "_order", "admissions", "busy", "by_vid", "capacity", "last",
                  "queues", "serving", "since", "spent")
 
     def __init__(self, capacity: int = 100_000) -> None:
@@ -109,6 +114,8 @@ class Line:
         self._order: list[tuple[float, int, bytes]] = []
         # Whole second -> admissions in it, for the seconds of the window.
         self.admissions: dict[int, int] = {}
+        # The whole seconds of the window in which the school was busy.
+        self.busy: set[int] = set()
         # When the line began measuring (the rate's span never reaches back
         # before it); None until the first call that records anything.
         self.since: float | None = None
@@ -228,10 +235,15 @@ class Line:
             self.admissions[second] = self.admissions.get(second, 0) + admitted
         self._prune(now)
 
+    def _mark_busy(self, queued: bool, now: float) -> None:
+        if queued or self.by_vid:
+            self.busy.add(math.floor(now))
+
     def set_queue(self, worker: str, queued: dict[float, int], now: float) -> None:
         """Worker `worker` has `queued[urgency]` requests in its own queue."""
         self._begin(now)
         self.queues[worker] = (now, {float(k): int(v) for k, v in queued.items() if v})
+        self._mark_busy(any(queued.values()), now)
 
     def sweep(self, now: float, grace: float = GRACE, go_grace: float = GO_GRACE,
               keep: float = KEEP) -> int:
@@ -254,6 +266,8 @@ class Line:
         oldest = math.floor(now - WINDOW)
         for second in [s for s in self.admissions if s < oldest]:
             del self.admissions[second]
+        for second in [s for s in self.busy if s < oldest]:
+            self.busy.discard(second)
         for worker in [w for w, (at, _) in self.queues.items() if now - at > REPORT_TTL]:
             del self.queues[worker]
 
@@ -303,11 +317,18 @@ class Line:
         return n
 
     def rate(self, now: float) -> float:
-        """Admissions per second of the whole fleet over the last WINDOW
-        seconds (0.0 before anything was measured)."""
+        """Admissions per second of the whole fleet: over the whole seconds
+        of the last WINDOW in which the school was busy, else (none yet)
+        over the last WINDOW seconds (0.0 before anything was measured)."""
         if self.since is None:
             return 0.0
         oldest = math.floor(now - WINDOW)
+        # The current second is still being counted (reports arrive every
+        # sync interval): only whole seconds.
+        current = math.floor(now)
+        busy = [s for s in self.busy if oldest <= s < current]
+        if busy:
+            return sum(self.admissions.get(s, 0) for s in busy) / len(busy)
         total = sum(c for s, c in self.admissions.items() if s >= oldest)
         if not total:
             return 0.0
@@ -329,7 +350,8 @@ class Line:
                  for vid, e in self.by_vid.items()],
                 [[s, c] for s, c in self.admissions.items()],
                 [[w, at, [[u, c] for u, c in q.items()]] for w, (at, q) in self.queues.items()],
-                [[vid, at] for vid, at in self.spent.items()]]
+                [[vid, at] for vid, at in self.spent.items()],
+                sorted(self.busy)]
 
     @classmethod
     def load(cls, data: list[Any], capacity: int = 100_000) -> Line:
@@ -347,6 +369,8 @@ class Line:
                        for w, at, q in queues}
         if rest:
             line.spent = {bytes(vid): float(at) for vid, at in rest[0]}
+        if len(rest) > 1:
+            line.busy = {int(s) for s in rest[1]}
         return line
 
 
@@ -388,5 +412,5 @@ def apply(line: Line, ops: list[tuple], now: float,
     return out
 
 
-__all__ = ["DEFAULT_RULES", "GO_GRACE", "GRACE", "KEEP", "POLL_MAX", "WINDOW", "Entry", "Line",
-           "Rules", "apply"]
+__all__ = ["DEFAULT_RULES", "GO_GRACE", "GRACE", "KEEP", "POLL_MAX", "POLL_MIN", "WINDOW",
+           "Entry", "Line", "Rules", "apply"]

@@ -168,12 +168,13 @@ class ShmLineStore:
 
 # KEYS: meta (last, serving, since), entries (vid hex -> fields),
 # admissions (second -> count), queues (worker -> [at, [[urgency, n]...]]),
-# spent (sorted set: vid hex scored by when it was spent).
+# spent (sorted set: vid hex scored by when it was spent), busy (busy
+# second -> 1).
 # ARGV: ops (JSON), capacity, grace, go_grace, window, report_ttl, expire,
 # keep, since.
 # The rules are those of gateway.waiting.line (sweep, then the ops in order);
 # returns the line as JSON: [last, serving, since, entries, admissions,
-# queues, now, spent (those spent after ARGV since: [[vid, at]...])].
+# queues, now, spent (those spent after ARGV since: [[vid, at]...]), busy].
 LINE_SCRIPT = r"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
@@ -183,7 +184,7 @@ local ops = cjson.decode(ARGV[1])
 local capacity, grace, go_grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, report_ttl, expire = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local keep, spent_since = tonumber(ARGV[8]), tonumber(ARGV[9])
-local sp = KEYS[5]
+local sp, bz = KEYS[5], KEYS[6]
 redis.call('ZREMRANGEBYSCORE', sp, '-inf', string.format('%.17g', now - keep))
 local function parse(s)
   local f = {}
@@ -255,6 +256,9 @@ for _, op in ipairs(ops) do
     if op[2] > 0 then redis.call('HINCRBY', a, math.floor(now), op[2]) end
   elseif kind == 'queue' then
     redis.call('HSET', q, op[2], cjson.encode({now, op[3]}))
+    local queued = false
+    for _, un in ipairs(op[3]) do if un[2] > 0 then queued = true end end
+    if queued or count > 0 then redis.call('HSET', bz, math.floor(now), 1) end
   end
 end
 local oldest = math.floor(now - window)
@@ -263,6 +267,11 @@ for i = 1, #adm, 2 do
   local s = tonumber(adm[i])
   if s < oldest then redis.call('HDEL', a, adm[i])
   else admissions[#admissions + 1] = {s, tonumber(adm[i + 1])} end
+end
+local bs, busy = redis.call('HKEYS', bz), {}
+for i = 1, #bs do
+  local s = tonumber(bs[i])
+  if s < oldest then redis.call('HDEL', bz, bs[i]) else busy[#busy + 1] = s end
 end
 local qs, queues = redis.call('HGETALL', q), {}
 for i = 1, #qs, 2 do
@@ -280,7 +289,7 @@ for i = 1, #sl, 2 do spent[#spent + 1] = {sl[i], sl[i + 1]} end
 for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, math.max(expire, math.ceil(keep))) end
 local last = tonumber(redis.call('HGET', m, 'last')) or 0
 return cjson.encode({last, serving, string.format('%.17g', since), list, admissions, queues,
-                     string.format('%.17g', now), spent})
+                     string.format('%.17g', now), spent, busy})
 """
 
 
@@ -293,10 +302,11 @@ def school_tag(school: str) -> str:
 
 
 def line_keys(prefix: str, school: str) -> list[str]:
-    """The five keys of a school's line (meta, entries, admissions, queues,
-    spent)."""
+    """The six keys of a school's line (meta, entries, admissions, queues,
+    spent, busy)."""
     base = f"{prefix}{{{school_tag(school)}}}:line:"
-    return [base + part for part in ("meta", "entries", "admissions", "queues", "spent")]
+    return [base + part
+            for part in ("meta", "entries", "admissions", "queues", "spent", "busy")]
 
 
 def encode_ops(ops: list[tuple]) -> str:
@@ -325,7 +335,8 @@ def decode_line(text: bytes | str, capacity: int = 100_000) -> tuple[Line, float
             [[bytes.fromhex(v), n, u, s, c, sh, ua] for v, n, u, s, c, sh, ua in items(entries)],
             items(admissions),
             [[w, at, items(qq)] for w, at, qq in items(queues)],
-            [[bytes.fromhex(v), float(at)] for v, at in items(rest[0] if rest else [])]]
+            [[bytes.fromhex(v), float(at)] for v, at in items(rest[0] if rest else [])],
+            items(rest[1] if len(rest) > 1 else [])]
     return Line.load(data, capacity), float(now)
 
 
