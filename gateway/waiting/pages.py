@@ -122,6 +122,9 @@ def _wait_fields(
             "status": status,
             "url": url,
             "every": min(max(retry_after, _POLL_MIN), _POLL_FIRST_MAX),
+            # The estimate the page shows, in seconds (what the status
+            # endpoint's "eta" says; None: not known).
+            "wait": _finite(eta, 1),
             "min": _POLL_MIN,
             "max": _POLL_MAX,
             "eta": {"steps": steps, "beyond": beyond, "unknown": text(lang, "eta.unknown")},
