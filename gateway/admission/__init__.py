@@ -1,7 +1,7 @@
 """Sans-IO admission control: token buckets, priority queues, pools, windows.
 
-`AdmissionController` is what the proxy shell talks to; `WaitingRoom` tracks
-browser visitors on the waiting page. Native pieces live in gateway._native
+`AdmissionController` is what the proxy shell talks to (the waiting room's
+line is gateway/waiting/line.py). Native pieces live in gateway._native
 (bucket, scheduler); their plain-Python models are in `tests/oracles/admission.py`.
 """
 
@@ -15,10 +15,9 @@ from gateway.admission.controller import (
     Ticket,
 )
 from gateway.admission.scheduler import Scheduler
-from gateway.admission.waiting_room import WaitingRoom
 from gateway.admission.windows import ClassWindows
 
 __all__ = [
     "ADMITTED", "CANCELLED", "QUEUED", "REJECTED", "AdmissionController", "ClassWindows",
-    "Scheduler", "Ticket", "TokenBucket", "WaitingRoom",
+    "Scheduler", "Ticket", "TokenBucket",
 ]

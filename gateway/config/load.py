@@ -44,6 +44,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec.structs import replace
 
+from gateway.waiting.line import POLL_MAX
+
 from .schema import (
     Config,
     Log,
@@ -409,6 +411,13 @@ def _check(cfg: Config, base: Path) -> Config:
     if adm.secret and len(adm.secret.encode()) < 16:
         # A short HMAC key can be brute-forced offline from one ticket.
         raise _Invalid("admission.secret", "must be at least 16 bytes (or empty for a random one)")
+    for key in ("waiting_grace", "called_grace"):
+        # A visitor still waiting polls at least every POLL_MAX seconds (a
+        # called one whose reload was turned away again, too).
+        if getattr(adm, key) <= POLL_MAX:
+            raise _Invalid(f"admission.{key}",
+                           f"must be above {POLL_MAX} s (the waiting page's longest poll "
+                           "interval), or visitors still waiting would lose their place")
     url = cfg.redis.url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
         raise _Invalid("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {url!r}")

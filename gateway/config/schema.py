@@ -207,6 +207,15 @@ class Admission(_Section):
     # Retry-After floor/ceiling in seconds.
     min_retry: PositiveInt = 1
     max_retry: PositiveInt = 120
+    # The waiting line: a visitor whose page stopped polling leaves the line
+    # after waiting_grace seconds; a visitor told "your turn" whose reload
+    # has not got in leaves after called_grace seconds.
+    waiting_grace: PositiveFloat = 30.0
+    called_grace: PositiveFloat = 15.0
+    # While a school's queue is busy, its line calls this many seconds of
+    # the measured admission rate ahead (their reloads line up by their
+    # first arrival), so the line keeps pace with the queue.
+    call_ahead: NonNegFloat = 2.0
 
 
 class Redis(_Section):

@@ -17,12 +17,14 @@ leaves while queued (a reset) gives its place back at once; whatever it
 pipelines meanwhile waits behind it, bounded by max_pipeline.
 
 A waiting-room ticket (the signed cookie, not the scheduler's Ticket) lines
-a returning visitor up by their first arrival, once: the request it gets in
-with (admitted, or queued by that arrival) spends it (spent_tickets(), per
-worker process), and the upstream's response clears the cookie. A spend is
-void if that queued request never gets in (its client leaves, its max_wait
-passes). The status endpoint renews a ticket only while its visitor waits in
-the room.
+a returning visitor up by their first arrival, once: the request carrying
+it spends it in the shared line before asking for a slot (Line.spend: under
+the instance's lock without Redis, so a second spend at any worker is
+refused; with Redis, refused at another instance once it has synced), and
+the upstream's response clears the cookie. A spend is taken back if that
+request is turned away, or queued and never gets in (its client leaves, its
+max_wait passes, a reload removes its school). The status endpoint renews a
+ticket only while its visitor waits in the room.
 
 Request buffering (a school's `request_buffering`): a request with a body
 never holds a slot while its client sends. Two phases:
@@ -81,7 +83,8 @@ from gateway._native.stats import PAGE_429, PAGE_WAITING
 from gateway.admission import ADMITTED, QUEUED, AdmissionController
 from gateway.admission.allotment import AllotmentTask
 from gateway.proxy.exchange import PAUSE_ADMISSION
-from gateway.waiting import SpentTickets, TicketSigner, cookie_header, new_visitor_id, read_cookie
+from gateway.waiting import TicketSigner, cookie_header, new_visitor_id, read_cookie
+from gateway.waiting.line import POLL_MAX, POLL_MIN, Rules
 from gateway.waiting.line_store import LocalLineStore, ShmLineStore, region
 from gateway.waiting.line_view import Inputs, LineView
 
@@ -100,13 +103,6 @@ _JSON_HEADERS = [
     (b"Content-Type", b"application/json"),
     (b"Cache-Control", b"no-store"),
 ]
-
-
-# Seconds of the fleet's admissions a line calls ahead while the school's
-# queue is busy: a called visitor's reload lines up by its first arrival,
-# ahead of the requests queued after it, so the line moves at the admission
-# rate instead of waiting for an empty queue (see Admission._line_status).
-CALL_AHEAD = 2.0
 
 _process_secret: bytes | None = None
 
@@ -138,23 +134,6 @@ def line_store(cfg: Config) -> object:
     return ShmLineStore(shared) if shared is not None else LocalLineStore()
 
 
-_spent: SpentTickets | None = None
-
-
-def spent_tickets() -> SpentTickets:
-    """The tickets spent in this worker process, shared by the Apps it runs
-    one after the other, so a reload forgets none.
-
-    Per worker process for now: a ticket spent at one worker (or instance)
-    can still be used once at another until it expires. Sharing the record
-    across workers and instances (shared memory, Redis) is a later step.
-    """
-    global _spent
-    if _spent is None:
-        _spent = SpentTickets()
-    return _spent
-
-
 class Admission:
     """One worker's admission state, serving the current App (config); it
     outlives reloads (see reconfigure)."""
@@ -169,6 +148,9 @@ class Admission:
         self._admitted: dict[str, int] = {}
         self.line = LineView(line_store(cfg), f"{socket.gethostname()}:{os.getpid()}",
                              self._line_inputs, interval=cfg.redis.sync_interval)
+        # Queued requests holding a ticket's spend, taken back if they never
+        # get in: scheduler Ticket -> (school name, visitor id).
+        self._holding: dict[Ticket, tuple[str, bytes]] = {}
         # What Exchange.start/_finish use to admit and release without a
         # Python frame on the common path (see gateway._native.context).
         self.core = AdmissionCore(self, self.controller, self.controller._scheduler,
@@ -186,7 +168,17 @@ class Admission:
         secret = cfg.admission.secret.encode() or process_secret()
         self.signer = TicketSigner(secret)
         self.ttl = cfg.admission.ticket_ttl
-        self.spent = spent_tickets()
+        # Seconds of the fleet's admissions a line calls ahead while the
+        # school's queue is busy: a called visitor's reload lines up by its
+        # first arrival, ahead of the requests queued after it, so the line
+        # moves at the admission rate instead of waiting for an empty queue
+        # (see _line_status).
+        self.call_ahead = cfg.admission.call_ahead
+        # A spent ticket is remembered until every copy has lapsed: any was
+        # issued by now (give or take the leeway for other instances' clocks)
+        # and lives ttl from then.
+        self.line.rules = Rules(cfg.admission.waiting_grace, cfg.admission.called_grace,
+                                self.ttl + self.signer.leeway)
         self.secure_cookie = cfg.server.tls_cert is not None
         # Sent with the response to a request that used its ticket up, so the
         # browser drops the cookie.
@@ -225,6 +217,7 @@ class Admission:
 
     def _removed(self, tickets: list[Ticket]) -> None:
         for t in tickets:
+            self._void(t)
             ex = _claim(t)
             if ex is not None:
                 ex.settle_keep_alive()
@@ -276,7 +269,7 @@ class Admission:
         state = t.state
         if state == ADMITTED:
             if visitor is not None:
-                self._spend(ex, t, visitor[0], now)
+                self._spend(ex, visitor[0])
             if ex.body_first():
                 # Admitted though free_slots saw no room (a bucket refill
                 # in between): the body still comes first.
@@ -289,12 +282,16 @@ class Admission:
             ex.ticket = t
             t.user = ex
             if visitor is not None:
-                self._spend(ex, t, visitor[0], now)
+                self._spend(ex, visitor[0])
+                self._holding[t] = (ex.school.name, visitor[0])  # type: ignore[union-attr]
             head = ex.head
             if (head.content_length > 0 or head.chunked) and not ex.body_received:  # type: ignore[union-attr]
                 ex.client.pause_reading_for(PAUSE_ADMISSION)
             self._rearm()
         else:
+            if visitor is not None:
+                # Turned away: the ticket was not used after all.
+                self.line.change(ex.school.name, ("unspend", visitor[0]))  # type: ignore[union-attr]
             self._reject(ex, t, now, visitor)
             self._rearm()
         # Admitting at once adds no deadline: the timer (armed whenever a
@@ -324,6 +321,7 @@ class Admission:
         ex.ticket = None
         t.user = None
         if t.state == QUEUED:
+            self._void(t)
             self.controller.cancel(t, time.time())
         elif t.state == ADMITTED:
             self._dispatch(self.controller.release(t, time.time()))
@@ -344,7 +342,10 @@ class Admission:
 
     # -- tickets coming back later ---------------------------------------------
     def _dispatch(self, admitted: list[Ticket]) -> None:
+        holding = self._holding
         for t in admitted:
+            if holding:
+                holding.pop(t, None)  # got in: its ticket's spend stands
             ex = t.user
             t.user = None
             if ex is None or ex.ticket is not t:
@@ -360,9 +361,10 @@ class Admission:
 
     def _expire(self, rejected: list[Ticket], now: float) -> None:
         for t in rejected:
+            self._void(t)
             ex = _claim(t)
             if ex is not None:
-                self._reject(ex, t, now, self._read_ticket(ex, now))
+                self._reject(ex, t, now, self._read_ticket(ex, now, claim=False))
 
     def _poll(self) -> None:
         self._timer = None
@@ -399,9 +401,15 @@ class Admission:
         self.line.close()
 
     # -- the waiting room ---------------------------------------------------------
-    def _read_ticket(self, ex: Exchange, now: float) -> tuple[bytes, float] | None:
+    def _read_ticket(self, ex: Exchange, now: float,
+                     claim: bool = True) -> tuple[bytes, float] | None:
         """(visitor id, arrived_at) of the request's ticket, or None when it
-        carries none that is genuine, current and unspent (a new arrival)."""
+        carries none that is genuine, current and unspent (a new arrival).
+
+        `claim`: spend it now, in the shared line (Line.spend), so that no
+        other request anywhere uses it again; the caller takes the spend
+        back if the request does not get in (decided, _void). A full spent
+        record honours no ticket rather than any twice."""
         value = _ticket_cookie(ex.head)  # type: ignore[arg-type]
         if value is None:
             return None
@@ -409,31 +417,30 @@ class Admission:
         ticket = self.signer.verify(value, name, now, self.ttl)
         if ticket is None:
             return None
-        spent, holder = self.spent.lookup(name, ticket.visitor_id, now)
-        if spent:
-            if holder is None or holder.state in (QUEUED, ADMITTED):  # type: ignore[attr-defined]
+        vid = ticket.visitor_id
+        if claim:
+            if not self.line.change(name, ("spend", vid)):
                 return None
-            # Spent by a request that left the queue without getting in (its
-            # client went away, or its max_wait passed): never used after all.
-            self.spent.refund(name, ticket.visitor_id)
-        elif self.spent.full(now):
-            return None  # nothing could be spent: honour none rather than any twice
-        return ticket.visitor_id, ticket.arrived_at
+        else:
+            line, keep = self.line.line(name), self.line.rules.keep
+            at = self.line.now()
+            if line.is_spent(vid, at, keep) or line.spent_full(at, keep):
+                return None
+        return vid, ticket.arrived_at
 
-    def _spend(self, ex: Exchange, t: Ticket, vid: bytes, now: float) -> None:
-        """The request carrying visitor `vid`'s ticket got in (ADMITTED) or
-        lined up by its arrival (QUEUED): the ticket is used up."""
-        school = ex.school
-        self.line.change(school.name, ("leave", vid))  # type: ignore[union-attr]
-        # Until every copy has expired: any was issued by now (give or take
-        # the leeway for other instances' clocks) and lives ttl from then.
-        until = now + self.ttl + self.signer.leeway
-        # A queued request may still leave without getting in; it holds the
-        # spend until then (see _read_ticket). The record has room: the
-        # ticket was honoured only because it had (_read_ticket, just before).
-        self.spent.spend(school.name, vid, until, now,  # type: ignore[union-attr]
-                         holder=t if t.state == QUEUED else None)
+    def _spend(self, ex: Exchange, vid: bytes) -> None:
+        """The request carrying visitor `vid`'s ticket (spent by
+        _read_ticket) got in (ADMITTED) or lined up by its arrival (QUEUED):
+        it leaves the line, and its response clears the cookie."""
+        self.line.change(ex.school.name, ("leave", vid))  # type: ignore[union-attr]
         ex.response_headers = self._cleared
+
+    def _void(self, t: Ticket) -> None:
+        """Queued `t` will not get in: the ticket it spent is worth its place
+        again."""
+        held = self._holding.pop(t, None) if self._holding else None
+        if held is not None:
+            self.line.change(held[0], ("unspend", held[1]))
 
     def _reject(self, ex: Exchange, t: Ticket, now: float,
                 visitor: tuple[bytes, float] | None) -> None:
@@ -467,10 +474,14 @@ class Admission:
                 vid, arrived = visitor if visitor is not None else (new_visitor_id(), t.arrived_at)
                 urgency = self.controller.classes[t.klass].priority
                 if self.line.change(school.name, ("draw", vid, urgency)):  # type: ignore[union-attr]
-                    state, pos, wait = self._line_status(school, vid, t.klass,  # type: ignore[arg-type]
-                                                         arrived, now)
-                    if state == "wait":
-                        position, eta = pos, wait
+                    # The page shows what its first poll would answer (the
+                    # same computation as status_response), and polls when
+                    # that answer says.
+                    state, position, eta, retry = self._line_status(
+                        school, vid, arrived, now)  # type: ignore[arg-type]
+                    if state == "go":
+                        # Called at once: its first poll sends it back in.
+                        position, eta = 1, float(retry)
                     status_url = STATUS_PATH.decode()
                 extra.append(self._cookie(school, vid, arrived, now))  # type: ignore[arg-type]
         page = self.app.render_page(kind, ex, retry_after=retry, position=position, eta=eta,
@@ -498,16 +509,16 @@ class Admission:
         """The waiting page's poll: where is this visitor now?"""
         now = time.time()
         school = ex.school
-        visitor = self._read_ticket(ex, now)
+        visitor = self._read_ticket(ex, now, claim=False)
         headers = list(_JSON_HEADERS)
         if visitor is None or not self.enabled:
             body = waiting.render_status_json("go", None, None, 0)
         else:
             vid, arrived = visitor
-            state, position, eta = self._line_status(school, vid, None,  # type: ignore[arg-type]
-                                                     arrived, now)
-            # Poll sooner when the turn is near, rarely when it is far.
-            retry = 1 if state == "go" else max(1, min(10, int(eta / 4)))
+            state, position, eta, retry = self._line_status(school, vid,  # type: ignore[arg-type]
+                                                            arrived, now)
+            if state == "go":
+                retry = 1
             body = waiting.render_status_json(state, position, eta, retry)
             if state == "wait":
                 # Re-issued only while the visitor waits in this room, so a
@@ -522,9 +533,11 @@ class Admission:
 
     # -- the waiting line ------------------------------------------------------------
 
-    def _line_status(self, school: SchoolRuntime, vid: bytes, klass: int | None,
-                     arrived: float, now: float) -> tuple[str, int, float]:
-        """(state, position, eta seconds) of visitor `vid` in the school's line.
+    def _line_status(self, school: SchoolRuntime, vid: bytes, arrived: float,
+                     now: float) -> tuple[str, int, float, int]:
+        """(state, position, eta seconds, seconds to the next poll) of visitor
+        `vid` in the school's line; the waiting page and the status endpoint
+        both show what this answers.
 
         "go" when the visitor was called, is called now, or is not in the
         line (left, served, or never here: its reload is then judged by the
@@ -532,53 +545,56 @@ class Admission:
         called when its place among the uncalled tickets is within the
         room this worker has: its free slots beyond the queue; while the
         queue is busy and nobody queued here arrived before the visitor,
-        CALL_AHEAD seconds of the fleet's admissions (the reload lines up
+        `call_ahead` seconds of the fleet's admissions (the reload lines up
         ahead of them); less the tickets called and not back yet.
 
-        Position: the requests queued here ahead of the visitor (`klass`,
-        `arrived`; None: the first class of its ticket's urgency, or every
+        Position: the requests queued here ahead of the visitor (by
+        `arrived` and the first class of its ticket's urgency, or every
         queued one when no class has it), those other workers reported queued at
         its urgency or above, and the waiting tickets ahead, plus one;
         never more than last shown but for more urgent arrivals
-        (Line.report). The estimate divides it by the fleet's measured
-        admission rate (the local one while none is measured).
+        (Line.report).
+
+        Estimate: the position over the fleet's measured admission rate
+        (Line.rate; the local one while none is measured), plus what the
+        page itself adds: it learns of its turn only when it polls, every
+        `poll` seconds (sooner when the turn is near, POLL_MIN..POLL_MAX),
+        so half a poll on average, and never less than the first poll.
         """
         name, idx = school.name, school.index
         if not self.line.change(name, ("seen", vid)):
-            return "go", 0, 0.0
+            return "go", 0, 0.0, POLL_MIN
         line = self.line.line(name)
         entry = line.entry(vid)
-        if entry is None:
-            return "go", 0, 0.0
-        if entry.called_at:
-            return "go", 0, 0.0
+        if entry is None or entry.called_at:
+            return "go", 0, 0.0, POLL_MIN
         rank = line.ahead(vid)
         controller = self.controller
         free = controller.free_slots(idx, now)
-        if klass is None:
-            # A poll: the ticket's class is the first of its urgency.
-            klass = next((k for k, c in enumerate(controller.classes)
-                          if c.priority == entry.urgency), None)
-            # The ticket keeps whole milliseconds: whoever queued within the
-            # visitor's millisecond counts as ahead.
-            arrived += 0.001
+        # The ticket's class is the first of its urgency.
+        klass = next((k for k, c in enumerate(controller.classes)
+                      if c.priority == entry.urgency), None)
+        # The ticket keeps whole milliseconds: whoever queued within the
+        # visitor's millisecond counts as ahead.
+        arrived += 0.001
         # Requests that came later (or matter less) queue behind the
         # visitor's return, so they do not count against its place.
         ahead = controller.queued(idx) if klass is None else \
             controller.ahead(idx, klass, arrived)
         budget = max(free, 0)
         if free >= 0 and ahead == 0 and controller.queued(idx) > 0:
-            budget = max(budget, math.ceil(line.rate(self.line.now()) * CALL_AHEAD))
+            budget = max(budget, math.ceil(line.rate(self.line.now()) * self.call_ahead))
         if free < 0 or rank < budget - line.called():
             self.line.change(name, ("call", vid))
-            return "go", 0, 0.0
+            return "go", 0, 0.0, POLL_MIN
         ahead += line.queued_ahead(entry.urgency, self.line.now(), exclude=self.line.worker)
         position = line.report(vid, ahead + rank + 1)
         self.line.change(name, ("shown", vid, entry.shown, entry.urgent_ahead))
         eta = line.eta(position, self.line.now())
         if eta is None:
             eta = controller.queue_eta(idx, position, now)
-        return "wait", position, eta
+        poll = max(POLL_MIN, min(POLL_MAX, int(eta / 4)))
+        return "wait", position, max(float(poll), eta + poll / 2), poll
 
     def _line_inputs(self) -> Inputs:
         """Per school: admissions since last asked, and this worker's queue

@@ -14,11 +14,19 @@ less urgent one; within one urgency, the lower number goes first.
 - Calling (`call`): a worker with room calls the head of the line; "now
   serving" (`serving`) is the highest number called so far.
 - The admission rate (`record`, `rate`): admissions of the whole fleet
-  (every worker adds what it admitted since it last said so), over a
-  sliding `window` of seconds; the estimated wait of position p is p / rate.
+  (every worker adds what it admitted since it last said so), per second of
+  the last WINDOW seconds in which the school was busy (a worker reported a
+  queue, or tickets stood in the line): the pace the line moves at, not
+  diluted by quiet seconds before a storm. The estimated wait of position
+  p is p / rate (`eta`; the shell adds the page's own polling delay).
 - Honesty (`shown`): the position a visitor was last shown is kept with the
   ticket, and a later answer never shows more, unless more urgent tickets
   arrived ahead in between (`report`).
+- Spent tickets (`spend`): the request that gets in with a ticket uses it
+  up; the line remembers that for `keep` seconds (the ticket's TTL plus the
+  signer's leeway: until every copy has lapsed), so a replayed cookie is
+  refused by every worker and instance sharing the line. A spend is taken
+  back (`unspend`) when its request never got in after all.
 
 The same rules run in three places: this class itself (one worker, or the
 fallback while a shared store is down); serialized in shared memory between
@@ -43,6 +51,28 @@ GRACE = 30.0
 GO_GRACE = 15.0
 # What a worker's queue report (`queues`) is worth after its last update.
 REPORT_TTL = 5.0
+# The longest the status endpoint tells a waiting page to wait before its
+# next poll (Retry-After of /.schoolgate/status): a visitor still there is
+# seen at least this often, so the grace periods must be longer.
+POLL_MAX = 10
+# The shortest a waiting page waits between polls (its script's floor).
+POLL_MIN = 2
+# Seconds a spent ticket is remembered (the default ticket_ttl, 600 s, plus
+# the signer's leeway).
+KEEP = 601.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The line's time limits in seconds ([admission] waiting_grace,
+    called_grace; keep: ticket_ttl plus the signer's leeway)."""
+
+    grace: float = GRACE
+    go_grace: float = GO_GRACE
+    keep: float = KEEP
+
+
+DEFAULT_RULES = Rules()
 
 
 @dataclass(slots=True)
@@ -70,8 +100,8 @@ class Line:
     bytes). Every method takes `now` where time matters (Unix seconds).
     """
 
-    __slots__ = ("_next_sweep", "_order", "admissions", "by_vid", "capacity", "last",
-                 "queues", "serving", "since")
+    __slots__ = ("_next_sweep", "_order", "admissions", "busy", "by_vid", "capacity", "last",
+                 "queues", "serving", "since", "spent")
 
     def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 1:
@@ -84,12 +114,16 @@ class Line:
         self._order: list[tuple[float, int, bytes]] = []
         # Whole second -> admissions in it, for the seconds of the window.
         self.admissions: dict[int, int] = {}
+        # The whole seconds of the window in which the school was busy.
+        self.busy: set[int] = set()
         # When the line began measuring (the rate's span never reaches back
         # before it); None until the first call that records anything.
         self.since: float | None = None
         # Worker id -> (updated at, queued requests by urgency): the
         # requests waiting in each worker's own queue, counted in positions.
         self.queues: dict[str, tuple[float, dict[float, int]]] = {}
+        # Visitor id -> when its ticket was spent (at most `capacity` ids).
+        self.spent: dict[bytes, float] = {}
         self._next_sweep = -math.inf
 
     def __len__(self) -> int:
@@ -146,6 +180,34 @@ class Line:
         del self._order[bisect.bisect_left(self._order, (-entry.urgency, entry.number, vid))]
         return True
 
+    def spend(self, vid: bytes, now: float, keep: float = KEEP) -> bool:
+        """Use the visitor's ticket up: True if it was not spent within the
+        last `keep` seconds (now it is), False if it was (a replay) or the
+        record is full (`spent_full`: then nothing is recorded, and the
+        caller honours no ticket rather than any twice)."""
+        if self.is_spent(vid, now, keep) or self.spent_full(now, keep):
+            return False
+        self.spent[vid] = now
+        return True
+
+    def unspend(self, vid: bytes) -> bool:
+        """Take a spend back: its request never got in."""
+        return self.spent.pop(vid, None) is not None
+
+    def is_spent(self, vid: bytes, now: float, keep: float = KEEP) -> bool:
+        at = self.spent.get(vid)
+        return at is not None and now - at < keep
+
+    def spent_full(self, now: float, keep: float = KEEP) -> bool:
+        if len(self.spent) < self.capacity:
+            return False
+        self._forget_spent(now, keep)
+        return len(self.spent) >= self.capacity
+
+    def _forget_spent(self, now: float, keep: float) -> None:
+        for vid in [v for v, at in self.spent.items() if now - at >= keep]:
+            del self.spent[vid]
+
     def report(self, vid: bytes, computed: int) -> int:
         """The position to show for a visitor whose position is computed as
         `computed` now: never more than last shown, but for the more urgent
@@ -173,17 +235,25 @@ class Line:
             self.admissions[second] = self.admissions.get(second, 0) + admitted
         self._prune(now)
 
+    def _mark_busy(self, queued: bool, now: float) -> None:
+        if queued or self.by_vid:
+            self.busy.add(math.floor(now))
+
     def set_queue(self, worker: str, queued: dict[float, int], now: float) -> None:
         """Worker `worker` has `queued[urgency]` requests in its own queue."""
         self._begin(now)
         self.queues[worker] = (now, {float(k): int(v) for k, v in queued.items() if v})
+        self._mark_busy(any(queued.values()), now)
 
-    def sweep(self, now: float, grace: float = GRACE, go_grace: float = GO_GRACE) -> int:
-        """Drop visitors who left; returns how many. Amortised: one pass a
-        second at most, however often it is called."""
+    def sweep(self, now: float, grace: float = GRACE, go_grace: float = GO_GRACE,
+              keep: float = KEEP) -> int:
+        """Drop visitors who left (and spends older than `keep`); returns how
+        many visitors. Amortised: one pass a second at most, however often it
+        is called."""
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + 1.0
+        self._forget_spent(now, keep)
         gone = [vid for vid, e in self.by_vid.items()
                 if (e.called_at and now - e.called_at > go_grace)
                 or (not e.called_at and now - e.last_seen > grace)]
@@ -196,6 +266,8 @@ class Line:
         oldest = math.floor(now - WINDOW)
         for second in [s for s in self.admissions if s < oldest]:
             del self.admissions[second]
+        for second in [s for s in self.busy if s < oldest]:
+            self.busy.discard(second)
         for worker in [w for w, (at, _) in self.queues.items() if now - at > REPORT_TTL]:
             del self.queues[worker]
 
@@ -245,11 +317,18 @@ class Line:
         return n
 
     def rate(self, now: float) -> float:
-        """Admissions per second of the whole fleet over the last WINDOW
-        seconds (0.0 before anything was measured)."""
+        """Admissions per second of the whole fleet: over the whole seconds
+        of the last WINDOW in which the school was busy, else (none yet)
+        over the last WINDOW seconds (0.0 before anything was measured)."""
         if self.since is None:
             return 0.0
         oldest = math.floor(now - WINDOW)
+        # The current second is still being counted (reports arrive every
+        # sync interval): only whole seconds.
+        current = math.floor(now)
+        busy = [s for s in self.busy if oldest <= s < current]
+        if busy:
+            return sum(self.admissions.get(s, 0) for s in busy) / len(busy)
         total = sum(c for s, c in self.admissions.items() if s >= oldest)
         if not total:
             return 0.0
@@ -270,12 +349,14 @@ class Line:
                 [[vid, e.number, e.urgency, e.last_seen, e.called_at, e.shown, e.urgent_ahead]
                  for vid, e in self.by_vid.items()],
                 [[s, c] for s, c in self.admissions.items()],
-                [[w, at, [[u, c] for u, c in q.items()]] for w, (at, q) in self.queues.items()]]
+                [[w, at, [[u, c] for u, c in q.items()]] for w, (at, q) in self.queues.items()],
+                [[vid, at] for vid, at in self.spent.items()],
+                sorted(self.busy)]
 
     @classmethod
     def load(cls, data: list[Any], capacity: int = 100_000) -> Line:
         line = cls(capacity)
-        last, serving, since, entries, admissions, queues = data
+        last, serving, since, entries, admissions, queues, *rest = data
         line.last, line.serving, line.since = int(last), int(serving), since
         for vid, number, urgency, seen, called, shown, urgent in entries:
             e = Entry(int(number), float(urgency), float(seen), float(called), int(shown),
@@ -286,19 +367,25 @@ class Line:
         line.admissions = {int(s): int(c) for s, c in admissions}
         line.queues = {str(w): (float(at), {float(u): int(c) for u, c in q})
                        for w, at, q in queues}
+        if rest:
+            line.spent = {bytes(vid): float(at) for vid, at in rest[0]}
+        if len(rest) > 1:
+            line.busy = {int(s) for s in rest[1]}
         return line
 
 
-def apply(line: Line, ops: list[tuple], now: float) -> list[Any]:
+def apply(line: Line, ops: list[tuple], now: float,
+          rules: Rules = DEFAULT_RULES) -> list[Any]:
     """Apply a worker's batch of changes to a line (what a store does with
     the batch under its lock); returns each op's result in order.
 
     Ops: ("draw", vid, urgency) -> number; ("seen", vid); ("call", vid);
     ("leave", vid); ("shown", vid, shown, urgent_ahead); ("record", n);
-    ("queue", worker, {urgency: n}). The line is swept first.
+    ("queue", worker, {urgency: n}); ("spend", vid) -> bool; ("unspend",
+    vid). The line is swept first, by `rules`.
     """
     line._begin(now)
-    line.sweep(now)
+    line.sweep(now, rules.grace, rules.go_grace, rules.keep)
     out: list[Any] = []
     for op in ops:
         kind = op[0]
@@ -316,9 +403,14 @@ def apply(line: Line, ops: list[tuple], now: float) -> list[Any]:
             out.append(line.record(op[1], now))
         elif kind == "queue":
             out.append(line.set_queue(op[1], op[2], now))
+        elif kind == "spend":
+            out.append(line.spend(op[1], now, rules.keep))
+        elif kind == "unspend":
+            out.append(line.unspend(op[1]))
         else:
             raise ValueError(f"unknown line op {kind!r}")
     return out
 
 
-__all__ = ["GO_GRACE", "GRACE", "WINDOW", "Entry", "Line", "apply"]
+__all__ = ["DEFAULT_RULES", "GO_GRACE", "GRACE", "KEEP", "POLL_MAX", "POLL_MIN", "WINDOW",
+           "Entry", "Line", "Rules", "apply"]

@@ -1,9 +1,12 @@
 """Where the waiting lines live: this worker, shared memory, or Redis.
 
 Every store answers one call, `exchange(batches, now)`: apply each school's
-batch of changes (gateway.waiting.line.apply ops) atomically, and return the
-school's line as it is afterwards (a `Line` the worker keeps as its cache).
-A worker calls it off the request path (gateway/waiting/line_view.py).
+batch of changes (gateway.waiting.line.apply ops, by the store's `rules`)
+atomically, and return the school's line as it is afterwards (a `Line` the
+worker keeps as its cache). A worker calls it off the request path
+(gateway/waiting/line_view.py), but for the changes the local and
+shared-memory stores take inline (a ticket's spend among them, so that
+the workers of one instance refuse a replay exactly).
 
 - `LocalLineStore`: the lines in this process (one worker and no shared
   region, or the fallback while Redis is away).
@@ -16,6 +19,10 @@ A worker calls it off the request path (gateway/waiting/line_view.py).
   clock (TIME, so instances' clocks do not matter) and returns the line.
   A school's keys are `{prefix}{<school tag>}:line:<part>`: the hash tag
   keeps them in one Redis Cluster slot, so the script may touch them all.
+  Spent tickets are a sorted set by spending time; each answer carries only
+  the spends since the worker's last exchange, which the store adds to what
+  it knew (so a replay at another instance is refused once that instance
+  has synced: within `[redis] sync_interval`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.waiting.line import GO_GRACE, GRACE, REPORT_TTL, WINDOW, Line, apply
+from gateway.waiting.line import DEFAULT_RULES, REPORT_TTL, WINDOW, Line, Rules, apply
 
 if TYPE_CHECKING:
     from gateway.config.schema import Redis
@@ -46,17 +53,23 @@ class LocalLineStore:
 
     shared = False
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 100_000, rules: Rules = DEFAULT_RULES) -> None:
         self.capacity = capacity
+        self.rules = rules
         self.lines: dict[str, Line] = {}
 
-    def exchange(self, batches: dict[str, list[tuple]], now: float) -> dict[str, Line]:
+    def exchange(self, batches: dict[str, list[tuple]], now: float,
+                 results: dict[str, list[Any]] | None = None) -> dict[str, Line]:
+        """Apply and return the lines; `results` (if given) receives each
+        school's op results."""
         out = {}
         for school, ops in batches.items():
             line = self.lines.get(school)
             if line is None:
                 line = self.lines[school] = Line(self.capacity)
-            apply(line, ops, now)
+            answers = apply(line, ops, now, self.rules)
+            if results is not None:
+                results[school] = answers
             out[school] = line
         return out
 
@@ -120,12 +133,16 @@ class ShmLineStore:
 
     shared = True
 
-    def __init__(self, region: Region, capacity: int = 100_000) -> None:
+    def __init__(self, region: Region, capacity: int = 100_000,
+                 rules: Rules = DEFAULT_RULES) -> None:
         self.region = region
         self.capacity = capacity
+        self.rules = rules
         self.full = False
 
-    def exchange(self, batches: dict[str, list[tuple]], now: float) -> dict[str, Line]:
+    def exchange(self, batches: dict[str, list[tuple]], now: float,
+                 results: dict[str, list[Any]] | None = None) -> dict[str, Line]:
+        """As LocalLineStore.exchange, under the region's lock."""
         region = self.region
         region.lock()
         try:
@@ -136,7 +153,9 @@ class ShmLineStore:
                 raw = stored.get(school)
                 line = Line.load(msgspec.msgpack.decode(raw), self.capacity) \
                     if raw is not None else Line(self.capacity)
-                apply(line, ops, now)
+                answers = apply(line, ops, now, self.rules)
+                if results is not None:
+                    results[school] = answers
                 stored[school] = msgspec.Raw(_ENCODE.encode(line.dump()))
                 out[school] = line
             self.full = not region.write(_ENCODE.encode(stored))
@@ -148,11 +167,14 @@ class ShmLineStore:
 # -- Redis ----------------------------------------------------------------------------------
 
 # KEYS: meta (last, serving, since), entries (vid hex -> fields),
-# admissions (second -> count), queues (worker -> [at, [[urgency, n]...]]).
-# ARGV: ops (JSON), capacity, grace, go_grace, window, report_ttl, expire.
+# admissions (second -> count), queues (worker -> [at, [[urgency, n]...]]),
+# spent (sorted set: vid hex scored by when it was spent), busy (busy
+# second -> 1).
+# ARGV: ops (JSON), capacity, grace, go_grace, window, report_ttl, expire,
+# keep, since.
 # The rules are those of gateway.waiting.line (sweep, then the ops in order);
 # returns the line as JSON: [last, serving, since, entries, admissions,
-# queues, now].
+# queues, now, spent (those spent after ARGV since: [[vid, at]...]), busy].
 LINE_SCRIPT = r"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
@@ -161,6 +183,9 @@ local m, e, a, q = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ops = cjson.decode(ARGV[1])
 local capacity, grace, go_grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, report_ttl, expire = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local keep, spent_since = tonumber(ARGV[8]), tonumber(ARGV[9])
+local sp, bz = KEYS[5], KEYS[6]
+redis.call('ZREMRANGEBYSCORE', sp, '-inf', string.format('%.17g', now - keep))
 local function parse(s)
   local f = {}
   for w in string.gmatch(s, '%S+') do f[#f + 1] = tonumber(w) end
@@ -221,10 +246,19 @@ for _, op in ipairs(ops) do
     end
   elseif kind == 'shown' then
     if f then f[5] = op[3]; f[6] = op[4]; redis.call('HSET', e, vid, fmt(f)) end
+  elseif kind == 'spend' then
+    if not redis.call('ZSCORE', sp, vid) and redis.call('ZCARD', sp) < capacity then
+      redis.call('ZADD', sp, string.format('%.17g', now), vid)
+    end
+  elseif kind == 'unspend' then
+    redis.call('ZREM', sp, vid)
   elseif kind == 'record' then
     if op[2] > 0 then redis.call('HINCRBY', a, math.floor(now), op[2]) end
   elseif kind == 'queue' then
     redis.call('HSET', q, op[2], cjson.encode({now, op[3]}))
+    local queued = false
+    for _, un in ipairs(op[3]) do if un[2] > 0 then queued = true end end
+    if queued or count > 0 then redis.call('HSET', bz, math.floor(now), 1) end
   end
 end
 local oldest = math.floor(now - window)
@@ -233,6 +267,11 @@ for i = 1, #adm, 2 do
   local s = tonumber(adm[i])
   if s < oldest then redis.call('HDEL', a, adm[i])
   else admissions[#admissions + 1] = {s, tonumber(adm[i + 1])} end
+end
+local bs, busy = redis.call('HKEYS', bz), {}
+for i = 1, #bs do
+  local s = tonumber(bs[i])
+  if s < oldest then redis.call('HDEL', bz, bs[i]) else busy[#busy + 1] = s end
 end
 local qs, queues = redis.call('HGETALL', q), {}
 for i = 1, #qs, 2 do
@@ -244,10 +283,13 @@ local list = {}
 for vid, f in pairs(entries) do
   list[#list + 1] = {vid, f[1], f[2], f[3], f[4], f[5], f[6]}
 end
-for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, expire) end
+local spent, sl = {}, redis.call('ZRANGEBYSCORE', sp, '(' .. string.format('%.17g', spent_since),
+                                  '+inf', 'WITHSCORES')
+for i = 1, #sl, 2 do spent[#spent + 1] = {sl[i], sl[i + 1]} end
+for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, math.max(expire, math.ceil(keep))) end
 local last = tonumber(redis.call('HGET', m, 'last')) or 0
 return cjson.encode({last, serving, string.format('%.17g', since), list, admissions, queues,
-                     string.format('%.17g', now)})
+                     string.format('%.17g', now), spent, busy})
 """
 
 
@@ -260,9 +302,11 @@ def school_tag(school: str) -> str:
 
 
 def line_keys(prefix: str, school: str) -> list[str]:
-    """The four keys of a school's line (meta, entries, admissions, queues)."""
+    """The six keys of a school's line (meta, entries, admissions, queues,
+    spent, busy)."""
     base = f"{prefix}{{{school_tag(school)}}}:line:"
-    return [base + part for part in ("meta", "entries", "admissions", "queues")]
+    return [base + part
+            for part in ("meta", "entries", "admissions", "queues", "spent", "busy")]
 
 
 def encode_ops(ops: list[tuple]) -> str:
@@ -270,7 +314,7 @@ def encode_ops(ops: list[tuple]) -> str:
     out = []
     for op in ops:
         kind = op[0]
-        if kind in ("draw", "seen", "call", "leave", "shown"):
+        if kind in ("draw", "seen", "call", "leave", "shown", "spend", "unspend"):
             out.append([kind, op[1].hex(), *op[2:]])
         elif kind == "queue":
             out.append([kind, op[1], [[u, n] for u, n in op[2].items()]])
@@ -280,8 +324,9 @@ def encode_ops(ops: list[tuple]) -> str:
 
 
 def decode_line(text: bytes | str, capacity: int = 100_000) -> tuple[Line, float]:
-    """The script's answer as (Line, Redis time)."""
-    last, serving, since, entries, admissions, queues, now = json.loads(text)
+    """The script's answer as (Line, Redis time); the line's `spent` holds
+    the spends the answer carried (those since the exchange's `since`)."""
+    last, serving, since, entries, admissions, queues, now, *rest = json.loads(text)
 
     def items(x: Any) -> list:  # cjson writes an empty array as {}
         return x if isinstance(x, list) else []
@@ -289,12 +334,18 @@ def decode_line(text: bytes | str, capacity: int = 100_000) -> tuple[Line, float
     data = [last, serving, float(since),
             [[bytes.fromhex(v), n, u, s, c, sh, ua] for v, n, u, s, c, sh, ua in items(entries)],
             items(admissions),
-            [[w, at, items(qq)] for w, at, qq in items(queues)]]
+            [[w, at, items(qq)] for w, at, qq in items(queues)],
+            [[bytes.fromhex(v), float(at)] for v, at in items(rest[0] if rest else [])],
+            items(rest[1] if len(rest) > 1 else [])]
     return Line.load(data, capacity), float(now)
 
 
-def script_args(ops: list[tuple], capacity: int) -> list[Any]:
-    return [encode_ops(ops), capacity, GRACE, GO_GRACE, WINDOW, REPORT_TTL, REDIS_EXPIRE]
+def script_args(ops: list[tuple], capacity: int, rules: Rules = DEFAULT_RULES,
+                since: float = 0.0) -> list[Any]:
+    """ARGV of LINE_SCRIPT; `since`: the Redis time after which spends are
+    returned (0: all still kept)."""
+    return [encode_ops(ops), capacity, rules.grace, rules.go_grace, WINDOW, REPORT_TTL,
+            REDIS_EXPIRE, rules.keep, since]
 
 
 class RedisLineStore:
@@ -302,16 +353,23 @@ class RedisLineStore:
 
     `client` is a redis.asyncio.Redis. Each exchange runs the script once per
     school, pipelined, and returns the lines and the offset of Redis's clock
-    from `now` (so the worker measures rates on Redis's time).
+    from `now` (so the worker measures rates on Redis's time). The spends a
+    school's answers carried are kept here (`spent`, until `rules.keep` has
+    passed) and handed on with each line.
     """
 
     shared = True
 
-    def __init__(self, client: Any, prefix: str, capacity: int = 100_000) -> None:
+    def __init__(self, client: Any, prefix: str, capacity: int = 100_000,
+                 rules: Rules = DEFAULT_RULES) -> None:
         self.client = client
         self.prefix = prefix
         self.capacity = capacity
+        self.rules = rules
         self.script = client.register_script(LINE_SCRIPT)
+        # School -> the Redis time of its last answer, and the spends known.
+        self.synced: dict[str, float] = {}
+        self.spent: dict[str, dict[bytes, float]] = {}
 
     async def aexchange(self, batches: dict[str, list[tuple]],
                         now: float) -> tuple[dict[str, Line], float]:
@@ -319,13 +377,22 @@ class RedisLineStore:
         schools = list(batches)
         for school in schools:
             # Queued on the pipeline (EVALSHA, loaded again if Redis lost it).
+            # A second's overlap: a spend made as the last answer was read.
+            since = max(self.synced.get(school, 0.0) - 1.0, 0.0)
             await self.script(keys=line_keys(self.prefix, school),
-                              args=script_args(batches[school], self.capacity), client=pipe)
+                              args=script_args(batches[school], self.capacity, self.rules,
+                                               since), client=pipe)
         answers = await pipe.execute()
         out: dict[str, Line] = {}
         offset = 0.0
         for school, text in zip(schools, answers, strict=True):
             line, redis_now = decode_line(text, self.capacity)
+            known = self.spent.setdefault(school, {})
+            known.update(line.spent)
+            for vid in [v for v, at in known.items() if redis_now - at >= self.rules.keep]:
+                del known[vid]
+            line.spent = known
+            self.synced[school] = redis_now
             out[school] = line
             offset = redis_now - now
         return out, offset

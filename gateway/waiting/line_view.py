@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.waiting.line import Line, apply
+from gateway.waiting.line import DEFAULT_RULES, Line, Rules, apply
 from gateway.waiting.line_store import LocalLineStore
 
 log = logging.getLogger("schoolgate.line")
@@ -77,6 +77,17 @@ class LineView:
     # -- what the shell asks ---------------------------------------------------------
 
     @property
+    def rules(self) -> Rules:
+        """The line's time limits (set on the store; see Admission._configure)."""
+        return getattr(self.store, "rules", DEFAULT_RULES)
+
+    @rules.setter
+    def rules(self, rules: Rules) -> None:
+        self.store.rules = rules
+        if self._fallback is not None:
+            self._fallback.rules = rules
+
+    @property
     def degraded(self) -> bool:
         """True while the shared store is away and this worker's line is local."""
         return self._fallback is not None
@@ -102,22 +113,15 @@ class LineView:
         now = self.now()
         store = self._fallback or (self.store if self._inline else None)
         if store is not None:
-            # This process's own lines: changed in place, nothing to send.
-            self.lines.update(store.exchange({school: [op]}, now))
-            return self._answer(school, op)
-        [result] = apply(self.line(school), [op], now)
+            # This process's own lines, or the instance's under its lock:
+            # the store's answer is the answer.
+            results: dict[str, list[Any]] = {}
+            self.lines.update(store.exchange({school: [op]}, now, results))
+            return results[school][-1]
+        [result] = apply(self.line(school), [op], now, self.rules)
         self._pending.setdefault(school, []).append(op)
         self._sync_soon()
         return result
-
-    def _answer(self, school: str, op: tuple) -> Any:
-        line = self.lines[school]
-        entry = line.entry(op[1]) if op[0] in ("draw", "seen") else None
-        if op[0] == "draw":
-            return 0 if entry is None else entry.number
-        if op[0] == "seen":
-            return entry is not None
-        return None
 
     # -- syncing -------------------------------------------------------------------------
 
@@ -213,13 +217,13 @@ class LineView:
         now = self.now()
         for school, line in lines.items():
             # Changes made here while the exchange was under way.
-            apply(line, list(self._pending.get(school, ())), now)
+            apply(line, list(self._pending.get(school, ())), now, self.rules)
             self.lines[school] = line
 
     def _degrade(self, batches: dict[str, list[tuple]], err: BaseException) -> None:
         log.warning("the shared waiting line is unreachable (%s): each worker keeps a local "
                     "line until it is back", err or type(err).__name__)
-        local = LocalLineStore(getattr(self.store, "capacity", 100_000))
+        local = LocalLineStore(getattr(self.store, "capacity", 100_000), self.rules)
         local.lines = self.lines
         self._offset = 0.0
         self._fallback = local
@@ -230,12 +234,15 @@ class LineView:
             del ops[:]
 
     async def _try_again(self) -> None:
-        """Redis again: send the visitors who joined meanwhile as new draws."""
+        """Redis again: send the visitors who joined meanwhile as new draws,
+        and the tickets spent meanwhile."""
         redraw: dict[str, list[tuple]] = {}
         for school, line in self.lines.items():
             entries = sorted(line.by_vid.items(), key=lambda kv: kv[1].key())
             redraw[school] = [("draw", vid, e.urgency) for vid, e in entries
                               if not e.called_at]
+            # Tickets spent meanwhile stay spent (those already there are kept).
+            redraw[school] += [("spend", vid) for vid in line.spent]
         try:
             lines, offset = await asyncio.wait_for(
                 self.store.aexchange(redraw, self.clock()), self.timeout)

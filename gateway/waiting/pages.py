@@ -33,6 +33,7 @@ import msgspec
 
 from . import loader
 from .i18n import error_text, eta_table, eta_text, text
+from .line import POLL_MIN
 from .negotiate import choose_language, prefers, wants_json
 from .safe import html_text, same_origin_path, script_json
 
@@ -60,7 +61,7 @@ _CSP_BASE: Final = (
 
 # Poll bounds in seconds: often enough that a freed place is used promptly,
 # rarely enough that a full queue polling is cheap next to page loads.
-_POLL_MIN: Final = 2
+_POLL_MIN: Final = POLL_MIN
 _POLL_FIRST_MAX: Final = 10
 _POLL_MAX: Final = 30
 
@@ -121,6 +122,9 @@ def _wait_fields(
             "status": status,
             "url": url,
             "every": min(max(retry_after, _POLL_MIN), _POLL_FIRST_MAX),
+            # The estimate the page shows, in seconds (what the status
+            # endpoint's "eta" says; None: not known).
+            "wait": _finite(eta, 1),
             "min": _POLL_MIN,
             "max": _POLL_MAX,
             "eta": {"steps": steps, "beyond": beyond, "unknown": text(lang, "eta.unknown")},

@@ -18,6 +18,7 @@ import random
 import select
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -27,12 +28,14 @@ from test_admission_support import (
     HTML_ACCEPT,
     JSON_ACCEPT,
     PROBE_HEADER,
+    SECRET,
     classes,
     hold,
     send,
     ticket_cookie,
 )
 
+from gateway.waiting import TicketSigner, new_visitor_id
 from gateway.waiting.line import Line, apply
 from gateway.waiting.line_store import RedisLineStore
 from tests.support.clients import request, wait_until
@@ -214,3 +217,55 @@ def test_four_workers_show_every_visitor_one_place(make_gateway, gate):
         for i, cookie in enumerate(visitors):
             assert _state(gw.port, cookie) == ("wait", i + 1)
 
+
+
+# -- a ticket is spent once, fleet-wide --------------------------------------------------------
+
+
+def _cleared(resp) -> bool:
+    """The response clears the ticket cookie: the request got in with it."""
+    return any(c.startswith("schoolgate_ticket=;") for c in resp.headers_named("Set-Cookie"))
+
+
+def test_a_replayed_ticket_gets_in_once_across_four_workers(make_gateway, gate):
+    gw = make_gateway(upstreams=[gate.addr], school={"max_inflight": 16}, classes=classes(),
+                      admission={"secret": SECRET}, server={"workers": 4})
+    now = time.time()
+    value = TicketSigner(SECRET.encode()).issue("school", new_visitor_id(), now - 30, now)
+    cookie = ("Cookie", f"schoolgate_ticket={value}")
+    # Each request on a new connection: they land on all four workers.
+    answers = [request(gw.port, "GET", f"/lesson/{i}", headers=[HTML_ACCEPT, cookie])
+               for i in range(24)]
+    assert [a.status for a in answers] == [200] * 24
+    # The first got in with the ticket; every replay came in as a new arrival.
+    assert [_cleared(a) for a in answers] == [True] + [False] * 23
+
+
+def test_a_ticket_spent_at_instance_a_is_refused_at_b(make_gateway, gate, redis_url):
+    a = _instance(make_gateway, gate, redis_url, "spent:")
+    b = _instance(make_gateway, gate, redis_url, "spent:")
+    hold_a = hold(a.port, gate, "a")
+    hold_b = hold(b.port, gate, "b")
+    cookie = ticket_cookie(turned_away(a.port))
+    assert wait_until(lambda: _state(b.port, cookie)[0] == "wait", 5.0)
+    gate.release("a")
+    assert hold_a.recv_response().status == 200
+    assert _state(a.port, cookie)[0] == "go"
+    back = request(a.port, "GET", "/lesson/in", headers=[HTML_ACCEPT, ("Cookie", cookie)])
+    assert back.status == 200 and _cleared(back)
+    # B learns of the spend at its next sync: a visitor who joins at A after
+    # it shows up at B only in an answer that carries the spend too.
+    hold_a = hold(a.port, gate, "a2")
+    later = ticket_cookie(turned_away(a.port))
+    assert wait_until(lambda: _state(b.port, later)[0] == "wait", 5.0)
+    gate.release("b")
+    assert hold_b.recv_response().status == 200
+    replay = request(b.port, "GET", "/lesson/replay", headers=[HTML_ACCEPT, ("Cookie", cookie)])
+    assert replay.status == 200 and not _cleared(replay)
+    gate.release("a2")
+    assert hold_a.recv_response().status == 200
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.zcard("spent:{school}:line:spent") == 1
+    finally:
+        client.close()

@@ -1,4 +1,4 @@
-"""AdmissionController and WaitingRoom over a config, with a fake clock."""
+"""AdmissionController over a config, with a fake clock."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from gateway.admission import (
     QUEUED,
     REJECTED,
     AdmissionController,
-    WaitingRoom,
 )
 from gateway.config.schema import (
     Admission,
@@ -134,73 +133,6 @@ def test_per_client_bucket_rejects_the_flooding_client_only():
     assert other.state in (ADMITTED, QUEUED)
 
 
-# -- waiting room ------------------------------------------------------------------
-
-def full_school():
-    c = controller(make_school(max_inflight=1))
-    held = c.request(0, c.class_index("interactive"), None, MONDAY_NOON)
-    return c, held
-
-
-def test_waiting_room_lets_earliest_visitor_go_when_a_slot_frees():
-    c, held = full_school()
-    room = WaitingRoom(c)
-    now = MONDAY_NOON
-    room.join(0, b"late", now - 5, now)
-    room.join(0, b"early", now - 10, now)
-    assert room.status(0, b"early", now)[:2] == ("wait", 1)
-    assert room.status(0, b"late", now)[:2] == ("wait", 2)
-    assert c.release(held, now + 1) == []
-    assert room.status(0, b"late", now + 1)[0] == "wait"
-    assert room.status(0, b"early", now + 1) == ("go", 0, 0.0)
-    # The slot is promised to "early" for the grace period.
-    assert room.status(0, b"late", now + 2)[:2] == ("wait", 1)
-    back = c.request(0, c.class_index("interactive"), None, now + 2, arrived_at=now - 10)
-    room.leave(0, b"early")
-    assert back.state == ADMITTED and back.arrived_at == now - 10
-    assert len(room) == 1
-
-
-def test_waiting_room_counts_the_live_queue_ahead():
-    c, _ = full_school()
-    queued = c.request(0, 0, None, MONDAY_NOON)
-    assert queued.state == QUEUED
-    room = WaitingRoom(c)
-    room.join(0, b"v", MONDAY_NOON, MONDAY_NOON)
-    state, position, eta = room.status(0, b"v", MONDAY_NOON)
-    assert (state, position) == ("wait", 2) and eta > 0
-
-
-def test_waiting_room_position_ignores_later_arrivals_of_its_class():
-    c, _ = full_school()
-    interactive = c.class_index("interactive")
-    before = c.request(0, interactive, None, MONDAY_NOON - 5)
-    later = c.request(0, interactive, None, MONDAY_NOON)
-    assert before.state == later.state == QUEUED
-    room = WaitingRoom(c)
-    room.join(0, b"v", MONDAY_NOON - 2, MONDAY_NOON, klass=interactive)
-    state, position, _ = room.status(0, b"v", MONDAY_NOON)
-    # Behind the request from five seconds earlier, not the one after it.
-    assert (state, position) == ("wait", 2)
-
-
-def test_waiting_room_forgets_silent_visitors_and_bounds_size():
-    c, _ = full_school()
-    room = WaitingRoom(c, forget_after=10.0, max_visitors=2)
-    assert room.join(0, b"a", MONDAY_NOON, MONDAY_NOON)
-    assert room.join(0, b"b", MONDAY_NOON, MONDAY_NOON)
-    assert not room.join(0, b"c", MONDAY_NOON, MONDAY_NOON)
-    assert room.touch(0, b"a", MONDAY_NOON + 8)
-    room.status(0, b"a", MONDAY_NOON + 11)
-    assert len(room) == 1 and not room.touch(0, b"b", MONDAY_NOON + 11)
-    assert room.join(0, b"c", MONDAY_NOON + 11, MONDAY_NOON + 11)
-
-
-def test_unknown_visitor_is_sent_back_to_the_queue():
-    c, _ = full_school()
-    assert WaitingRoom(c).status(0, b"stranger", MONDAY_NOON) == ("go", 0, 0.0)
-
-
 def test_window_night_is_unrestricted():
     school_day = Window(start="07:30", end="16:00", tz="Europe/Berlin", max_share=0.1)
     c = controller(make_school(max_inflight=10),
@@ -288,18 +220,3 @@ def test_failed_reconfigure_keeps_the_running_state():
     assert c.request(0, inter, None, MONDAY_NOON).state == QUEUED
     assert c.release(held[0], MONDAY_NOON + 1)[0].state == ADMITTED
 
-
-def test_waiting_room_follows_renumbered_schools_and_classes():
-    c = controller(make_school("a", max_inflight=1), make_school("b", max_inflight=1))
-    room = WaitingRoom(c)
-    inter = c.class_index("interactive")
-    c.request(1, inter, None, MONDAY_NOON)
-    assert room.join(1, b"v1", MONDAY_NOON, MONDAY_NOON, klass=inter)
-    assert room.join(0, b"gone", MONDAY_NOON, MONDAY_NOON)
-    assert room.status(1, b"v1", MONDAY_NOON)[0] == "wait"
-    c.reconfigure(config(make_school("b", max_inflight=1), make_school("c")), MONDAY_NOON)
-    # b is now school 0; a's visitors are forgotten; classes are unchanged.
-    room.renumber([-1, 0], [0, 1, 2])
-    assert len(room) == 1
-    assert room.status(0, b"v1", MONDAY_NOON + 1)[0] == "wait"
-    assert room.status(1, b"v1", MONDAY_NOON + 1) == ("go", 0, 0.0)  # unknown there

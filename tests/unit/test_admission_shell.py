@@ -25,7 +25,7 @@ from gateway.proxy.app import App
 from gateway.proxy.client import ClientProtocol
 from gateway.proxy.exchange import ADMITTING, CONNECTING, CONTINUE_100, RECEIVING, Exchange
 from gateway.proxy.spool import STATS
-from gateway.waiting import SpentTickets, TicketSigner, new_visitor_id
+from gateway.waiting import TicketSigner, new_visitor_id
 from tests.support.transport import MockTransport
 
 SECRET = "unit-test-secret-0123456789"
@@ -702,7 +702,8 @@ def test_expired_ticket_is_a_new_arrival(run):
 
 def test_a_full_spent_record_honours_no_ticket(run):
     def body(s: Shell) -> None:
-        s.admission.spent = SpentTickets(capacity=1)
+        # The spent record is kept in the school's line, bounded by its capacity.
+        s.admission.line.store.capacity = 1
         _, _, holder = s.get("/one")
         s.get("/a")
         s.get("/first", _cookie(60))  # spent: the record is full from here on

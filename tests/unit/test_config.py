@@ -342,6 +342,19 @@ def test_redis_url_and_retry_bounds():
     assert exc.key_path == "admission.min_retry"
 
 
+def test_line_grace_periods_outlast_the_pages_poll_interval():
+    adm = parse(SCHOOL).admission
+    assert (adm.waiting_grace, adm.called_grace, adm.call_ahead) == (30.0, 15.0, 2.0)
+    adm = parse("[admission]\nwaiting_grace = 60\ncalled_grace = 11\ncall_ahead = 0\n"
+                + SCHOOL).admission
+    assert (adm.waiting_grace, adm.called_grace, adm.call_ahead) == (60.0, 11.0, 0.0)
+    for key in ("waiting_grace", "called_grace"):
+        exc = error(f"[admission]\n{key} = 10\n" + SCHOOL)
+        assert exc.key_path == f"admission.{key}"
+        assert "poll" in exc.message
+    assert error("[admission]\ncall_ahead = -1\n" + SCHOOL).key_path == "admission.call_ahead"
+
+
 def test_ticket_secret_must_not_be_guessable():
     assert error('[admission]\nsecret = "short"\n' + SCHOOL).key_path == "admission.secret"
     assert parse('[admission]\nsecret = "' + "k" * 16 + '"\n' + SCHOOL).admission.secret

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from gateway.waiting.line import GO_GRACE, GRACE, WINDOW, Line, apply
+from gateway.waiting.line import GO_GRACE, GRACE, WINDOW, Line, Rules, apply
 from gateway.waiting.line_store import LocalLineStore, Region, ShmLineStore
 from gateway.waiting.line_view import LineView
 
@@ -259,3 +259,63 @@ def test_view_over_shared_memory_applies_at_once_and_syncs_with_the_others():
     assert line.ahead(b"b") == 1
     # one's measurements arrived with its sync.
     assert line.rate(T0) > 0 and line.queued_ahead(10, T0, exclude="two") == 1
+
+
+# -- spent tickets -----------------------------------------------------------------------------
+
+
+def test_a_ticket_is_spent_once_until_every_copy_has_lapsed():
+    line = Line(capacity=2)
+    assert line.spend(b"a", T0, keep=60) is True
+    assert line.spend(b"a", T0 + 1, keep=60) is False  # a replay
+    assert line.is_spent(b"a", T0 + 59, keep=60)
+    # Past `keep` every copy of the cookie has lapsed: the id is forgotten.
+    assert not line.is_spent(b"a", T0 + 60, keep=60)
+    assert line.spend(b"a", T0 + 60, keep=60) is True
+    # Taken back (its request never got in): worth its place again.
+    assert line.unspend(b"a") and not line.is_spent(b"a", T0 + 61, keep=60)
+    # A full record spends nothing more (the caller then honours no ticket).
+    line.spend(b"b", T0 + 61, keep=60)
+    line.spend(b"c", T0 + 61, keep=60)
+    assert line.spent_full(T0 + 62, keep=60) and line.spend(b"d", T0 + 62, keep=60) is False
+    assert not line.spent_full(T0 + 122, keep=60)
+    copy = Line.load(line.dump())
+    assert copy.spent == line.spent
+
+
+def test_apply_spends_by_the_rules_keep_and_sweeps_old_spends():
+    rules = Rules(keep=10.0)
+    line = Line()
+    assert apply(line, [("spend", b"a"), ("spend", b"a")], T0, rules) == [True, False]
+    apply(line, [], T0 + 11, rules)
+    assert line.spent == {}
+    assert apply(line, [("spend", b"a"), ("unspend", b"a"), ("spend", b"a")], T0 + 12,
+                 rules) == [True, True, True]
+
+
+def test_forked_workers_spend_a_ticket_once_between_them():
+    # Eight worker processes each try to spend the same three tickets: each
+    # ticket is spent by exactly one of them (the region's lock).
+    region = Region(1 << 20)
+    pids, reads = [], []
+    for _ in range(8):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                view = LineView(ShmLineStore(region), "w", dict, clock=lambda: T0)
+                won = [bool(view.change("s", ("spend", v))) for v in (b"x", b"y", b"z")]
+                os.write(w, bytes(won))
+            finally:
+                os._exit(0)
+        os.close(w)
+        pids.append(pid)
+        reads.append(r)
+    wins = [0, 0, 0]
+    for pid, r in zip(pids, reads, strict=True):
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        got = os.read(r, 3)
+        os.close(r)
+        wins = [a + b for a, b in zip(wins, got, strict=True)]
+    assert wins == [1, 1, 1]
