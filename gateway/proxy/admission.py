@@ -83,9 +83,10 @@ from gateway._native.stats import PAGE_429, PAGE_WAITING
 from gateway.admission import ADMITTED, QUEUED, AdmissionController
 from gateway.admission.allotment import AllotmentTask
 from gateway.proxy.exchange import PAUSE_ADMISSION
+from gateway.shared.region import inherited
 from gateway.waiting import TicketSigner, cookie_header, new_visitor_id, read_cookie
 from gateway.waiting.line import POLL_MAX, POLL_MIN, Rules
-from gateway.waiting.line_store import LocalLineStore, ShmLineStore, region
+from gateway.waiting.line_store import LocalLineStore, ShmLineStore
 from gateway.waiting.line_view import Inputs, LineView
 
 if TYPE_CHECKING:
@@ -122,16 +123,20 @@ def process_secret(fleet: bytes | None = None) -> bytes:
     return _process_secret
 
 
-def line_store(cfg: Config) -> object:
-    """Where this worker's waiting lines live: Redis with `[redis] url`, else
-    the instance's shared memory region (made by the supervisor before it
-    forked), else this process (an App built without a supervisor)."""
+def line_store(cfg: Config, redis: object | None = None) -> object:
+    """Where this worker's waiting lines live: Redis with `[redis] url`
+    (through `redis`, the worker's client, when given: one connection pool
+    per worker), else the "line" segment of the instance's shared memory
+    region (made by the supervisor before it forked), else this process (an
+    App built without a supervisor)."""
     if cfg.redis.url:
-        from gateway.waiting.line_store import RedisLineStore, redis_client
+        from gateway.shared.redis import client
+        from gateway.waiting.line_store import RedisLineStore
 
-        return RedisLineStore(redis_client(cfg.redis, timeout=1.0), cfg.redis.prefix)
-    shared = region()
-    return ShmLineStore(shared) if shared is not None else LocalLineStore()
+        return RedisLineStore(redis if redis is not None else client(cfg.redis),
+                              cfg.redis.prefix)
+    shared = inherited()
+    return ShmLineStore(shared.segment("line")) if shared is not None else LocalLineStore()
 
 
 class Admission:
@@ -139,14 +144,15 @@ class Admission:
     outlives reloads (see reconfigure)."""
 
     def __init__(self, app: App, cfg: Config,
-                 allotment: AllotmentTask | None = None) -> None:
+                 allotment: AllotmentTask | None = None, redis: object | None = None) -> None:
         """`allotment` sets the part of each limit this worker enforces
-        (AdmissionController; default: the whole limits)."""
+        (AdmissionController; default: the whole limits); `redis`: the
+        worker's Redis client, for the shared lines (see line_store)."""
         self.controller = AdmissionController(cfg, time.time(), allotment)
         # The waiting lines, shared by every worker (and instance) using the
         # same store; admissions measured by name, kept across reloads.
         self._admitted: dict[str, int] = {}
-        self.line = LineView(line_store(cfg), f"{socket.gethostname()}:{os.getpid()}",
+        self.line = LineView(line_store(cfg, redis), f"{socket.gethostname()}:{os.getpid()}",
                              self._line_inputs, interval=cfg.redis.sync_interval)
         # Queued requests holding a ticket's spend, taken back if they never
         # get in: scheduler Ticket -> (school name, visitor id).

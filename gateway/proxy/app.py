@@ -97,12 +97,14 @@ class App:
     def __init__(self, cfg: Config, servers: dict[str, UpstreamServer] | None = None,
                  worker: int = 0, workers: int | None = None,
                  admission: Admission | None = None,
-                 allotment: AllotmentTask | None = None) -> None:
+                 allotment: AllotmentTask | None = None, redis: object | None = None) -> None:
         """`servers` and `admission` come from the App a reload replaces;
         nothing of theirs changes until take_over() (so a failed build leaves
         the running config untouched). `allotment`: the task that sets this
         worker's part of the limits when the admission is made here
-        (default StaticAllotment(worker, workers))."""
+        (default StaticAllotment(worker, workers)); `redis`: the worker's
+        Redis client (gateway.shared.redis.client), which the waiting lines
+        use too (one connection pool per worker)."""
         self.cfg = cfg
         self.limits = cfg.limits
         self.timeouts = cfg.timeouts
@@ -165,7 +167,8 @@ class App:
         # controller holds the whole config, the allotment task sets the
         # shares (at start and on every reload).
         if admission is None:
-            admission = Admission(self, cfg, allotment or StaticAllotment(worker, workers))
+            admission = Admission(self, cfg, allotment or StaticAllotment(worker, workers),
+                                  redis=redis)
         self.admission = admission
         # The typed view of this config the native protocol objects read
         # (limits, timeouts, via, draining, the admission core) and that

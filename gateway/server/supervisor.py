@@ -184,7 +184,7 @@ def run(config_path: str) -> int:
     # Made before forking, so every worker signs waiting-room tickets with
     # the same key when the config sets none.
     from gateway.proxy.admission import process_secret
-    from gateway.waiting.line_store import fleet_secret, prepare_region
+    from gateway.waiting.line_store import fleet_secret
     fleet = None
     if cfg.redis.url and not cfg.admission.secret:
         # Every instance naming this Redis signs with the key kept there.
@@ -193,10 +193,6 @@ def run(config_path: str) -> int:
             log.warning("redis.url: Redis unreachable at start, so waiting-room tickets are "
                         "signed with a key of this instance only (set [admission] secret)")
     process_secret(fleet)
-    if not cfg.redis.url:
-        # The waiting lines shared by this instance's workers (made before
-        # forking, so every worker maps the same memory).
-        prepare_region()
     preload()
 
     watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}

@@ -84,7 +84,9 @@ class Worker:
         # Limits shared with the other workers (shared memory) or instances
         # (Redis); None: this worker's static part (gateway/shared/ledger.py).
         allotment, self.ledger = shared_allotment(cfg, index, inherited())
-        self.app = App(cfg, worker=index, workers=self.workers, allotment=allotment)
+        # The waiting lines use the ledger's Redis client: one pool per worker.
+        self.app = App(cfg, worker=index, workers=self.workers, allotment=allotment,
+                       redis=getattr(self.ledger, "client", None))
         self.warnings = RateLimitedLog(log, cfg.log.warn_burst, cfg.log.warn_interval)
         self.access = AccessLog(cfg.log, self.warnings)
         # What asyncio/uvloop log per connection on their own, limited too.

@@ -19,7 +19,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .tickets import (
-    SpentTickets,
     Ticket,
     TicketSigner,
     cookie_header,
@@ -61,7 +60,7 @@ def clear_cache() -> None:
 
 
 __all__ = [
-    "Kind", "Page", "SpentTickets", "Ticket", "TicketSigner", "choose_language", "clear_cache",
+    "Kind", "Page", "Ticket", "TicketSigner", "choose_language", "clear_cache",
     "cookie_header", "new_visitor_id", "read_cookie", "render", "render_status_json",
     "wants_json",
 ]

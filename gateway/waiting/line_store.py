@@ -10,15 +10,18 @@ the workers of one instance refuse a replay exactly).
 
 - `LocalLineStore`: the lines in this process (one worker and no shared
   region, or the fallback while Redis is away).
-- `ShmLineStore`: the lines of one instance in a shared memory region made
-  by the supervisor before it forks the workers (`prepare_region`): a memfd
-  holding the lines msgpack-encoded, guarded by a POSIX record lock
-  (fcntl.lockf), which the kernel releases if its holder dies.
+- `ShmLineStore`: the lines of one instance in the "line" segment of the
+  shared memory region the supervisor made before it forked the workers
+  (gateway/shared/region.py, `inherited()`): the lines msgpack-encoded
+  (one encoded value per school, so an exchange decodes only the schools it
+  touches), under the segment's POSIX record lock, which the kernel drops
+  if its holder dies.
 - `RedisLineStore`: the lines of every instance naming the same Redis. One
   Lua script per school and exchange applies the batch with Redis's own
   clock (TIME, so instances' clocks do not matter) and returns the line.
-  A school's keys are `{prefix}{<school tag>}:line:<part>`: the hash tag
-  keeps them in one Redis Cluster slot, so the script may touch them all.
+  A school's keys are `<prefix>{school:<name>}:line:<part>`
+  (gateway.shared.redis.key): the hash tag keeps them in one Redis Cluster
+  slot with the school's shared limits, so the script may touch them all.
   Spent tickets are a sorted set by spending time; each answer carries only
   the spends since the worker's last exchange, which the store adds to what
   it knew (so a replay at another instance is refused once that instance
@@ -27,23 +30,19 @@ the workers of one instance refuse a replay exactly).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import mmap
 import os
-import struct
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gateway.shared.redis import key
 from gateway.waiting.line import DEFAULT_RULES, REPORT_TTL, WINDOW, Line, Rules, apply
 
 if TYPE_CHECKING:
     from gateway.config.schema import Redis
+    from gateway.shared.region import Segment
 
-# Default size of the shared region (sparse: only what is written takes memory).
-REGION_SIZE = 64 << 20
-_LEN = struct.Struct("!Q")
 # Idle lines vanish from Redis this long after their last change.
 REDIS_EXPIRE = 24 * 3600
 
@@ -74,68 +73,24 @@ class LocalLineStore:
         return out
 
 
-class Region:
-    """A shared memory region and its lock, inherited by forked workers."""
-
-    def __init__(self, size: int = REGION_SIZE) -> None:
-        self.fd = os.memfd_create("schoolgate-lines", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
-        self.size = size
-        self.map = mmap.mmap(self.fd, size)
-
-    def read(self) -> bytes:
-        (n,) = _LEN.unpack_from(self.map, 0)
-        return bytes(self.map[_LEN.size:_LEN.size + n]) if n else b""
-
-    def write(self, data: bytes) -> bool:
-        if _LEN.size + len(data) > self.size:
-            return False
-        self.map[_LEN.size:_LEN.size + len(data)] = data
-        _LEN.pack_into(self.map, 0, len(data))
-        return True
-
-    def lock(self) -> None:
-        import fcntl
-        fcntl.lockf(self.fd, fcntl.LOCK_EX)
-
-    def unlock(self) -> None:
-        import fcntl
-        fcntl.lockf(self.fd, fcntl.LOCK_UN)
-
-
-_region: Region | None = None
-
-
-def prepare_region(size: int = REGION_SIZE) -> Region:
-    """The instance's shared region: made once, before the workers fork."""
-    global _region
-    if _region is None:
-        _region = Region(size)
-    return _region
-
-
-def region() -> Region | None:
-    """The region prepared by this process or its parent (None: none)."""
-    return _region
-
-
-_RAW = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 _ENCODE = msgspec.msgpack.Encoder()
 
 
 class ShmLineStore:
-    """The lines of one instance, in a shared Region.
+    """The lines of one instance, in a shared memory Segment (the "line"
+    segment of the instance's region: gateway.shared.region).
 
-    An exchange decodes only the schools it touches; a region too small for
+    The segment holds {school name: the school's Line.dump(), msgpack-encoded}:
+    an exchange decodes only the schools it touches. A segment too small for
     the lines keeps them as they were and says so (`full`): draws then find
     no place until visitors leave.
     """
 
     shared = True
 
-    def __init__(self, region: Region, capacity: int = 100_000,
+    def __init__(self, segment: Segment, capacity: int = 100_000,
                  rules: Rules = DEFAULT_RULES) -> None:
-        self.region = region
+        self.segment = segment
         self.capacity = capacity
         self.rules = rules
         self.full = False
@@ -143,12 +98,9 @@ class ShmLineStore:
     def exchange(self, batches: dict[str, list[tuple]], now: float,
                  results: dict[str, list[Any]] | None = None) -> dict[str, Line]:
         """As LocalLineStore.exchange, under the region's lock."""
-        region = self.region
-        region.lock()
-        try:
-            data = region.read()
-            stored: dict[str, Any] = dict(_RAW.decode(data)) if data else {}
-            out: dict[str, Line] = {}
+        out: dict[str, Line] = {}
+        with self.segment.locked():
+            stored: dict[str, bytes] = self.segment.load() or {}
             for school, ops in batches.items():
                 raw = stored.get(school)
                 line = Line.load(msgspec.msgpack.decode(raw), self.capacity) \
@@ -156,11 +108,13 @@ class ShmLineStore:
                 answers = apply(line, ops, now, self.rules)
                 if results is not None:
                     results[school] = answers
-                stored[school] = msgspec.Raw(_ENCODE.encode(line.dump()))
+                stored[school] = _ENCODE.encode(line.dump())
                 out[school] = line
-            self.full = not region.write(_ENCODE.encode(stored))
-        finally:
-            region.unlock()
+            try:
+                self.segment.store(stored)
+                self.full = False
+            except ValueError:
+                self.full = True
         return out
 
 
@@ -293,20 +247,14 @@ return cjson.encode({last, serving, string.format('%.17g', since), list, admissi
 """
 
 
-def school_tag(school: str) -> str:
-    """The Redis Cluster hash tag of a school: its name, unless the name has
-    a brace (which would end the tag early); then a digest of it."""
-    if "{" in school or "}" in school or not school:
-        return hashlib.sha256(school.encode()).hexdigest()[:16]
-    return school
+LINE_PARTS = ("meta", "entries", "admissions", "queues", "spent", "busy")
 
 
 def line_keys(prefix: str, school: str) -> list[str]:
     """The six keys of a school's line (meta, entries, admissions, queues,
-    spent, busy)."""
-    base = f"{prefix}{{{school_tag(school)}}}:line:"
-    return [base + part
-            for part in ("meta", "entries", "admissions", "queues", "spent", "busy")]
+    spent, busy): ``<prefix>{school:<name>}:line:<part>``, in the school's
+    hash-tag scope (gateway.shared.redis.key), beside its shared limits."""
+    return [key(prefix, school, "line:" + part) for part in LINE_PARTS]
 
 
 def encode_ops(ops: list[tuple]) -> str:
@@ -398,14 +346,6 @@ class RedisLineStore:
         return out, offset
 
 
-def redis_client(cfg: Redis, timeout: float = 1.0) -> Any:
-    """An asyncio Redis client for `[redis] url` (redis://, rediss://, unix://)."""
-    import redis.asyncio as aioredis
-
-    return aioredis.Redis.from_url(cfg.url, socket_timeout=timeout,
-                                   socket_connect_timeout=timeout)
-
-
 def fleet_secret(cfg: Redis, timeout: float = 2.0) -> bytes | None:
     """The ticket key every instance naming this Redis shares, made by the
     first to ask (SET NX) when the config sets no `[admission] secret`;
@@ -428,14 +368,9 @@ __all__ = [
     "LINE_SCRIPT",
     "LocalLineStore",
     "RedisLineStore",
-    "Region",
     "ShmLineStore",
     "decode_line",
     "fleet_secret",
     "line_keys",
-    "prepare_region",
-    "redis_client",
-    "region",
-    "school_tag",
     "script_args",
 ]

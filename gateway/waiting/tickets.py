@@ -25,9 +25,11 @@ A ticket is worth one admission, and only while its visitor waits:
   away again, and when the status endpoint finds them waiting in the room.
   A visitor who stops waiting keeps their place for at most the TTL after
   the last re-issue; then the ticket lapses and they are a new arrival.
-- The request that gets in with the ticket spends it (`SpentTickets`): its
-  id is remembered until every copy has expired, so a replayed cookie, or
-  a second tab's, lines up by its own arrival like any other request.
+- The request that gets in with the ticket spends it in the school's shared
+  line (gateway.waiting.line.Line.spend): its id is remembered until every
+  copy has expired, by every worker and instance sharing the line, so a
+  replayed cookie, or a second tab's, lines up by its own arrival like any
+  other request.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import hmac
 import re
 import secrets
 import struct
-from collections import OrderedDict
 from typing import Final, NamedTuple
 
 _VERSION: Final = 1
@@ -166,85 +167,6 @@ class TicketSigner:
         return Ticket(visitor_id, arrived_at, issued_at)
 
 
-class SpentTickets:
-    """Ids of tickets already used to get in, kept until every copy has expired.
-
-    Keys are (school, visitor_id); see the module docstring for why the
-    visitor id is the ticket's id. `spend()` records an id until `until`
-    (the latest expiry any copy of that ticket can have); `holder` is an
-    opaque object the caller may attach, e.g. the request still waiting with
-    the ticket, so that it can void the spend (`refund`) if that request
-    never gets in.
-
-    Memory is bounded: at most `capacity` ids, dropped once past their
-    `until` (from the front of the spending order, amortised over the
-    calls). A full record refuses to spend (`spend` returns False) and says
-    so (`full`), and the caller then honours no ticket until room frees up:
-    a visitor then loses their place, but a replay never gains one.
-
-    Pure object: `now` (seconds, the caller's clock) is passed in.
-    """
-
-    __slots__ = ("_capacity", "_entries")
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be positive")
-        self._capacity = capacity
-        # key -> (until, holder), in spending order.
-        self._entries: OrderedDict[tuple[str, bytes], tuple[float, object]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _forget_expired(self, now: float) -> None:
-        # Spending order is expiry order as long as `until - now` is the same
-        # for every spend; when it is not (a reload changed the TTL, the clock
-        # stepped back), a later entry waits for the ones before it: kept
-        # longer than needed, never dropped early.
-        entries = self._entries
-        while entries:
-            key, (until, _) = next(iter(entries.items()))
-            if until > now:
-                return
-            del entries[key]
-
-    def lookup(self, school: str, visitor_id: bytes, now: float) -> tuple[bool, object]:
-        """(spent, holder): whether the id was spent and has not expired yet."""
-        self._forget_expired(now)
-        entry = self._entries.get((school, visitor_id))
-        if entry is None or not entry[0] > now:
-            return False, None
-        return True, entry[1]
-
-    def full(self, now: float) -> bool:
-        """Whether nothing more can be spent before some entry expires."""
-        self._forget_expired(now)
-        return len(self._entries) >= self._capacity
-
-    def spend(self, school: str, visitor_id: bytes, until: float, now: float,
-              holder: object = None) -> bool:
-        """Remember the id as spent until `until`; False (nothing recorded)
-        when full. Spending an id again keeps the later `until` and the new
-        holder."""
-        self._forget_expired(now)
-        key = (school, visitor_id)
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries[key] = (max(until, entry[0]), holder)
-            self._entries.move_to_end(key)
-            return True
-        if len(self._entries) >= self._capacity:
-            return False
-        self._entries[key] = (until, holder)
-        return True
-
-    def refund(self, school: str, visitor_id: bytes) -> None:
-        """Forget a spend whose request never got in: the ticket is worth what
-        it was before."""
-        self._entries.pop((school, visitor_id), None)
-
-
 def cookie_header(name: str, value: str, max_age: int, secure: bool) -> bytes:
     """A Set-Cookie header value for the ticket cookie.
 
@@ -279,5 +201,5 @@ def read_cookie(cookie_header: bytes, name: str) -> str | None:
     return None
 
 
-__all__ = ["SpentTickets", "Ticket", "TicketSigner", "cookie_header", "new_visitor_id",
+__all__ = ["Ticket", "TicketSigner", "cookie_header", "new_visitor_id",
            "read_cookie"]

@@ -107,7 +107,7 @@ def test_redis_script_keeps_the_line_by_the_models_rules(redis_url):
             assert sum(got.admissions.values()) == sum(model.admissions.values())
             # One cluster slot for the school: every key carries its hash tag.
             keys = [k.decode() for k in await client.keys("test:*")]
-            assert keys and all(k.startswith("test:{s}:line:") for k in keys)
+            assert keys and all(k.startswith("test:{school:s}:line:") for k in keys)
         finally:
             await client.aclose()
 
@@ -175,8 +175,9 @@ def test_a_ticket_from_instance_a_is_honoured_by_b_in_order(make_gateway, gate, 
     # The fleet's admissions are counted in Redis, under the school's hash tag.
     client = redis.Redis.from_url(redis_url)
     try:
-        assert sum(int(v) for v in client.hgetall("fleet:{school}:line:admissions").values()) >= 4
-        assert int(client.hget("fleet:{school}:line:meta", "last")) == 3
+        counts = client.hgetall("fleet:{school:school}:line:admissions")
+        assert sum(int(v) for v in counts.values()) >= 4
+        assert int(client.hget("fleet:{school:school}:line:meta", "last")) == 3
     finally:
         client.close()
 
@@ -266,6 +267,6 @@ def test_a_ticket_spent_at_instance_a_is_refused_at_b(make_gateway, gate, redis_
     assert hold_a.recv_response().status == 200
     client = redis.Redis.from_url(redis_url)
     try:
-        assert client.zcard("spent:{school}:line:spent") == 1
+        assert client.zcard("spent:{school:school}:line:spent") == 1
     finally:
         client.close()

@@ -8,11 +8,18 @@ import random
 
 import pytest
 
+from gateway.shared.region import Region, Segment
 from gateway.waiting.line import GO_GRACE, GRACE, WINDOW, Line, Rules, apply
-from gateway.waiting.line_store import LocalLineStore, Region, ShmLineStore
+from gateway.waiting.line_store import LocalLineStore, ShmLineStore
 from gateway.waiting.line_view import LineView
 
 T0 = 1_700_000_000.0
+
+
+def line_segment(size: int) -> Segment:
+    """The "line" segment of a new shared memory region (as the supervisor
+    makes it before forking the workers)."""
+    return Region.create({"line": size}).segment("line")
 
 
 def vid(i: int) -> bytes:
@@ -188,7 +195,7 @@ def test_a_full_line_hands_out_no_number():
 
 
 def test_two_workers_on_one_region_see_one_line():
-    region = Region(1 << 20)
+    region = line_segment(1 << 20)
     a, b = ShmLineStore(region), ShmLineStore(region)
     assert a.exchange({"s": [("draw", b"x", 10)]}, T0)["s"].entry(b"x").number == 1
     line = b.exchange({"s": [("draw", b"y", 10)]}, T0 + 1)["s"]
@@ -198,7 +205,7 @@ def test_two_workers_on_one_region_see_one_line():
 
 
 def test_forked_workers_draw_distinct_numbers_in_one_sequence():
-    region = Region(1 << 20)
+    region = line_segment(1 << 20)
     pids = []
     for w in range(4):
         pid = os.fork()
@@ -222,7 +229,7 @@ def test_forked_workers_draw_distinct_numbers_in_one_sequence():
 
 
 def test_a_region_too_small_keeps_the_line_as_it_was():
-    store = ShmLineStore(Region(4096))
+    store = ShmLineStore(line_segment(4096))
     store.exchange({"s": [("draw", b"a", 10)]}, T0)
     store.exchange({"s": [("draw", b"%d" % i, 10) for i in range(500)]}, T0)
     assert store.full
@@ -244,7 +251,7 @@ def test_view_over_a_local_store_changes_in_place():
 
 
 def test_view_over_shared_memory_applies_at_once_and_syncs_with_the_others():
-    region = Region(1 << 20)
+    region = line_segment(1 << 20)
     admitted = {"s": (3, {10.0: 1})}
     one = LineView(ShmLineStore(region), "one", lambda: admitted, clock=lambda: T0)
     two = LineView(ShmLineStore(region), "two", dict, clock=lambda: T0)
@@ -296,7 +303,7 @@ def test_apply_spends_by_the_rules_keep_and_sweeps_old_spends():
 def test_forked_workers_spend_a_ticket_once_between_them():
     # Eight worker processes each try to spend the same three tickets: each
     # ticket is spent by exactly one of them (the region's lock).
-    region = Region(1 << 20)
+    region = line_segment(1 << 20)
     pids, reads = [], []
     for _ in range(8):
         r, w = os.pipe()

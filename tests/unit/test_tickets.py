@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.waiting import (
-    SpentTickets,
     Ticket,
     TicketSigner,
     cookie_header,
@@ -273,87 +272,5 @@ def test_cookie_round_trip(signer, ticket):
     assert signer.verify(value, SCHOOL, now=T0 + 1, ttl=TTL) == Ticket(VID, T0 - 30.25, T0)
 
 
-# -- spent tickets ----------------------------------------------------------------
-# A ticket is worth one admission: the gateway records its id (the visitor id)
-# as spent until every copy has expired. Clock injected: `now` is passed in.
-
-
 def test_leeway_is_readable():
     assert TicketSigner(SECRET, leeway=2.5).leeway == 2.5
-
-
-def test_spent_id_stays_spent_until_its_expiry():
-    spent = SpentTickets()
-    assert spent.lookup(SCHOOL, VID, T0) == (False, None)
-    assert spent.spend(SCHOOL, VID, until=T0 + TTL, now=T0)
-    assert spent.lookup(SCHOOL, VID, T0 + 1) == (True, None)
-    assert spent.lookup(SCHOOL, VID, T0 + TTL - 0.001)[0]
-    # Past the expiry no copy of the ticket verifies any more: forgotten.
-    assert spent.lookup(SCHOOL, VID, T0 + TTL) == (False, None)
-    assert len(spent) == 0
-
-
-def test_spent_ids_are_per_school():
-    spent = SpentTickets()
-    spent.spend(SCHOOL, VID, T0 + TTL, T0)
-    assert not spent.lookup("sørby", VID, T0)[0]
-    assert not spent.lookup(SCHOOL, b"\x01" * 16, T0)[0]
-
-
-def test_spending_again_keeps_the_later_expiry_and_the_new_holder():
-    spent = SpentTickets()
-    spent.spend(SCHOOL, VID, T0 + 100, T0, holder="queued")
-    spent.spend(SCHOOL, VID, T0 + 50, T0 + 1, holder="admitted")
-    assert spent.lookup(SCHOOL, VID, T0 + 60) == (True, "admitted")
-    assert len(spent) == 1
-
-
-def test_refund_forgets_a_spend():
-    spent = SpentTickets()
-    spent.spend(SCHOOL, VID, T0 + TTL, T0, holder="request")
-    spent.refund(SCHOOL, VID)
-    assert spent.lookup(SCHOOL, VID, T0) == (False, None)
-    spent.refund(SCHOOL, VID)  # twice is harmless
-
-
-def test_memory_is_bounded_and_a_full_record_refuses():
-    spent = SpentTickets(capacity=3)
-    for i in range(3):
-        assert spent.spend(SCHOOL, bytes([i]) * 16, T0 + 10 + i, T0)
-    assert spent.full(T0)
-    # Full: nothing is recorded, and the caller is told so (it then honours
-    # no ticket); the ids already spent stay spent.
-    assert not spent.spend(SCHOOL, b"\x09" * 16, T0 + 20, T0)
-    assert not spent.lookup(SCHOOL, b"\x09" * 16, T0)[0]
-    assert all(spent.lookup(SCHOOL, bytes([i]) * 16, T0)[0] for i in range(3))
-    assert len(spent) == 3
-    # The earliest expiry frees a place.
-    assert not spent.full(T0 + 10)
-    assert spent.spend(SCHOOL, b"\x09" * 16, T0 + 30, T0 + 10)
-    assert len(spent) == 3
-
-
-def test_expired_entries_are_dropped_as_time_passes():
-    spent = SpentTickets()
-    for i in range(100):
-        spent.spend(SCHOOL, i.to_bytes(16, "big"), T0 + i + TTL, T0 + i)
-    assert len(spent) == 100
-    spent.lookup(SCHOOL, VID, T0 + 50 + TTL)
-    assert len(spent) == 49
-    assert spent.lookup(SCHOOL, (99).to_bytes(16, "big"), T0 + 50 + TTL)[0]
-
-
-def test_an_entry_out_of_expiry_order_is_never_dropped_early():
-    # A reload may shorten the TTL: a later spend then expires before an
-    # earlier one. It is kept at least as long as asked, never less.
-    spent = SpentTickets()
-    spent.spend(SCHOOL, b"\x01" * 16, T0 + 600, T0)
-    spent.spend(SCHOOL, b"\x02" * 16, T0 + 60, T0 + 1)
-    assert spent.lookup(SCHOOL, b"\x02" * 16, T0 + 59)[0]
-    assert not spent.lookup(SCHOOL, b"\x02" * 16, T0 + 61)[0]
-    assert spent.lookup(SCHOOL, b"\x01" * 16, T0 + 599)[0]
-
-
-def test_capacity_must_be_positive():
-    with pytest.raises(ValueError, match="capacity"):
-        SpentTickets(capacity=0)
