@@ -60,9 +60,13 @@ class AdmissionController:
         self._windows = [ClassWindows.from_config(c) for c in self.classes]
         self._shares: list[float | None] = [math.nan] * len(self.classes)
         # Public for the native fast path (Exchange._admit/_release), which
-        # asks the Scheduler directly while no class window boundary is due
-        # (shares_due: Unix seconds, None without windows) and keeps `now`,
-        # the last time admission was decided at, current as _tick does.
+        # asks the Scheduler directly while shares_due (Unix seconds, None:
+        # never) is not due, and keeps `now`, the last time admission was
+        # decided at, current as _tick does. Due: a class window boundary
+        # (_windows_due), or -inf while the shell holds the fast path
+        # (hold_fast_path: a waiting line that newcomers join).
+        self._windows_due: float | None = -math.inf
+        self._held = False
         self.shares_due: float | None = -math.inf
         self.now = now
         self._refresh_shares(now)
@@ -102,7 +106,7 @@ class AdmissionController:
         self._windows = windows
         # Every class's share is set anew (windows and max_share may differ).
         self._shares = [math.nan] * len(classes)
-        self.shares_due = -math.inf
+        self._windows_due = self.shares_due = -math.inf
         # The scheduler took the configured limits whole; nothing was
         # decided since, so the task's allotments apply before anything is.
         self._allotment_due = self.allotment.start(self, now)
@@ -164,7 +168,7 @@ class AdmissionController:
     def next_deadline(self) -> float | None:
         """When poll() must run next (None: only another call changes things)."""
         due = self._scheduler.next_deadline()
-        for other in (self.shares_due, self._allotment_due):
+        for other in (self._windows_due, self._allotment_due):
             if other is not None and (due is None or other < due):
                 due = other
         return due
@@ -254,9 +258,20 @@ class AdmissionController:
 
     # -- windows -----------------------------------------------------------------
 
+    def hold_fast_path(self, held: bool) -> None:
+        """While `held`, every request and release goes through the shell
+        (the native fast path reads shares_due as due), which then decides
+        what the Scheduler alone cannot: a newcomer joins the end of a
+        school's waiting line instead of taking a slot freed for the line
+        (gateway/proxy/admission.py). Costs a Python frame per request while
+        held; nothing else changes."""
+        if held != self._held:
+            self._held = held
+            self.shares_due = -math.inf if held else self._windows_due
+
     def _tick(self, now: float) -> None:
         self.now = now
-        if self.shares_due is not None and now >= self.shares_due:
+        if self._windows_due is not None and now >= self._windows_due:
             self._refresh_shares(now)
 
     def _refresh_shares(self, now: float) -> None:
@@ -269,7 +284,8 @@ class AdmissionController:
             change = windows.next_change(now)
             if change is not None and (due is None or change < due):
                 due = change
-        self.shares_due = due
+        self._windows_due = due
+        self.shares_due = -math.inf if self._held else due
 
 
 def _scheduler_args(cfg: Config, classes: list) -> tuple[tuple, dict]:

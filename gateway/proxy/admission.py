@@ -72,7 +72,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 # The page renderer's names (waiting.render_status_json, waiting.wants_json) are
 # looked up on use: the first page or status poll loads it (see gateway.waiting).
@@ -85,7 +85,7 @@ from gateway.admission.allotment import AllotmentTask
 from gateway.proxy.exchange import PAUSE_ADMISSION
 from gateway.shared.region import inherited
 from gateway.waiting import TicketSigner, cookie_header, new_visitor_id, read_cookie
-from gateway.waiting.line import POLL_MAX, POLL_MIN, Rules
+from gateway.waiting.line import POLL_MAX, POLL_MIN, Line, Rules
 from gateway.waiting.line_store import LocalLineStore, ShmLineStore
 from gateway.waiting.line_view import Inputs, LineView
 
@@ -253,6 +253,8 @@ class Admission:
             ex.admitted()
             return
         now = time.time()
+        if ex.arrived_at == 0.0 and self._joins_line(ex, now):
+            return
         visitor = self._read_ticket(ex, now)
         arrived = visitor[1] if visitor is not None else None
         client_key: bytes | None = ex.client.client_key
@@ -265,6 +267,52 @@ class Admission:
         t = self.controller.request(school.index, ex.klass,  # type: ignore[union-attr]
                                     client_key, now, arrived, max_wait)
         self.decided(ex, t, now, visitor)
+
+    def _joins_line(self, ex: Exchange, now: float) -> bool:
+        """Once a school's waiting line has tickets waiting, a newcomer who
+        would be shown the waiting page joins the end of that line (True:
+        answered with the page) instead of taking a slot or a place in the
+        queue: capacity that frees goes to the line first, as in a
+        production waiting room (once a queue exists, new users join its
+        end). So does a visitor who comes back (a reload, another tab) while
+        tickets are still waiting ahead of its own: it keeps its number.
+
+        Only for what the page is for: a browser's GET or HEAD of a class
+        whose turned-away requests get the waiting page (not the 429 of bulk
+        tools), while tickets of the request's urgency or more urgent ones
+        wait (a more urgent class is not held up by a less urgent line).
+        Everything else asks the scheduler: a request that cannot wait on a
+        page (a script's, a form's POST) queues by its arrival, behind the
+        called visitors who arrived before it (their reloads carry their
+        first arrival), and a called visitor or one at the head gets in.
+        While any line has tickets waiting, the native fast path sends every
+        request here (AdmissionController.hold_fast_path)."""
+        school = ex.school
+        line = self.line.line(school.name)  # type: ignore[union-attr]
+        head = line.head_urgency()
+        if head is None:
+            return False
+        klass = self.controller.classes[ex.klass]
+        if head < klass.priority or klass.reject_status == 429 or not self._browser(ex):
+            return False
+        visitor = self._read_ticket(ex, now, claim=False)
+        if visitor is not None:
+            entry = line.entry(visitor[0])
+            if entry is None or entry.called_at or line.ahead(visitor[0]) == 0:
+                return False  # called, at the head, or not in line: in by its ticket
+        arrived = visitor[1] if visitor is not None else now
+        turn = _LineTurn(ex.klass, arrived, POLL_MIN)
+        self._reject(ex, turn, now, visitor)  # type: ignore[arg-type]
+        return True
+
+    def _browser(self, ex: Exchange) -> bool:
+        """A browser's GET or HEAD of a page (what the waiting page can stand
+        in for), not a script's request (X-Requested-With, JSON)."""
+        head = ex.head
+        requested_with = head.header(b"x-requested-with") or b""  # type: ignore[union-attr]
+        accept = head.header(b"accept") or b""  # type: ignore[union-attr]
+        return head.method in (b"GET", b"HEAD") and not waiting.wants_json(  # type: ignore[union-attr]
+            accept, "text/html", requested_with)
 
     def decided(self, ex: Exchange, t: Ticket, now: float,
                 visitor: tuple[bytes, float] | None) -> None:
@@ -470,21 +518,19 @@ class Admission:
             kind = "wait"
         else:
             kind = "wait"
-            accept = head.header(b"accept") or b""  # type: ignore[union-attr]
-            method = head.method  # type: ignore[union-attr]
-            browser = method in (b"GET", b"HEAD") and not waiting.wants_json(
-                accept, "text/html", requested_with)
-            if browser:
+            if self._browser(ex):
                 # Keep (or take) a place in the waiting room; the page polls
                 # STATUS_PATH and reloads the URL when the visitor's turn comes.
                 vid, arrived = visitor if visitor is not None else (new_visitor_id(), t.arrived_at)
                 urgency = self.controller.classes[t.klass].priority
                 if self.line.change(school.name, ("draw", vid, urgency)):  # type: ignore[union-attr]
+                    # Newcomers now join this line's end (see _joins_line).
+                    self.controller.hold_fast_path(True)
                     # The page shows what its first poll would answer (the
                     # same computation as status_response), and polls when
                     # that answer says.
                     state, position, eta, retry = self._line_status(
-                        school, vid, arrived, now)  # type: ignore[arg-type]
+                        school, vid, arrived, now, polled=False)  # type: ignore[arg-type]
                     if state == "go":
                         # Called at once: its first poll sends it back in.
                         position, eta = 1, float(retry)
@@ -540,7 +586,7 @@ class Admission:
     # -- the waiting line ------------------------------------------------------------
 
     def _line_status(self, school: SchoolRuntime, vid: bytes, arrived: float,
-                     now: float) -> tuple[str, int, float, int]:
+                     now: float, polled: bool = True) -> tuple[str, int, float, int]:
         """(state, position, eta seconds, seconds to the next poll) of visitor
         `vid` in the school's line; the waiting page and the status endpoint
         both show what this answers.
@@ -568,15 +614,25 @@ class Admission:
         so half a poll on average, and never less than the first poll.
         """
         name, idx = school.name, school.index
-        if not self.line.change(name, ("seen", vid)):
+        # A poll is a sign of life (Line.seen); the page's own answer (just
+        # drawn: `polled` False) is not.
+        if polled and not self.line.change(name, ("seen", vid)):
             return "go", 0, 0.0, POLL_MIN
         line = self.line.line(name)
         entry = line.entry(vid)
         if entry is None or entry.called_at:
             return "go", 0, 0.0, POLL_MIN
-        rank = line.ahead(vid)
         controller = self.controller
-        free = controller.free_slots(idx, now)
+        target = self._call_target(idx, line, self._queued_by_urgency(idx, now), now)
+        if target:
+            # The line calls its head up to the fleet's room (the same call
+            # every sync makes): this visitor only if its turn has come.
+            self.line.change(name, ("call_next", target))
+            line = self.line.line(name)
+            entry = line.entry(vid)
+            if entry is None or entry.called_at:
+                return "go", 0, 0.0, POLL_MIN
+        rank = line.ahead(vid)
         # The ticket's class is the first of its urgency.
         klass = next((k for k, c in enumerate(controller.classes)
                       if c.priority == entry.urgency), None)
@@ -587,40 +643,82 @@ class Admission:
         # visitor's return, so they do not count against its place.
         ahead = controller.queued(idx) if klass is None else \
             controller.ahead(idx, klass, arrived)
-        budget = max(free, 0)
-        if free >= 0 and ahead == 0 and controller.queued(idx) > 0:
-            budget = max(budget, math.ceil(line.rate(self.line.now()) * self.call_ahead))
-        if free < 0 or rank < budget - line.called():
-            self.line.change(name, ("call", vid))
-            return "go", 0, 0.0, POLL_MIN
-        ahead += line.queued_ahead(entry.urgency, self.line.now(), exclude=self.line.worker)
+        at = self.line.now()
+        ahead += line.queued_ahead(entry.urgency, at, exclude=self.line.worker)
         position = line.report(vid, ahead + rank + 1)
         self.line.change(name, ("shown", vid, entry.shown, entry.urgent_ahead))
-        eta = line.eta(position, self.line.now())
+        # The visitors called and not back yet get in first too.
+        due = position + line.called()
+        eta = line.eta(due, at)
         if eta is None:
-            eta = controller.queue_eta(idx, position, now)
+            eta = controller.queue_eta(idx, due, now)
         poll = max(POLL_MIN, min(POLL_MAX, int(eta / 4)))
         return "wait", position, max(float(poll), eta + poll / 2), poll
 
+    def _queued_by_urgency(self, idx: int, now: float) -> dict[float, int]:
+        """This worker's queued requests of one school, by urgency."""
+        controller = self.controller
+        priority = {c.name: c.priority for c in controller.classes}
+        queued: dict[float, int] = {}
+        for klass, n in controller.stats(idx, now)["queued"].items():
+            if n:
+                u = priority[klass]
+                queued[u] = queued.get(u, 0) + n
+        return queued
+
+    def _call_target(self, idx: int, line: Line, queued: dict[float, int],
+                     now: float) -> int | None:
+        """How many of the school's tickets should be called (told "go",
+        on their way back) now; None while nobody waits.
+
+        The fleet's free slots (this worker's now, the others' as last
+        reported to the line): each is held for a called visitor, since
+        newcomers join the line's end meanwhile (_joins_line). While the
+        line flows (requests of the head's urgency or above are queued, or
+        every slot is taken and called visitors are on their way), also
+        `call_ahead` seconds of the fleet's admissions beyond the queued
+        requests: a called visitor learns its turn at its next poll, and
+        its reload lines up by its first arrival, ahead of later requests,
+        so the slots never wait for a reload. -1 free slots (unlimited):
+        everyone."""
+        head = line.head_urgency()
+        if head is None:
+            return None
+        at = self.line.now()
+        me = self.line.worker
+        free = self.controller.free_slots(idx, now)
+        others = line.free(at, exclude=me)
+        if free < 0 or others < 0:
+            return len(line)
+        room = free + others
+        waiting = sum(n for u, n in queued.items() if u >= head) + \
+            line.queued_ahead(head, at, exclude=me)
+        if waiting > 0 or (room == 0 and line.called() > 0):
+            room += max(0, math.ceil(line.rate(at) * self.call_ahead) - waiting)
+        return room
+
     def _line_inputs(self) -> Inputs:
-        """Per school: admissions since last asked, and this worker's queue
-        by urgency (what a line sync sends; see LineView)."""
+        """Per school: admissions since last asked, this worker's queue by
+        urgency, its free slots and how many tickets should be called (what
+        a line sync sends; see LineView)."""
         if not self.enabled:
+            self.controller.hold_fast_path(False)
             return {}
         controller = self.controller
         now = time.time()
-        priority = {c.name: c.priority for c in controller.classes}
         out: Inputs = {}
+        held = False
         for i, name in enumerate(controller.school_names):
             admitted = controller.usage(i, now)["admitted"]
             delta = admitted - self._admitted.get(name, admitted)
             self._admitted[name] = admitted
-            queued: dict[float, int] = {}
-            for klass, n in controller.stats(i, now)["queued"].items():
-                if n:
-                    u = priority[klass]
-                    queued[u] = queued.get(u, 0) + n
-            out[name] = (max(delta, 0), queued)
+            queued = self._queued_by_urgency(i, now)
+            line = self.line.line(name)
+            target = self._call_target(i, line, queued, now)
+            held = held or target is not None
+            out[name] = (max(delta, 0), queued, controller.free_slots(i, now), target)
+        # Newcomers join a line with tickets waiting (see _joins_line).
+        controller.hold_fast_path(held)
         return out
 
     def waiting_lines(self) -> dict[str, dict]:
@@ -647,13 +745,26 @@ class Admission:
             out[name] = {
                 "queued": queued,
                 "line": in_line,
-                "eta": line.eta(ahead + 1, now) if ahead else 0.0,
+                # Called visitors on their way back get in first too.
+                "eta": line.eta(ahead + line.called() + 1, now) if ahead else 0.0,
                 "admission_rate": line.rate(now),
                 "now_serving": line.serving,
                 "last_ticket": line.last,
                 "shared": self.line.shared,
             }
         return out
+
+
+class _LineTurn(NamedTuple):
+    """What _reject reads of a scheduler Ticket, for a newcomer sent to the
+    end of the waiting line without asking the scheduler (_joins_line)."""
+
+    klass: int
+    arrived_at: float
+    retry_after: int
+    position: int = 0
+    reason: str = "line"
+    reject_status: int = 503
 
 
 def _claim(t: Ticket) -> Exchange | None:

@@ -11,8 +11,15 @@ less urgent one; within one urgency, the lower number goes first.
   counted; neither are visitors who stopped polling: a waiting ticket not
   seen for `grace` seconds is dropped (`sweep`), and so is a called ticket
   not back within `go_grace`.
-- Calling (`call`): a worker with room calls the head of the line; "now
-  serving" (`serving`) is the highest number called so far.
+- Calling (`call_next`): the line calls its head, in order, until as many
+  tickets are called (told "go", on their way back) as the fleet has room
+  for: its free slots (every worker reports its own with its queue,
+  `set_queue`) plus `call_ahead` seconds of admissions beyond the requests
+  already queued (the shell computes that target, Admission._call_target;
+  any worker may ask, and the line decides who under its lock, so a ticket
+  is called once and the head first whichever worker or instance has the
+  room). A called visitor's reload is honoured by any worker of any
+  instance. "Now serving" (`serving`) is the highest number called so far.
 - The admission rate (`record`, `rate`): admissions of the whole fleet
   (every worker adds what it admitted since it last said so), per second of
   the last WINDOW seconds in which the school was busy (a worker reported a
@@ -57,6 +64,9 @@ REPORT_TTL = 5.0
 POLL_MAX = 10
 # The shortest a waiting page waits between polls (its script's floor).
 POLL_MIN = 2
+# A ticket whose visitor never polled and was not seen for this long is
+# passed over by call_next: the page polls within POLL_MAX of its answer.
+STALE = POLL_MAX + POLL_MIN
 # Seconds a spent ticket is remembered (the default ticket_ttl, 600 s, plus
 # the signer's leeway).
 KEEP = 601.0
@@ -88,6 +98,10 @@ class Entry:
     # more urgent tickets stood ahead then.
     shown: int = 0
     urgent_ahead: int = 0
+    # 1 once its visitor polled (`seen`): alive, not a client that took a
+    # page and never came back; only such tickets are called (call_next)
+    # and hold newcomers back (head_urgency).
+    polled: int = 0
 
     def key(self) -> tuple[float, int]:
         return (-self.urgency, self.number)
@@ -119,9 +133,10 @@ class Line:
         # When the line began measuring (the rate's span never reaches back
         # before it); None until the first call that records anything.
         self.since: float | None = None
-        # Worker id -> (updated at, queued requests by urgency): the
-        # requests waiting in each worker's own queue, counted in positions.
-        self.queues: dict[str, tuple[float, dict[float, int]]] = {}
+        # Worker id -> (updated at, queued requests by urgency, free slots
+        # beyond its queue, -1: unlimited): each worker's own queue, counted
+        # in positions, and its room, which calls the line's head.
+        self.queues: dict[str, tuple[float, dict[float, int], int]] = {}
         # Visitor id -> when its ticket was spent (at most `capacity` ids).
         self.spent: dict[bytes, float] = {}
         self._next_sweep = -math.inf
@@ -160,6 +175,7 @@ class Line:
         if entry is None:
             return False
         entry.last_seen = now
+        entry.polled = 1
         return True
 
     def call(self, vid: bytes, now: float) -> bool:
@@ -239,11 +255,35 @@ class Line:
         if queued or self.by_vid:
             self.busy.add(math.floor(now))
 
-    def set_queue(self, worker: str, queued: dict[float, int], now: float) -> None:
-        """Worker `worker` has `queued[urgency]` requests in its own queue."""
+    def set_queue(self, worker: str, queued: dict[float, int], now: float,
+                  free: int = 0) -> None:
+        """Worker `worker` has `queued[urgency]` requests in its own queue
+        and room for `free` more requests beyond it (-1: unlimited)."""
         self._begin(now)
-        self.queues[worker] = (now, {float(k): int(v) for k, v in queued.items() if v})
+        self.queues[worker] = (now, {float(k): int(v) for k, v in queued.items() if v},
+                               int(free))
         self._mark_busy(any(queued.values()), now)
+
+    def call_next(self, target: int, now: float) -> int:
+        """Call waiting tickets whose visitors polled, head first (most
+        urgent, then lowest number), until `target` tickets are called;
+        returns how many were called now. A ticket whose visitor never
+        polled and was not seen for STALE seconds is passed over (a page
+        polls sooner; its poll, if it ever comes, calls it then if its turn
+        has come): a client that takes pages and never comes back holds no
+        room for long."""
+        room = target - self.called()
+        n = 0
+        if room <= 0:
+            return 0
+        for _, _, vid in self._order:
+            if n >= room:
+                break
+            entry = self.by_vid[vid]
+            if not entry.called_at and (entry.polled or now - entry.last_seen <= STALE):
+                self.call(vid, now)
+                n += 1
+        return n
 
     def sweep(self, now: float, grace: float = GRACE, go_grace: float = GO_GRACE,
               keep: float = KEEP) -> int:
@@ -268,7 +308,7 @@ class Line:
             del self.admissions[second]
         for second in [s for s in self.busy if s < oldest]:
             self.busy.discard(second)
-        for worker in [w for w, (at, _) in self.queues.items() if now - at > REPORT_TTL]:
+        for worker in [w for w, (at, *_) in self.queues.items() if now - at > REPORT_TTL]:
             del self.queues[worker]
 
     # -- questions ------------------------------------------------------------------
@@ -284,6 +324,15 @@ class Line:
             return -1
         at = bisect.bisect_left(self._order, (-entry.urgency, entry.number, vid))
         return at - sum(1 for _, _, v in self._order[:at] if self.by_vid[v].called_at)
+
+    def head_urgency(self) -> float | None:
+        """The urgency of the most urgent waiting (uncalled) ticket whose
+        visitor polled (None: nobody waits)."""
+        for u, _, v in self._order:
+            entry = self.by_vid[v]
+            if not entry.called_at and entry.polled:
+                return -u
+        return None
 
     def urgent_ahead(self, entry: Entry) -> int:
         """Waiting tickets more urgent than `entry`'s."""
@@ -310,10 +359,22 @@ class Line:
         """Requests in the workers' own queues (but `exclude`'s) of at least
         `urgency`: they are served before a visitor of that urgency is called."""
         n = 0
-        for worker, (at, queued) in self.queues.items():
+        for worker, (at, queued, _) in self.queues.items():
             if worker == exclude or now - at > REPORT_TTL:
                 continue
             n += sum(c for u, c in queued.items() if u >= urgency)
+        return n
+
+    def free(self, now: float, exclude: str | None = None) -> int:
+        """Free slots the workers (but `exclude`) last reported, summed (-1:
+        one of them is unlimited)."""
+        n = 0
+        for worker, (at, _, free) in self.queues.items():
+            if worker == exclude or now - at > REPORT_TTL:
+                continue
+            if free < 0:
+                return -1
+            n += free
         return n
 
     def rate(self, now: float) -> float:
@@ -346,10 +407,11 @@ class Line:
     def dump(self) -> list[Any]:
         """Plain values (msgpack-able) from which `load` rebuilds the line."""
         return [self.last, self.serving, self.since,
-                [[vid, e.number, e.urgency, e.last_seen, e.called_at, e.shown, e.urgent_ahead]
-                 for vid, e in self.by_vid.items()],
+                [[vid, e.number, e.urgency, e.last_seen, e.called_at, e.shown, e.urgent_ahead,
+                  e.polled] for vid, e in self.by_vid.items()],
                 [[s, c] for s, c in self.admissions.items()],
-                [[w, at, [[u, c] for u, c in q.items()]] for w, (at, q) in self.queues.items()],
+                [[w, at, [[u, c] for u, c in q.items()], free]
+                 for w, (at, q, free) in self.queues.items()],
                 [[vid, at] for vid, at in self.spent.items()],
                 sorted(self.busy)]
 
@@ -358,15 +420,16 @@ class Line:
         line = cls(capacity)
         last, serving, since, entries, admissions, queues, *rest = data
         line.last, line.serving, line.since = int(last), int(serving), since
-        for vid, number, urgency, seen, called, shown, urgent in entries:
+        for vid, number, urgency, seen, called, shown, urgent, *polled in entries:
             e = Entry(int(number), float(urgency), float(seen), float(called), int(shown),
-                      int(urgent))
+                      int(urgent), int(polled[0]) if polled else 0)
             line.by_vid[bytes(vid)] = e
             line._order.append((-e.urgency, e.number, bytes(vid)))
         line._order.sort()
         line.admissions = {int(s): int(c) for s, c in admissions}
-        line.queues = {str(w): (float(at), {float(u): int(c) for u, c in q})
-                       for w, at, q in queues}
+        line.queues = {str(w): (float(at), {float(u): int(c) for u, c in q},
+                                int(rest_[0]) if rest_ else 0)
+                       for w, at, q, *rest_ in queues}
         if rest:
             line.spent = {bytes(vid): float(at) for vid, at in rest[0]}
         if len(rest) > 1:
@@ -380,9 +443,10 @@ def apply(line: Line, ops: list[tuple], now: float,
     the batch under its lock); returns each op's result in order.
 
     Ops: ("draw", vid, urgency) -> number; ("seen", vid); ("call", vid);
-    ("leave", vid); ("shown", vid, shown, urgent_ahead); ("record", n);
-    ("queue", worker, {urgency: n}); ("spend", vid) -> bool; ("unspend",
-    vid). The line is swept first, by `rules`.
+    ("call_next", target) -> how many were called; ("leave", vid);
+    ("shown", vid, shown, urgent_ahead); ("record", n); ("queue", worker,
+    {urgency: n}[, free]); ("spend", vid) -> bool; ("unspend", vid). The
+    line is swept first, by `rules`.
     """
     line._begin(now)
     line.sweep(now, rules.grace, rules.go_grace, rules.keep)
@@ -402,7 +466,9 @@ def apply(line: Line, ops: list[tuple], now: float,
         elif kind == "record":
             out.append(line.record(op[1], now))
         elif kind == "queue":
-            out.append(line.set_queue(op[1], op[2], now))
+            out.append(line.set_queue(op[1], op[2], now, op[3] if len(op) > 3 else 0))
+        elif kind == "call_next":
+            out.append(line.call_next(op[1], now))
         elif kind == "spend":
             out.append(line.spend(op[1], now, rules.keep))
         elif kind == "unspend":
@@ -412,5 +478,6 @@ def apply(line: Line, ops: list[tuple], now: float,
     return out
 
 
-__all__ = ["DEFAULT_RULES", "GO_GRACE", "GRACE", "KEEP", "POLL_MAX", "POLL_MIN", "WINDOW",
+__all__ = ["DEFAULT_RULES", "GO_GRACE", "GRACE", "KEEP", "POLL_MAX", "POLL_MIN", "STALE",
+           "WINDOW",
            "Entry", "Line", "Rules", "apply"]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.shared.redis import key
-from gateway.waiting.line import DEFAULT_RULES, REPORT_TTL, WINDOW, Line, Rules, apply
+from gateway.waiting.line import DEFAULT_RULES, REPORT_TTL, STALE, WINDOW, Line, Rules, apply
 
 if TYPE_CHECKING:
     from gateway.config.schema import Redis
@@ -121,11 +121,12 @@ class ShmLineStore:
 # -- Redis ----------------------------------------------------------------------------------
 
 # KEYS: meta (last, serving, since), entries (vid hex -> fields),
-# admissions (second -> count), queues (worker -> [at, [[urgency, n]...]]),
+# admissions (second -> count), queues (worker -> [at, [[urgency, n]...],
+# free]),
 # spent (sorted set: vid hex scored by when it was spent), busy (busy
 # second -> 1).
 # ARGV: ops (JSON), capacity, grace, go_grace, window, report_ttl, expire,
-# keep, since.
+# keep, since, stale.
 # The rules are those of gateway.waiting.line (sweep, then the ops in order);
 # returns the line as JSON: [last, serving, since, entries, admissions,
 # queues, now, spent (those spent after ARGV since: [[vid, at]...]), busy].
@@ -137,7 +138,7 @@ local m, e, a, q = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ops = cjson.decode(ARGV[1])
 local capacity, grace, go_grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, report_ttl, expire = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local keep, spent_since = tonumber(ARGV[8]), tonumber(ARGV[9])
+local keep, spent_since, stale = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local sp, bz = KEYS[5], KEYS[6]
 redis.call('ZREMRANGEBYSCORE', sp, '-inf', string.format('%.17g', now - keep))
 local function parse(s)
@@ -146,7 +147,8 @@ local function parse(s)
   return f
 end
 local function fmt(f)
-  return string.format('%d %.17g %.17g %.17g %d %d', f[1], f[2], f[3], f[4], f[5], f[6])
+  return string.format('%d %.17g %.17g %.17g %d %d %d', f[1], f[2], f[3], f[4], f[5], f[6],
+                       f[7] or 0)
 end
 local since = tonumber(redis.call('HGET', m, 'since'))
 if not since then
@@ -175,13 +177,13 @@ for _, op in ipairs(ops) do
       redis.call('HSET', e, vid, fmt(f))
     elseif count < capacity then
       local n = redis.call('HINCRBY', m, 'last', 1)
-      f = {n, tonumber(op[3]), now, 0, 0, 0}
+      f = {n, tonumber(op[3]), now, 0, 0, 0, 0}
       entries[vid] = f
       count = count + 1
       redis.call('HSET', e, vid, fmt(f))
     end
   elseif kind == 'seen' then
-    if f then f[3] = now; redis.call('HSET', e, vid, fmt(f)) end
+    if f then f[3] = now; f[7] = 1; redis.call('HSET', e, vid, fmt(f)) end
   elseif kind == 'call' then
     if f and f[4] == 0 then
       f[4] = now
@@ -208,8 +210,31 @@ for _, op in ipairs(ops) do
     redis.call('ZREM', sp, vid)
   elseif kind == 'record' then
     if op[2] > 0 then redis.call('HINCRBY', a, math.floor(now), op[2]) end
+  elseif kind == 'call_next' then
+    local called, waiting = 0, {}
+    for v, g in pairs(entries) do
+      if g[4] > 0 then called = called + 1
+      elseif (g[7] or 0) > 0 or now - g[3] <= stale then waiting[#waiting + 1] = {v, g} end
+    end
+    table.sort(waiting, function(x, y)
+      if x[2][2] ~= y[2][2] then return x[2][2] > y[2][2] end
+      return x[2][1] < y[2][1]
+    end)
+    local i = 1
+    while called < tonumber(op[2]) and i <= #waiting do
+      local v, g = waiting[i][1], waiting[i][2]
+      g[4] = now
+      g[3] = now
+      if g[1] > serving then
+        serving = g[1]
+        redis.call('HSET', m, 'serving', serving)
+      end
+      redis.call('HSET', e, v, fmt(g))
+      called = called + 1
+      i = i + 1
+    end
   elseif kind == 'queue' then
-    redis.call('HSET', q, op[2], cjson.encode({now, op[3]}))
+    redis.call('HSET', q, op[2], cjson.encode({now, op[3], op[4] or 0}))
     local queued = false
     for _, un in ipairs(op[3]) do if un[2] > 0 then queued = true end end
     if queued or count > 0 then redis.call('HSET', bz, math.floor(now), 1) end
@@ -231,11 +256,11 @@ local qs, queues = redis.call('HGETALL', q), {}
 for i = 1, #qs, 2 do
   local v = cjson.decode(qs[i + 1])
   if now - v[1] > report_ttl then redis.call('HDEL', q, qs[i])
-  else queues[#queues + 1] = {qs[i], v[1], v[2]} end
+  else queues[#queues + 1] = {qs[i], v[1], v[2], v[3] or 0} end
 end
 local list = {}
 for vid, f in pairs(entries) do
-  list[#list + 1] = {vid, f[1], f[2], f[3], f[4], f[5], f[6]}
+  list[#list + 1] = {vid, f[1], f[2], f[3], f[4], f[5], f[6], f[7] or 0}
 end
 local spent, sl = {}, redis.call('ZRANGEBYSCORE', sp, '(' .. string.format('%.17g', spent_since),
                                   '+inf', 'WITHSCORES')
@@ -265,7 +290,8 @@ def encode_ops(ops: list[tuple]) -> str:
         if kind in ("draw", "seen", "call", "leave", "shown", "spend", "unspend"):
             out.append([kind, op[1].hex(), *op[2:]])
         elif kind == "queue":
-            out.append([kind, op[1], [[u, n] for u, n in op[2].items()]])
+            out.append([kind, op[1], [[u, n] for u, n in op[2].items()],
+                        op[3] if len(op) > 3 else 0])
         else:
             out.append(list(op))
     return json.dumps(out)
@@ -280,9 +306,9 @@ def decode_line(text: bytes | str, capacity: int = 100_000) -> tuple[Line, float
         return x if isinstance(x, list) else []
 
     data = [last, serving, float(since),
-            [[bytes.fromhex(v), n, u, s, c, sh, ua] for v, n, u, s, c, sh, ua in items(entries)],
+            [[bytes.fromhex(v), *rest_] for v, *rest_ in items(entries)],
             items(admissions),
-            [[w, at, items(qq)] for w, at, qq in items(queues)],
+            [[w, at, items(qq), *rest_] for w, at, qq, *rest_ in items(queues)],
             [[bytes.fromhex(v), float(at)] for v, at in items(rest[0] if rest else [])],
             items(rest[1] if len(rest) > 1 else [])]
     return Line.load(data, capacity), float(now)
@@ -293,7 +319,7 @@ def script_args(ops: list[tuple], capacity: int, rules: Rules = DEFAULT_RULES,
     """ARGV of LINE_SCRIPT; `since`: the Redis time after which spends are
     returned (0: all still kept)."""
     return [encode_ops(ops), capacity, rules.grace, rules.go_grace, WINDOW, REPORT_TTL,
-            REDIS_EXPIRE, rules.keep, since]
+            REDIS_EXPIRE, rules.keep, since, STALE]
 
 
 class RedisLineStore:

@@ -13,6 +13,11 @@ When syncs run:
 - the local store and shared memory: every change at once, inline (memory
   of this process or this instance, under a lock held for the exchange
   alone), and the measurements every `interval` seconds;
+
+Each sync also carries this worker's free slots (so any worker knows the
+fleet's room) and, while tickets wait, a ("call_next", target) asking the
+line to call its head up to the target the shell computed: the line is
+called forward as capacity comes, not only when a visitor happens to poll.
 - Redis: every `interval` seconds, and soon after a change, from a task; an
   exchange that fails or takes longer than `timeout` switches the worker to
   a local line (seeded from the cache) and logs that once; Redis is tried
@@ -37,8 +42,9 @@ log = logging.getLogger("schoolgate.line")
 RETRY = 2.0
 
 # What `collect` returns per school: (admissions since last asked,
-# {urgency: requests queued in this worker}).
-Inputs = dict[str, tuple[int, dict[float, int]]]
+# {urgency: requests queued in this worker}[, free slots beyond that queue
+# (-1: unlimited)[, how many tickets should be called, or None]]).
+Inputs = dict[str, tuple]
 
 
 class LineView:
@@ -178,11 +184,13 @@ class LineView:
         self._pending = {}
         for school in self.lines:  # every line known here is refreshed
             batches.setdefault(school, [])
-        for school, (admitted, queued) in self.collect().items():
+        for school, (admitted, queued, *more) in self.collect().items():
             ops = batches.setdefault(school, [])
             if admitted:
                 ops.append(("record", admitted))
-            ops.append(("queue", self.worker, queued))
+            ops.append(("queue", self.worker, queued, more[0] if more else 0))
+            if len(more) > 1 and more[1] is not None:
+                ops.append(("call_next", more[1]))
         return batches
 
     def sync(self) -> None:

@@ -71,9 +71,6 @@ def _browse(port: int, i: int, out: dict, lock: threading.Lock) -> None:
         out[i] = record
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: visitors whose first estimate is the one-poll floor (2 s) are still "
-    "called only at their second poll (real 4-6 s); see the line2 report"))
 def test_each_waiting_visitors_first_estimate_is_within_twice_its_real_wait(make_gateway, gate):
     gw = make_gateway(
         upstreams=[gate.addr], school={"max_inflight": 1},
