@@ -593,12 +593,10 @@ class Admission:
 
         "go" when the visitor was called, is called now, or is not in the
         line (left, served, or never here: its reload is then judged by the
-        queue, with the arrival its ticket carries). A waiting visitor is
-        called when its place among the uncalled tickets is within the
-        room this worker has: its free slots beyond the queue; while the
-        queue is busy and nobody queued here arrived before the visitor,
-        `call_ahead` seconds of the fleet's admissions (the reload lines up
-        ahead of them); less the tickets called and not back yet.
+        queue, with the arrival its ticket carries). The line calls its head
+        up to the fleet's room (_call_target, Line.call_next: the same call
+        every sync makes), so a waiting visitor is called only in its turn,
+        whichever worker or instance it asks.
 
         Position: the requests queued here ahead of the visitor (by
         `arrived` and the first class of its ticket's urgency, or every
@@ -607,7 +605,8 @@ class Admission:
         never more than last shown but for more urgent arrivals
         (Line.report).
 
-        Estimate: the position over the fleet's measured admission rate
+        Estimate: the position, plus the visitors called and not back yet
+        (they get in first), over the fleet's measured admission rate
         (Line.rate; the local one while none is measured), plus what the
         page itself adds: it learns of its turn only when it polls, every
         `poll` seconds (sooner when the turn is near, POLL_MIN..POLL_MAX),
