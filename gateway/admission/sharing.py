@@ -126,6 +126,37 @@ def gcra(tat: float | None, now: float, *, rate: float, burst: float, take: int,
     return tat + taken * period, taken
 
 
+def presence(table: dict[str, str], me: str, now: float, keys: Sequence[str],
+             window: float) -> list[int]:
+    """One participant's round on a school's client presence table
+    (mutated in place): record that `me` saw each of `keys` (client keys)
+    until ``now + window``, and answer, per key, how many participants saw
+    that client within their last window (me included, so >= 1).
+
+    table: client key -> ``"participant=expires,..."`` (ledger-clock
+    seconds); entries whose every participant expired are dropped when
+    touched. The Lua script ROUND in gateway/shared/ledger.py is this
+    function.
+    """
+    counts = []
+    for key in keys:
+        seen = {me: now + window}
+        for part in table.get(key, "").split(","):
+            name, _, expires = part.rpartition("=")
+            if name and name != me and float(expires) > now:
+                seen[name] = float(expires)
+        table[key] = ",".join(f"{n}={e:.3f}" for n, e in sorted(seen.items()))
+        counts.append(len(seen))
+    return counts
+
+
+def sweep_presence(table: dict[str, str], now: float) -> None:
+    """Drop the entries of a presence table nobody saw within their window."""
+    for key, value in list(table.items()):
+        if all(float(p.rpartition("=")[2]) <= now for p in value.split(",") if p):
+            del table[key]
+
+
 def parse_lease(value: str) -> tuple[int, int, float, str]:
     """(held, inuse, expires, spec) of a lease value."""
     held, used, expires, spec = value.split("|", 3)
@@ -263,13 +294,23 @@ class TokenOp:
 
 
 @dataclass
+class ClientOp:
+    """One school's client presence round (see presence())."""
+
+    scope: str
+    name: str
+    keys: list[str]
+    window: float
+
+
+@dataclass
 class Report:
     """What a participant posts for one round."""
 
     me: str
     ttl: float
     grace: float
-    ops: list[SlotOp | TokenOp]
+    ops: list[SlotOp | TokenOp | ClientOp]
     epoch: int = 0
 
 
@@ -285,6 +326,11 @@ class TokenAnswer:
     taken: int
 
 
+@dataclass
+class ClientAnswer:
+    counts: list[int]  # participants that saw each client (op's keys order)
+
+
 class Ledger(Protocol):
     """Where the leases live. `post` hands over a round's report (at most one
     in flight: post only when `pending` is False); `take_answer` returns
@@ -295,7 +341,7 @@ class Ledger(Protocol):
 
     def post(self, report: Report) -> None: ...
 
-    def take_answer(self) -> tuple[Report, list[SlotAnswer | TokenAnswer] | BaseException] | None:
+    def take_answer(self) -> tuple[Report, list[Any] | BaseException] | None:
         ...
 
 
@@ -304,13 +350,33 @@ class Ledger(Protocol):
 
 @dataclass
 class _Limit:
-    kind: str  # "slots", "conns", "queue" (a school's) or "pool"
+    # "slots", "conns", "queue" (a school's), "pool" (a pool's slots),
+    # "class" (a class's max_share of a school's slots), "poolclass" (of a
+    # pool's slots)
+    kind: str
     index: int  # school or pool index
     scope: str
     name: str
     limit: int
     weights: dict[str, float] | None = None  # pool: member school -> weight
     members: list[int] = field(default_factory=list)  # pool: member school indices
+    klass: int = -1  # class kinds: the class index
+    base: int = 0  # class kinds: the configured limit the share is of
+    active: bool = True  # class kinds: the class has a share now
+
+
+@dataclass
+class _Clients:
+    """A school's per-client buckets as this participant shares them."""
+
+    index: int
+    scope: str
+    rate: float  # the configured client_rate
+    burst: float  # the configured client_burst (0: one second's worth, >= 1)
+    start: float = 0.0  # the capacity a new bucket starts with here
+    # str key -> (original key, participants that saw it when last applied)
+    known: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    refreshed: float = 0.0  # when the idle known clients were last reported
 
 
 @dataclass
@@ -361,6 +427,7 @@ class SharedAllotment:
         self.controller: AdmissionController | None = None
         self._limits: list[_Limit] = []
         self._buckets: list[_Bucket] = []
+        self._clients: list[_Clients] = []
         # Lease per (scope, name) as enforced now; kept across reconfigures.
         self._allot: dict[tuple[str, str], int] = {}
         # Other participants' leases (from the last answer), per limit.
@@ -384,12 +451,34 @@ class SharedAllotment:
                                  pool.max_inflight,
                                  {cfg.schools[k].name: cfg.schools[k].weight for k in members},
                                  members))
+        # A class's max_share (now or in one of its windows) is a limit of
+        # its own: share x the configured limit, leased like any other.
+        shared_classes = [(k, klass) for k, klass in enumerate(controller.classes)
+                          if klass.max_share is not None or klass.windows]
+        for p, pool in enumerate(cfg.pools):
+            for kk, klass in shared_classes:
+                limits.append(_Limit("poolclass", p, scope("pool", pool.name),
+                                     f"class:{klass.name}", 0, klass=kk,
+                                     base=pool.max_inflight))
         buckets: list[_Bucket] = []
         old_buckets = {b.scope: b for b in self._buckets}
+        old_clients = {cl.scope: cl for cl in self._clients}
+        clients: list[_Clients] = []
         for k, school in enumerate(cfg.schools):
             sc = scope("school", school.name)
             if school.max_inflight > 0:
                 limits.append(_Limit("slots", k, sc, "slots", school.max_inflight))
+                for kk, klass in shared_classes:
+                    limits.append(_Limit("class", k, sc, f"class:{klass.name}", 0, klass=kk,
+                                         base=school.max_inflight))
+            if school.client_rate > 0:
+                # Buckets carried over by a reload were reset to the config's
+                # rate: they are retuned at the next round, as if new.
+                old_cl = old_clients.get(sc)
+                clients.append(_Clients(k, sc, school.client_rate,
+                                        float(school.client_burst
+                                              or max(1.0, school.client_rate)),
+                                        refreshed=old_cl.refreshed if old_cl else 0.0))
             if school.max_connections > 0:
                 limits.append(_Limit("conns", k, sc, "conns", school.max_connections))
             limits.append(_Limit("queue", k, sc, "queue", cfg.admission.max_queue))
@@ -404,26 +493,47 @@ class SharedAllotment:
                     controller.reclaim_tokens(k, u["tokens"], now)
                 buckets.append(_Bucket(k, sc, school.rate, burst, admitted=u["admitted"],
                                        give=old.give if old else 0.0))
-        self._limits, self._buckets = limits, buckets
+        self._limits, self._buckets, self._clients = limits, buckets, clients
         keys = {(lim.scope, lim.name) for lim in limits}
         self._allot = {key: v for key, v in self._allot.items() if key in keys}
         self._applied = {}
         self._caps = {}
         # The scheduler took the configured limits whole: set our leases
-        # again (a new limit starts at 0 slots until granted, and at the
-        # static part for the connection and queue bounds, which protect
-        # this process rather than the upstream).
+        # again. A new limit starts at 0 slots until granted, and at the
+        # static part for the connection and queue bounds until the first
+        # answer (a round trip later), so a school a reload adds turns
+        # nobody away meanwhile. A starting worker takes no connection
+        # before its first answer anyway (see `ready`).
         for lim in limits:
             key = (lim.scope, lim.name)
+            if lim.kind in ("class", "poolclass"):
+                lim.active, lim.limit = self._class_limit(lim, now)
             if key not in self._allot:
-                self._allot[key] = (0 if lim.kind in ("slots", "pool")
-                                    else fair_share(lim.limit, 0, self.peers))
+                self._allot[key] = (fair_share(lim.limit, 0, self.peers)
+                                    if lim.kind in ("conns", "queue") else 0)
             self._allot[key] = min(self._allot[key], lim.limit)
         if self.fallback:
             self._apply_fallback(now)
         else:
             self._apply(now, tokens_local=False)
         return self.tick(now)
+
+    @property
+    def ready(self) -> bool:
+        """An answer was applied, or the ledger is failed over to the static
+        part: this participant enforces real leases and may take traffic
+        (a worker starts accepting connections only then)."""
+        return self._last_answer is not None or self.fallback
+
+    def _class_limit(self, lim: _Limit, now: float) -> tuple[bool, int]:
+        """(the class has a share now, its slots fleet-wide: share x the
+        configured limit, at least one, as the scheduler counts it)."""
+        c = self.controller
+        assert c is not None
+        share = c.share(lim.klass, now)
+        if share is None:
+            return False, lim.limit
+        return True, max(1, math.floor(share * lim.base + 1e-9))
 
     def tick(self, now: float) -> float | None:
         answer = self.ledger.take_answer()
@@ -447,11 +557,22 @@ class SharedAllotment:
         usage = [c.usage(k, now) for k in range(len(c.cfg.schools))]
         n = self._seen()
         rank = self._rank()
-        ops: list[SlotOp | TokenOp] = []
+        pool_usage = [c.pool_usage(p, now) for p in range(len(c.cfg.pools))]
+        ops: list[SlotOp | TokenOp | ClientOp] = []
         for lim in self._limits:
             key = (lim.scope, lim.name)
             others = self._others.get(key, {})
-            if lim.kind == "pool":
+            if lim.kind in ("class", "poolclass"):
+                lim.active, lim.limit = self._class_limit(lim, now)
+                if not lim.active:
+                    # No share now: nothing to lease (the lease expires).
+                    continue
+                u = (usage if lim.kind == "class" else pool_usage)[lim.index]
+                inuse = u["class_inflight"][lim.klass]
+                mine = {"": inuse + u["class_queued"][lim.klass]}
+                spec = str(mine[""])
+                other_demand = {q: {"": _school_demand(v)} for q, v in others.items()}
+            elif lim.kind == "pool":
                 mine = {c.cfg.schools[k].name: usage[k]["inflight"] + usage[k]["queued"]
                         for k in lim.members}
                 inuse = sum(usage[k]["inflight"] for k in lim.members)
@@ -470,6 +591,13 @@ class SharedAllotment:
             # participants, so the first to report does not take it all.
             for i in range(self.peers - 1 - len(other_demand)):
                 other_demand[f"~{i}"] = {k: 0.0 for k in mine}
+            if lim.kind in ("conns", "queue"):
+                # These bounds hold exactly (a participant enforces only its
+                # lease), so the spare is not all handed out: one idle
+                # participant's part stays unleased, for an instance that
+                # joins to take at its first round instead of turning
+                # clients away until the others have made room.
+                other_demand["~join"] = {"": 0.0}
             want, _ = targets(lim.limit, self.me, mine, other_demand, lim.weights,
                               _rotation(now))
             # Lower locally before the ledger hears of it: a lease is given
@@ -481,6 +609,8 @@ class SharedAllotment:
                               inuse, cap, spec))
         if not self.fallback:
             self._apply(now, tokens_local=False)
+        for cl in self._clients:
+            ops.append(self._client_op(cl, now))
         for b in self._buckets:
             u = usage[b.index]
             spent = u["admitted"] - b.admitted
@@ -505,6 +635,53 @@ class SharedAllotment:
             b.give = 0.0
         return Report(self.me, self.ttl, self.grace, ops, self._epoch)
 
+    def _client_op(self, cl: _Clients, now: float) -> ClientOp:
+        """The clients this participant saw: those whose bucket here is not
+        full (every round), and the other known ones still held here (every
+        half window, so the others keep counting this participant while a
+        bucket of the client is kept here)."""
+        c = self.controller
+        assert c is not None
+        keys: dict[str, Any] = {}
+        for key in c.active_clients(cl.index, now)[:MAX_CLIENTS]:
+            keys[_client_str(key)] = key
+        if now - cl.refreshed >= self.ttl / 2:
+            cl.refreshed = now
+            for name, (key, n) in list(cl.known.items()):
+                if name in keys:
+                    continue
+                # Still held here? (the scheduler forgets idle buckets)
+                if c.set_client_allotment(cl.index, key, now, cl.rate / n,
+                                          max(1.0, cl.burst / n)):
+                    keys[name] = key
+                else:
+                    del cl.known[name]
+        for name, key in keys.items():
+            if name not in cl.known:
+                cl.known[name] = (key, 0)  # 0: not yet retuned to its count
+        return ClientOp(cl.scope, "clients", list(keys), self.ttl)
+
+    def _on_clients(self, cl: _Clients, op: ClientOp, counts: list[int], now: float) -> None:
+        """Each client's bucket here gets 1/n of its rate and burst, n the
+        participants that saw it; a bucket made here since the last round
+        started at 1/(all participants) and is topped up to its part."""
+        c = self.controller
+        assert c is not None
+        for name, n in zip(op.keys, counts, strict=True):
+            entry = cl.known.get(name)
+            if entry is None:
+                continue
+            key, old = entry
+            n = max(int(n), 1)
+            if n == old:
+                continue
+            cap = max(1.0, cl.burst / n)
+            grant = max(0.0, cap - cl.start) if old == 0 else 0.0
+            if c.set_client_allotment(cl.index, key, now, cl.rate / n, cap, grant):
+                cl.known[name] = (key, n)
+            else:
+                del cl.known[name]
+
     def _on_answer(self, answer: tuple[Report, Any], now: float) -> None:
         report, result = answer
         if isinstance(result, BaseException):
@@ -520,7 +697,13 @@ class SharedAllotment:
         self.rounds += 1
         limits = {(lim.scope, lim.name): lim for lim in self._limits}
         buckets = {b.scope: b for b in self._buckets}
+        clients = {cl.scope: cl for cl in self._clients}
         for op, ans in zip(report.ops, result, strict=True):
+            if isinstance(op, ClientOp):
+                cl = clients.get(op.scope)
+                if cl is not None:
+                    self._on_clients(cl, op, ans.counts, now)
+                continue
             if isinstance(op, SlotOp):
                 key = (op.scope, op.name)
                 self._others[key] = ans.others
@@ -593,25 +776,33 @@ class SharedAllotment:
         c = self.controller
         assert c is not None
         cfg = c.cfg
-        wanted: dict[tuple[str, int, str], Any] = {}
+        wanted: dict[tuple[str, int, Any], Any] = {}
         pool_caps: dict[int, int] = {}
         school_lim: dict[tuple[int, str], int] = {}
+        pool_class: dict[tuple[int, int], int] = {}
         for lim in self._limits:
             held = self._allot[(lim.scope, lim.name)]
-            if lim.kind == "pool":
+            if lim.kind in ("class", "poolclass"):
+                # No share now: the scheduler sets no class limit anyway.
+                value = min(held, lim.limit) if lim.active else None
+                wanted[(lim.kind, lim.index, lim.klass)] = value
+                if lim.kind == "poolclass" and value is not None:
+                    pool_class[(lim.index, lim.klass)] = value
+            elif lim.kind == "pool":
                 wanted[("pool", lim.index, "max_inflight")] = held
                 if caps and lim.members:
                     pool_caps.update(self._pool_caps(lim, held, now))
-            elif lim.kind in ("queue", "conns"):
-                # These two bound this process's memory and sockets, not the
-                # upstream: each participant keeps at least its even part,
-                # so one joining the fleet turns nobody away before the
-                # others have made room (the bound then holds to within
-                # that part per participant).
-                school_lim[(lim.index, lim.kind)] = max(
-                    held, fair_share(lim.limit, self._rank(), self._seen()))
             else:
+                # Queue and connection bounds too are exactly the lease: the
+                # leases add up to at most the limit (see _report for how a
+                # joiner still gets its part at once).
                 school_lim[(lim.index, lim.kind)] = held
+        # A pool member without a limit of its own: the pool's class lease
+        # bounds the class there (not its share of this worker's pool part).
+        for (p, kk), value in pool_class.items():
+            for k, school in enumerate(cfg.schools):
+                if (school.pool == cfg.pools[p].name and school.max_inflight == 0):
+                    wanted[("class", k, kk)] = value
         for k in range(len(cfg.schools)):
             slots = school_lim.get((k, "slots"))
             cap = pool_caps.get(k)
@@ -625,6 +816,13 @@ class SharedAllotment:
             wanted[("school", k, "max_connections")] = school_lim.get((k, "conns"))
             wanted[("school", k, "max_queue")] = school_lim.get((k, "queue"), 0)
         n, rank = self._seen(), self._rank()
+        for cl in self._clients:
+            # A client first seen here may be seen by every participant:
+            # its bucket starts at that part, topped up once the ledger
+            # says how many saw it (_on_clients).
+            cl.start = max(1.0, cl.burst / n)
+            wanted[("school", cl.index, "client_rate")] = cl.rate / n
+            wanted[("school", cl.index, "client_burst")] = cl.start
         for b in self._buckets:
             if tokens_local:
                 wanted[("school", b.index, "rate")] = b.rate / n
@@ -639,6 +837,10 @@ class SharedAllotment:
             for (kind, index, name), value in sorted(changes.items(), key=_pools_first):
                 if kind == "pool":
                     c.set_pool_allotment(index, now, value)
+                elif kind == "poolclass":
+                    c.set_pool_class_allotment(index, name, now, value)
+                elif kind == "class":
+                    c.set_class_allotment(index, name, now, value)
                 else:
                     c.set_allotment(index, now, **{name: value})
                 self._applied[(kind, index, name)] = value
@@ -684,9 +886,20 @@ def _lower(new: Any, old: Any) -> bool:
     return old is None or new < old
 
 
-def _pools_first(item: tuple[tuple[str, int, str], Any]) -> tuple[int, int, str]:
+def _pools_first(item: tuple[tuple[str, int, Any], Any]) -> tuple[int, int, str]:
     (kind, index, name), _ = item
-    return (0 if kind == "pool" else 1, index, name)
+    return (0 if kind in ("pool", "poolclass") else 1, index, f"{kind}:{name}")
+
+
+# Client keys reported per school and round at most (a flood of distinct
+# addresses must not make a round unbounded; the rest wait a round).
+MAX_CLIENTS = 512
+
+
+def _client_str(key: Any) -> str:
+    """A client key as the ledger stores it (the scheduler's keys are the
+    client address as bytes)."""
+    return key.decode("latin-1") if isinstance(key, bytes) else str(key)
 
 
 def _school_demand(value: str) -> float:
