@@ -428,6 +428,7 @@ class SharedAllotment:
         self._limits: list[_Limit] = []
         self._buckets: list[_Bucket] = []
         self._clients: list[_Clients] = []
+        self._demand: list[int] = []  # slot demand per school at the last report
         # Lease per (scope, name) as enforced now; kept across reconfigures.
         self._allot: dict[tuple[str, str], int] = {}
         # Other participants' leases (from the last answer), per limit.
@@ -558,6 +559,7 @@ class SharedAllotment:
         n = self._seen()
         rank = self._rank()
         pool_usage = [c.pool_usage(p, now) for p in range(len(c.cfg.pools))]
+        demand = self._demand = self._slot_demand(usage, pool_usage, now)
         ops: list[SlotOp | TokenOp | ClientOp] = []
         for lim in self._limits:
             key = (lim.scope, lim.name)
@@ -573,14 +575,13 @@ class SharedAllotment:
                 spec = str(mine[""])
                 other_demand = {q: {"": _school_demand(v)} for q, v in others.items()}
             elif lim.kind == "pool":
-                mine = {c.cfg.schools[k].name: usage[k]["inflight"] + usage[k]["queued"]
-                        for k in lim.members}
+                mine = {c.cfg.schools[k].name: demand[k] for k in lim.members}
                 inuse = sum(usage[k]["inflight"] for k in lim.members)
                 spec = msgspec.json.encode(mine).decode()
                 other_demand = {q: _pool_demand(v) for q, v in others.items()}
             else:
                 u = usage[lim.index]
-                d = {"slots": u["inflight"] + u["queued"], "conns": u["connections"],
+                d = {"slots": demand[lim.index], "conns": u["connections"],
                      "queue": u["queued"]}[lim.kind]
                 inuse = {"slots": u["inflight"], "conns": u["connections"],
                          "queue": u["queued"]}[lim.kind]
@@ -593,11 +594,13 @@ class SharedAllotment:
                 other_demand[f"~{i}"] = {k: 0.0 for k in mine}
             if lim.kind in ("conns", "queue"):
                 # These bounds hold exactly (a participant enforces only its
-                # lease), so the spare is not all handed out: one idle
-                # participant's part stays unleased, for an instance that
-                # joins to take at its first round instead of turning
-                # clients away until the others have made room.
-                other_demand["~join"] = {"": 0.0}
+                # lease), so the spare is not all handed out: the parts of
+                # one more instance's workers (as many as this one's) stay
+                # unleased, for an instance that joins to take at its first
+                # round instead of turning clients away until the others
+                # have made room.
+                for i in range(self.peers):
+                    other_demand[f"~join{i}"] = {"": 0.0}
             want, _ = targets(lim.limit, self.me, mine, other_demand, lim.weights,
                               _rotation(now))
             # Lower locally before the ledger hears of it: a lease is given
@@ -634,6 +637,36 @@ class SharedAllotment:
             ops.append(TokenOp(b.scope, "tat", b.rate, b.burst, take, give + b.give))
             b.give = 0.0
         return Report(self.me, self.ttl, self.grace, ops, self._epoch)
+
+    def _slot_demand(self, usage: list[dict], pool_usage: list[dict], now: float) -> list[int]:
+        """Per school, the slots it could use here: in flight plus queued,
+        but queued requests of a class at its shared max_share here count
+        only as far as its class lease has room (they would hold slots the
+        other classes could use while waiting for the class's own)."""
+        c = self.controller
+        assert c is not None
+        room: dict[tuple[int, int], int] = {}
+        for lim in self._limits:
+            if not lim.active or lim.kind not in ("class", "poolclass"):
+                continue
+            held = min(self._allot[(lim.scope, lim.name)], lim.limit)
+            if lim.kind == "class":
+                free = held - usage[lim.index]["class_inflight"][lim.klass]
+                schools = [lim.index]
+            else:
+                free = held - pool_usage[lim.index]["class_inflight"][lim.klass]
+                name = c.cfg.pools[lim.index].name
+                schools = [k for k, sc in enumerate(c.cfg.schools) if sc.pool == name]
+            for k in schools:
+                room[(k, lim.klass)] = min(room.get((k, lim.klass), free), max(free, 0))
+        out = []
+        for k, u in enumerate(usage):
+            d = u["inflight"]
+            for klass, q in enumerate(u["class_queued"]):
+                r = room.get((k, klass))
+                d += q if r is None else min(q, r)
+            out.append(d)
+        return out
 
     def _client_op(self, cl: _Clients, now: float) -> ClientOp:
         """The clients this participant saw: those whose bucket here is not
@@ -854,7 +887,8 @@ class SharedAllotment:
         mine = {}
         for k in lim.members:
             u = c.usage(k, now)
-            mine[cfg.schools[k].name] = u["inflight"] + u["queued"]
+            mine[cfg.schools[k].name] = (self._demand[k] if k < len(self._demand)
+                                         else u["inflight"] + u["queued"])
         leases = self._others.get((lim.scope, lim.name), {})
         others = {q: _pool_demand(v) for q, v in leases.items()}
         _, parts = targets(lim.limit, self.me, mine, others, lim.weights, _rotation(now))

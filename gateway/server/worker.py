@@ -84,6 +84,7 @@ class Worker:
         # Limits shared with the other workers (shared memory) or instances
         # (Redis); None: this worker's static part (gateway/shared/ledger.py).
         allotment, self.ledger = shared_allotment(cfg, index, inherited())
+        self.allotment = allotment
         self.app = App(cfg, worker=index, workers=self.workers, allotment=allotment)
         self.warnings = RateLimitedLog(log, cfg.log.warn_burst, cfg.log.warn_interval)
         self.access = AccessLog(cfg.log, self.warnings)
@@ -102,6 +103,20 @@ class Worker:
         loop = self.loop = asyncio.get_running_loop()
         cfg = self.app.cfg
         proto = b"https" if cfg.server.tls_cert else b"http"
+        # The ledger's I/O runs beside the requests, never in their way; the
+        # admission timer drives the rounds (the allotment task's tick), so
+        # arm it once even before the first request.
+        self.ledger_task = (loop.create_task(self.ledger.run())
+                            if self.ledger is not None else None)
+        self.app.admission._rearm()
+        if self.allotment is not None:
+            # Like a proxy that joins its balancer only once ready, take no
+            # connection before the shared limits first answered (or failed
+            # over to the static part): a joiner enforcing no lease yet
+            # would turn clients away from a fleet with room.
+            deadline = time.monotonic() + self.allotment.stale_after + 1.0
+            while not self.allotment.ready and time.monotonic() < deadline:
+                await asyncio.sleep(self.allotment.interval / 4)
         sock = bind_socket(cfg.server.listen, cfg.server.backlog)
         context = tls_context(cfg)
         if context is None:
@@ -123,11 +138,6 @@ class Worker:
         loop.call_later(REAP_INTERVAL, self._reap)
         loop.call_later(FLUSH_INTERVAL, self._flush_logs)
         self.app.admission.start()  # the waiting lines' syncs
-        # The ledger's I/O runs beside the requests, never in their way; the
-        # admission timer drives the rounds (the allotment task's tick), so
-        # arm it once even before the first request.
-        self.ledger_task = (loop.create_task(self.ledger.run())
-                            if self.ledger is not None else None)
         self.app.admission._rearm()
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
