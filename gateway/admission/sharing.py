@@ -319,6 +319,7 @@ class SlotAnswer:
     grant: int
     age: float
     others: dict[str, str]
+    now: float | None = None  # the ledger's clock at the round (None: unknown)
 
 
 @dataclass
@@ -436,6 +437,9 @@ class SharedAllotment:
         self._caps: dict[int, int] = {}  # school index -> pool cap
         self._applied: dict[tuple[str, int, str], Any] = {}
         self._epoch = 0
+        # Participants that renewed a lease within HEARD_WITHIN seconds of
+        # the last answer (None: no answer yet).
+        self._alive: set[str] | None = None
         self._last_answer: float | None = None
         self._started_at = 0.0
 
@@ -518,6 +522,22 @@ class SharedAllotment:
         else:
             self._apply(now, tokens_local=False)
         return self.tick(now)
+
+    def final_report(self, now: float) -> Report:
+        """The round of an orderly stop (the worker drained): every lease
+        given back at once (ttl 0, so the next round of anyone drops it)
+        and the tokens held here returned, so a restarted or replaced
+        instance (a new participant name) need not wait out the ttl."""
+        c = self.controller
+        ops: list[SlotOp | TokenOp | ClientOp] = [
+            SlotOp(lim.scope, lim.name, lim.limit, 0, 0, 0, 0, "0")
+            for lim in self._limits if lim.active]
+        for b in self._buckets:
+            held = c.usage(b.index, now)["tokens"] if c is not None else 0.0
+            give = c.reclaim_tokens(b.index, held, now) if c is not None and held > 0 else 0.0
+            if not self.fallback:
+                ops.append(TokenOp(b.scope, "tat", b.rate, b.burst, 0, give + b.give))
+        return Report(self.me, 0.0, self.grace, ops, self._epoch)
 
     @property
     def ready(self) -> bool:
@@ -731,6 +751,8 @@ class SharedAllotment:
         limits = {(lim.scope, lim.name): lim for lim in self._limits}
         buckets = {b.scope: b for b in self._buckets}
         clients = {cl.scope: cl for cl in self._clients}
+        alive = {self.me}
+        heard = max(HEARD_WITHIN, 5 * self.interval)
         for op, ans in zip(report.ops, result, strict=True):
             if isinstance(op, ClientOp):
                 cl = clients.get(op.scope)
@@ -740,6 +762,13 @@ class SharedAllotment:
             if isinstance(op, SlotOp):
                 key = (op.scope, op.name)
                 self._others[key] = ans.others
+                for name, value in ans.others.items():
+                    # Renewed within `heard` of the round (its lease's
+                    # expiry is renewal + ttl): a participant that died or
+                    # stopped still holds its lease until the ttl, but no
+                    # longer counts in the fallback's division.
+                    if ans.now is None or parse_lease(value)[2] > ans.now + report.ttl - heard:
+                        alive.add(name)
                 if key in limits and report.epoch == self._epoch:
                     self._allot[key] = min(ans.grant, limits[key].limit)
             else:
@@ -751,6 +780,7 @@ class SharedAllotment:
                 if ans.taken:
                     took = c.grant_tokens(b.index, float(ans.taken), now)
                     b.give += ans.taken - took
+        self._alive = alive
         self.participants = self._seen()
         if self.fallback:
             if report.epoch == self._epoch:
@@ -789,17 +819,20 @@ class SharedAllotment:
             b.admitted = u["admitted"]
         self._apply(now, tokens_local=False)
 
-    def _seen(self) -> int:
+    def _names(self) -> set[str]:
+        """The participants heard of in the last answer's heartbeats."""
+        if self._alive is not None:
+            return self._alive | {self.me}
         names = {self.me}
         for others in self._others.values():
             names.update(others)
-        return max(len(names), self.peers)
+        return names
+
+    def _seen(self) -> int:
+        return max(len(self._names()), self.peers)
 
     def _rank(self) -> int:
-        names = {self.me}
-        for others in self._others.values():
-            names.update(others)
-        return sorted(names).index(self.me)
+        return sorted(self._names()).index(self.me)
 
     # -- allotments ----------------------------------------------------------------
 
@@ -924,6 +957,10 @@ def _pools_first(item: tuple[tuple[str, int, Any], Any]) -> tuple[int, int, str]
     (kind, index, name), _ = item
     return (0 if kind in ("pool", "poolclass") else 1, index, f"{kind}:{name}")
 
+
+# A participant whose newest lease was renewed longer ago than this (or 5
+# rounds, if longer) before an answer no longer counts as alive (seconds).
+HEARD_WITHIN = 1.0
 
 # Client keys reported per school and round at most (a flood of distinct
 # addresses must not make a round unbounded; the rest wait a round).

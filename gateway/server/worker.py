@@ -34,7 +34,7 @@ from gateway.proxy.client import IDLE, ClientProtocol
 from gateway.server.logs import FLUSH_INTERVAL, AccessLog, LimitFilter, RateLimitedLog
 from gateway.server.telemetry import Publisher
 from gateway.server.tlsport import TLSPortProtocol
-from gateway.shared.ledger import shared_allotment
+from gateway.shared.ledger import give_back, shared_allotment
 from gateway.shared.region import inherited
 from gateway.waiting import clear_cache
 
@@ -174,6 +174,10 @@ class Worker:
             for server in app.servers.values():
                 server.close_all()
         self.app.admission.close()  # one for all Apps
+        if self.allotment is not None:
+            if self.ledger_task is not None:
+                self.ledger_task.cancel()  # no round of its own in between
+            await give_back(self.allotment)
         if self.ledger_task is not None:
             self.ledger_task.cancel()
             await self.ledger.close()  # type: ignore[union-attr]

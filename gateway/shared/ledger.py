@@ -107,7 +107,7 @@ def run_round(state: dict, report: Report,
             grant, age, others = claim(
                 table, report.me, now, limit=op.limit, want=op.want, allot=op.allot,
                 inuse=op.inuse, cap=op.cap, spec=op.spec, ttl=report.ttl, grace=report.grace)
-            answers.append(SlotAnswer(grant, age, others))
+            answers.append(SlotAnswer(grant, age, others, now))
         else:
             tat, taken = gcra(tats.get(k), now, rate=op.rate, burst=op.burst,
                               take=op.take, give=op.give)
@@ -162,8 +162,8 @@ for i, key in ipairs(KEYS) do
     local grant = math.max(0, math.min(want, limit - others))
     local held = math.max(grant, allot, inuse)
     redis.call('HSET', key, me, string.format('%d|%d|%.6f|%s', held, inuse, now + ttl, spec))
-    redis.call('PEXPIRE', key, math.ceil(ttl * 3000))
-    out[i] = {grant, string.format('%.6f', now - born), live}
+    redis.call('PEXPIRE', key, math.ceil(math.max(ttl, 1) * 3000))
+    out[i] = {grant, string.format('%.6f', now - born), live, string.format('%.6f', now)}
   elseif ARGV[a] == 't' then
     local rate, burst = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local take, give = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
@@ -297,7 +297,8 @@ class RedisLedger:
                 elif isinstance(report.ops[i], SlotOp):
                     flat = item[2]
                     others = {_str(flat[j]): _str(flat[j + 1]) for j in range(0, len(flat), 2)}
-                    answers[i] = SlotAnswer(int(item[0]), float(item[1]), others)
+                    answers[i] = SlotAnswer(int(item[0]), float(item[1]), others,
+                                            float(item[3]))
                 else:
                     answers[i] = TokenAnswer(int(item[0]))
         return answers  # type: ignore[return-value]
@@ -311,6 +312,25 @@ def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+
+
+async def give_back(task: Any, timeout: float = 1.0) -> None:
+    """An orderly stop's last round (SharedAllotment.final_report): this
+    participant's leases and tokens go back now rather than at the ttl.
+    Best effort: a ledger that does not answer within `timeout` seconds
+    keeps them until the ttl, as after a kill."""
+    report = task.final_report(time.time())
+    ledger = task.ledger
+    try:
+        if isinstance(ledger, RedisLedger):
+            await asyncio.wait_for(ledger.round(report), timeout)
+        elif isinstance(ledger, LocalLedger):
+            with ledger.segment.locked(blocking=True):
+                state = ledger.segment.load() or {}
+                run_round(state, report, ledger.clock())
+                ledger.segment.store(state)
+    except Exception as err:  # the ttl still frees them
+        log.info("shared limits: leases not given back at stop (%s); they expire", err)
 
 
 def shared_allotment(cfg: Any, index: int, region: Any = None,
@@ -348,4 +368,5 @@ def shared_allotment(cfg: Any, index: int, region: Any = None,
     return None, None
 
 
-__all__ = ["ROUND", "LocalLedger", "RedisLedger", "run_round", "shared_allotment"]
+__all__ = ["ROUND", "LocalLedger", "RedisLedger", "give_back", "run_round",
+           "shared_allotment"]

@@ -428,3 +428,26 @@ def test_presence_counts_the_participants_that_saw_a_client():
     assert presence(table, "a", 6.5, ["x", "y"], 5.0) == [1, 1]  # b's sight expired
     sweep_presence(table, 20.0)
     assert table == {}
+
+
+def test_an_orderly_stop_gives_its_leases_back_before_the_ttl():
+    import asyncio
+
+    from gateway.shared.ledger import give_back
+
+    fleet = Fleet(config([school("a", max_inflight=6)]), 2, ttl=5.0)
+    c0, c1 = fleet.controllers
+    fleet.run(0.5)
+    held = [c0.request(0, 0, None, fleet.now) for _ in range(6)]
+    fleet.run(1.0)
+    assert sum(t.state == ADMITTED for t in held) == 6
+    for t in held:
+        c0.release(t, fleet.now)
+    waiting = [c1.request(0, 0, None, fleet.now) for _ in range(6)]
+    # Participant 0 drained and stops: its last round gives everything back,
+    # so participant 1 has all six slots well within the ttl.
+    asyncio.run(give_back(fleet.tasks[0]))
+    fleet.controllers = [c1]
+    fleet.run(0.5)
+    assert sum(t.state == ADMITTED for t in waiting) == 6
+    fleet.close()
