@@ -199,11 +199,14 @@ def water_fill(limit: float, demands: Sequence[float],
     return parts
 
 
-def apportion(total: int, parts: Sequence[float], offset: int = 0) -> list[int]:
+def apportion(total: int, parts: Sequence[float], offset: int = 0,
+              held: Sequence[float] | None = None) -> list[int]:
     """Whole numbers adding up to `total` (>= 0) in proportion to `parts`
-    (largest remainders; ties to the earliest part counting from `offset`,
-    so participants that rotate it do not all favour the same part; all
-    equal if every part is 0)."""
+    (largest remainders; ties to the part that already holds the most
+    beyond its whole share (`held`, what each holds now: a slot stays where
+    it is rather than moving back and forth), then to the earliest part
+    counting from `offset`, so participants that rotate it do not all
+    favour the same part; all equal if every part is 0)."""
     n = len(parts)
     if n == 0:
         return []
@@ -211,7 +214,9 @@ def apportion(total: int, parts: Sequence[float], offset: int = 0) -> list[int]:
     exact = [total * p / s for p in parts] if s > 0 else [total / n] * n
     whole = [math.floor(x + 1e-9) for x in exact]
     rest = total - sum(whole)
-    order = sorted(range(n), key=lambda i: (round(whole[i] - exact[i], 9), (i - offset) % n))
+    keep = [0.0] * n if held is None else [h - w for h, w in zip(held, whole, strict=True)]
+    order = sorted(range(n), key=lambda i: (round(whole[i] - exact[i], 9), -keep[i],
+                                            (i - offset) % n))
     for i in order[:max(rest, 0)]:
         whole[i] += 1
     return whole
@@ -227,8 +232,8 @@ def fair_share(limit: int, rank: int, n: int) -> int:
 
 
 def targets(limit: int, me: str, mine: dict[str, float], others: dict[str, dict[str, float]],
-            weights: dict[str, float] | None = None,
-            offset: int = 0) -> tuple[int, dict[str, int]]:
+            weights: dict[str, float] | None = None, offset: int = 0,
+            held: dict[str, float] | None = None) -> tuple[int, dict[str, int]]:
     """What `me` should hold of `limit`: (whole slots, whole slots per key).
 
     mine / others[participant]: demand per key (one key "" for a school's
@@ -238,7 +243,9 @@ def targets(limit: int, me: str, mine: dict[str, float], others: dict[str, dict[
     name order, ties rotated by `offset`), so every participant computes
     the same split from the same answer and the per-key parts of all
     participants add up to the fair whole (a weight-3 school gets 3 of 8
-    slots in total, not 1 at each of 4 participants)."""
+    slots in total, not 1 at each of 4 participants). `held`: what each
+    participant holds now (its lease), which wins a rounding tie for it
+    (see apportion)."""
     entries: list[tuple[str, str]] = []
     demands: list[float] = []
     ws: list[float] = []
@@ -257,7 +264,8 @@ def targets(limit: int, me: str, mine: dict[str, float], others: dict[str, dict[
     my_parts: dict[str, int] = {}
     for k, total in zip(keys, key_whole, strict=True):
         idx = per_key[k]
-        split = apportion(total, [parts[i] for i in idx], offset)
+        keep = None if held is None else [held.get(entries[i][0], 0.0) for i in idx]
+        split = apportion(total, [parts[i] for i in idx], offset, keep)
         for i, w in zip(idx, split, strict=True):
             if entries[i][0] == me:
                 my_parts[k] = w
@@ -621,8 +629,10 @@ class SharedAllotment:
                 # have made room.
                 for i in range(self.peers):
                     other_demand[f"~join{i}"] = {"": 0.0}
+            held = {q: float(_lease_held(v)) for q, v in others.items()}
+            held[self.me] = float(self._allot[key])
             want, _ = targets(lim.limit, self.me, mine, other_demand, lim.weights,
-                              _rotation(now))
+                              _rotation(now), held)
             # Lower locally before the ledger hears of it: a lease is given
             # back only once it is no longer enforced here.
             if not self.fallback and want < self._allot[key]:
@@ -971,6 +981,13 @@ def _client_str(key: Any) -> str:
     """A client key as the ledger stores it (the scheduler's keys are the
     client address as bytes)."""
     return key.decode("latin-1") if isinstance(key, bytes) else str(key)
+
+
+def _lease_held(value: str) -> int:
+    try:
+        return parse_lease(value)[0]
+    except ValueError:
+        return 0
 
 
 def _school_demand(value: str) -> float:

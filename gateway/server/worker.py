@@ -104,18 +104,19 @@ class Worker:
         cfg = self.app.cfg
         proto = b"https" if cfg.server.tls_cert else b"http"
         # The ledger's I/O runs beside the requests, never in their way; the
-        # admission timer drives the rounds (the allotment task's tick), so
-        # arm it once even before the first request.
+        # admission timer drives the rounds (the allotment task's tick), armed
+        # below, once the waiting lines run too.
         self.ledger_task = (loop.create_task(self.ledger.run())
                             if self.ledger is not None else None)
-        self.app.admission._rearm()
         if self.allotment is not None:
             # Like a proxy that joins its balancer only once ready, take no
             # connection before the shared limits first answered (or failed
             # over to the static part): a joiner enforcing no lease yet
-            # would turn clients away from a fleet with room.
+            # would turn clients away from a fleet with room. Nothing is
+            # queued yet, so these rounds admit nothing.
             deadline = time.monotonic() + self.allotment.stale_after + 1.0
             while not self.allotment.ready and time.monotonic() < deadline:
+                self.allotment.tick(time.time())
                 await asyncio.sleep(self.allotment.interval / 4)
         sock = bind_socket(cfg.server.listen, cfg.server.backlog)
         context = tls_context(cfg)

@@ -496,3 +496,28 @@ def test_no_request_waits_past_max_wait_while_redis_is_stopped(
     assert max(lat for _, lat, _ in load.latencies) < 2.0 + 0.5, sorted(
         lat for _, lat, _ in load.latencies)[-5:]
     assert counting.peak["a.test"] <= 4
+
+
+def test_the_lua_presence_round_is_the_python_one(redis_server):
+    from gateway.admission.sharing import ClientOp, presence
+    from gateway.config.schema import Redis
+    from gateway.shared.redis import client
+
+    steps = [("a", ["x", "y"]), ("b", ["x"]), ("c", ["x", "z"]), ("a", ["x", "y", "z"])]
+
+    async def main() -> list[list[int]]:
+        c = client(Redis(url=redis_server.url))
+        ledger = RedisLedger(c, "t:")
+        out = []
+        for me, keys in steps:
+            [ans] = await ledger.round(Report(me, 5.0, 0.0, [ClientOp("s", "clients", keys,
+                                                                      30.0)]))
+            out.append(ans.counts)
+        await c.aclose()
+        return out
+
+    lua = asyncio.run(main())
+    table: dict[str, str] = {}
+    # The rounds ran microseconds apart: nobody's 30 s window ran out.
+    py = [presence(table, me, 0.0, keys, 30.0) for me, keys in steps]
+    assert lua == py == [[1, 1], [2], [3, 1], [3, 1, 2]]
