@@ -430,7 +430,11 @@ def test_a_clients_rate_holds_across_the_fleet(mode, request, procs, tmp_path, c
     elapsed = time.monotonic() - start
     codes = load.finish()
     expected = 10.0 * elapsed  # each worker on its own would admit 10/s
-    assert abs(got - expected) <= 0.15 * expected, (got, expected)
+    # Never more than the client's rate (and its burst) in the whole fleet.
+    # Less when its connections land unevenly: each worker that saw it holds
+    # its part of the bucket, and a part nobody uses meanwhile fills up.
+    assert got <= 1.05 * expected + 5, (got, expected)
+    assert got >= 0.7 * expected, (got, expected)
     assert 200 in codes
 
 
