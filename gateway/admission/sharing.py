@@ -654,13 +654,20 @@ class SharedAllotment:
                 # give back, nothing to take until it answers again.
                 ops.append(TokenOp(b.scope, "tat", b.rate, b.burst, 0, 0.0))
                 continue
+            # This participant's fair part of two rounds at the full rate:
+            # kept while idle (tokens held here are the shared bucket's,
+            # so this only decides where they wait, never how many there
+            # are) and asked for at once when traffic starts, so neither a
+            # pause nor a start throttles a busy school for the rounds a
+            # doubling from one token would take.
+            keep = max(1.0, min(b.burst, 2.0 * self.interval * b.rate) / n)
             if spent <= 0 and u["queued"] == 0:
-                # Idle: keep one token for the next request, give the rest back.
-                give = max(held - 1.0, 0.0)
+                # Idle: keep that part for the next requests, give the rest back.
+                give = max(held - keep, 0.0)
                 take = 0 if held >= 1.0 else 1
             else:
                 # Enough for two rounds at the pace just seen, plus the queue.
-                need = min(b.burst, max(1.0, 2.0 * spent + u["queued"]))
+                need = min(b.burst, max(keep, 2.0 * spent + u["queued"]))
                 give, take = 0.0, max(0, math.ceil(need - held))
             if give > 0:
                 give = c.reclaim_tokens(b.index, give, now)
