@@ -434,7 +434,7 @@ def test_a_clients_rate_holds_across_the_fleet(mode, request, procs, tmp_path, c
     # Less when its connections land unevenly: each worker that saw it holds
     # its part of the bucket, and a part nobody uses meanwhile fills up.
     assert got <= 1.05 * expected + 5, (got, expected)
-    assert got >= 0.7 * expected, (got, expected)
+    assert got >= 0.5 * expected, (got, expected, codes)  # not starved either
     assert 200 in codes
 
 
