@@ -172,7 +172,7 @@ backend origin
 
 def gateway(
     *, port: int, upstream_port: int, workers: int, overload: OverloadPolicy | None,
-    keepalive_timeout: float, admission_enabled: bool = True,
+    keepalive_timeout: float, admission_enabled: bool = True, redis_url: str = "",
 ) -> str:
     """The gateway's TOML.
 
@@ -180,8 +180,11 @@ def gateway(
     on every request (in-flight slot, school bucket, per-client bucket,
     default classes) but never refuses one. `admission_enabled=False` is the
     same file with `[admission] enabled = false`, which forwards every
-    request at once: the pair measures what admission costs.
+    request at once: the pair measures what admission costs. `redis_url`
+    shares the limits through that Redis (`[redis] url`) instead of keeping
+    them in this instance.
     """
+    shared = f'\n[redis]\nurl = "{redis_url}"\n' if redis_url else ""
     enabled = "" if admission_enabled else "enabled = false\n"
     if overload is None:
         school_limits = (
@@ -218,7 +221,7 @@ keepalive = {float(keepalive_timeout)}
 # Like nginx's and HAProxy's configs here (access_log off): no access log.
 [log]
 access = "off"
-
+{shared}
 {admission}
 [[schools]]
 name = "bench"

@@ -17,7 +17,9 @@ neighbour on a shared machine disturbs far less than req/s.
 "gateway" runs with admission on (limits sized so that every request goes
 through it but none is refused), "gateway-noadm" is the same config with
 `[admission] enabled = false`; a second table shows their ratio per case,
-the cost of admission, from the same rounds.
+the cost of admission, from the same rounds. "gateway-redis" is "gateway"
+with its limits shared through a redis-server the bench starts on a free
+port (and stops by its PID): a third table shows shared/local per case.
 
 Exits 1 when any system answered a plain request with a status >= 400 or a
 socket error: under this load none of them should.
@@ -37,7 +39,7 @@ from bench.systems import HOST, BenchError, Stack
 Runs = dict[str, dict[str, list[wrk.WrkResult]]]
 CpuRuns = dict[str, dict[str, list[cpu.CpuUse]]]
 
-SYSTEMS = ("gateway", "gateway-noadm", "nginx", "haproxy", "direct")
+SYSTEMS = ("gateway", "gateway-noadm", "gateway-redis", "nginx", "haproxy", "direct")
 CASES = {"small": "/", "64k": "/64k"}
 
 
@@ -152,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results, cpu_use, peaks = measure(args, names, stack)
     rows = report.load_summary(results, peaks, cpu_use)
     cost = report.admission_cost(results, cpu_use)
+    shared = report.admission_cost(results, cpu_use, report.SHARED, report.ADMISSION_ON)
     parts = ["# Load: req/s, latency and CPU per request (medians over rounds)",
              settings_line(args, env), report.load_markdown(rows), CPU_NOTE]
     if cost:
@@ -161,11 +164,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             " per request:",
             report.admission_markdown(cost),
         ]
+    if shared:
+        parts += [
+            "Cost of sharing the limits: gateway-redis (limits leased from a Redis, the"
+            " cloud setup) / gateway (limits kept in the instance), median of the"
+            " per-round ratios:",
+            report.admission_markdown(shared, "shared", "local"),
+        ]
     markdown = "\n\n".join([*parts, *notes])
     out = report.results_dir()
     report.write(out, "load", markdown, {
         "settings": vars(args), "environment": env, "notes": notes,
         "started_at": started_at, "summary": rows, "admission_cost": cost,
+        "sharing_cost": shared,
         "rounds": {
             case: {
                 name: [{**r.to_json(), **c.to_json()}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httptools
@@ -174,10 +175,15 @@ class RunResult:
 
 
 async def open_loop(
-    port: int, *, rate: float, duration: float, bulk_share: float, timeout: float = 10.0,
-    max_connections: int = 10_000, seed: int = 1,
+    port: int | Sequence[int], *, rate: float, duration: float, bulk_share: float,
+    timeout: float = 10.0, max_connections: int = 10_000, seed: int = 1,
 ) -> RunResult:
-    """Send `rate` requests per second for `duration` seconds, `bulk_share` of them bulk."""
+    """Send `rate` requests per second for `duration` seconds, `bulk_share` of them bulk.
+
+    Several ports (instances of one system): each new connection goes to
+    the next, as a layer-4 balancer spreads connections."""
+    ports = [port] if isinstance(port, int) else list(port)
+    opened = 0
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     idle: list[_Conn] = []
@@ -187,7 +193,7 @@ async def open_loop(
     pending: set[asyncio.Task[None]] = set()
 
     async def one(kind: str, raw: bytes, due: float) -> None:
-        nonlocal open_conns
+        nonlocal open_conns, opened
         result = classes[kind]
         conn = None
         while idle and conn is None:
@@ -203,8 +209,10 @@ async def open_loop(
                         result.failures["client-limit"] += 1
                         return
                     open_conns += 1
+                    opened += 1
                     try:
-                        _, conn = await loop.create_connection(_Conn, HOST, port)
+                        _, conn = await loop.create_connection(
+                            _Conn, HOST, ports[opened % len(ports)])
                     except OSError:
                         open_conns -= 1
                         result.failures["connect"] += 1

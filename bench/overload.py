@@ -10,6 +10,13 @@ upstream throughput, nobody waiting longer than --max-wait. The gateway also
 knows two traffic classes (bulk = /api/import/..., interactive = the rest,
 which outranks bulk); nginx and HAProxy have no such notion. "direct" sends
 the same traffic to the origin with no proxy, as the do-nothing baseline.
+"gateway-redis-x2" is the cloud edge: two gateway instances sharing the same
+policy through one redis-server the bench starts (and stops by its PID),
+each new client connection going to the next instance as a layer-4
+balancer would; the limit of 20 upstream is the fleet's, not each one's.
+The "origin peak" column is the most requests at the origin at once during
+the run, counting one that found every worker busy (bench.slow_upstream
+`peak_offered`): above the limit only if a proxy let too much through.
 
 Traffic is open-loop (bench.loadgen) at 2x, 5x and 10x the origin's
 throughput, --bulk-share of it bulk. For each system and load the table
@@ -43,7 +50,9 @@ from bench.loadgen import BACK_OFF, ERROR, OTHER, WAITING
 from bench.report import fmt, percentile
 from bench.systems import HOST, BenchError, Service, Stack
 
-SYSTEMS = ("gateway", "nginx", "haproxy", "direct")
+SYSTEMS = ("gateway", "gateway-redis-x2", "nginx", "haproxy", "direct")
+# The two-instance system: its instances (each a gateway-redis).
+INSTANCES = {"gateway-redis-x2": ("gateway-redis-1", "gateway-redis-2")}
 MAX_CLIENTS = 6000
 
 
@@ -72,10 +81,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def origin_stats(origin: Service) -> dict[str, object]:
+def origin_stats(origin: Service, reset: bool = False) -> dict[str, object]:
     conn = http.client.HTTPConnection(HOST, origin.port, timeout=5)
     try:
-        conn.request("GET", "/__stats")
+        conn.request("GET", "/__stats?reset" if reset else "/__stats")
         return json.loads(conn.getresponse().read())
     finally:
         conn.close()
@@ -135,7 +144,8 @@ def summarize(system: str, load: float, run: loadgen.RunResult) -> dict[str, obj
 def markdown(rows: Sequence[dict[str, object]]) -> str:
     headers = ["system", "load", "offered/s", "admitted/s", "inter p50 ms", "inter p99 ms",
                "inter answer p99 ms", "bulk % of 2xx", "statuses", "waiting pages",
-               "error pages", "origin non-2xx", "no answer", "gen lag p99 ms"]
+               "error pages", "origin non-2xx", "origin peak / limit", "no answer",
+               "gen lag p99 ms"]
     cells = []
     for row in rows:
         share = row["bulk_share_admitted"]
@@ -146,10 +156,11 @@ def markdown(rows: Sequence[dict[str, object]]) -> str:
             "-" if share is None else f"{share * 100:.1f}",  # type: ignore[operator]
             report.counts(row["statuses"]), report.counts(row["waiting_pages"]),  # type: ignore[arg-type]
             report.counts(row["error_pages"]), report.counts(row["origin_errors"]),  # type: ignore[arg-type]
+            f"{row.get('origin_peak_offered', '-')} / {row.get('limit', '-')}",
             report.counts(row["failures"]), fmt(row["lag_p99_ms"], 1),  # type: ignore[arg-type]
         ])
     numeric = [False, True, True, True, True, True, True, True, False, False, False, False,
-               False, True]
+               True, False, True]
     return report.markdown_table(headers, cells, numeric)
 
 
@@ -160,7 +171,7 @@ def row_problems(row: dict[str, object]) -> list[str]:
     bad = {k: v for k, v in row["failures"].items() if k != "client-limit"}  # type: ignore[attr-defined]
     if bad:
         found.append(f"{where}: no HTTP answer {bad}")
-    if row["system"] == "gateway":
+    if str(row["system"]).startswith("gateway"):
         if row["error_pages"]:
             found.append(f"{where}: error pages {report.counts(row['error_pages'])}"  # type: ignore[arg-type]
                          " instead of waiting pages")
@@ -184,9 +195,17 @@ def measure(
     # Open-loop clients pile up while a proxy makes them wait: at 10x with a
     # one-second queue that is 4,000 connections at once.
     systems.raise_fd_limit(3 * MAX_CLIENTS)
-    started = systems.start_proxies(
-        stack, names, origin, overload=policy, max_clients=MAX_CLIENTS
-    )
+    single = [n for n in names if n not in INSTANCES]
+    started: dict[str, Service | list[Service]] = dict(systems.start_proxies(
+        stack, single, origin, overload=policy, max_clients=MAX_CLIENTS
+    ))
+    for name in names:
+        if name in INSTANCES:
+            started[name] = [
+                systems.start_gateway(stack, origin.port, overload=policy,
+                                      keepalive_timeout=75.0, name="gateway-redis",
+                                      instance=label)
+                for label in INSTANCES[name]]
     rows: list[dict[str, object]] = []
     problems: list[str] = []
     try:
@@ -199,15 +218,18 @@ def measure(
         for load in args.loads:
             for name in names:
                 service = started[name]
-                before = origin_stats(origin)
+                services = service if isinstance(service, list) else [service]
+                before = origin_stats(origin, reset=True)
                 run = runner.run(loadgen.open_loop(
-                    service.port, rate=rate * load, duration=args.duration,
+                    [s.port for s in services], rate=rate * load, duration=args.duration,
                     bulk_share=args.bulk_share, timeout=max(10.0, 5 * args.max_wait),
                     max_connections=MAX_CLIENTS,
                 ))
                 after = origin_stats(origin)
                 row = summarize(name, load, run)
                 row["origin_peak_inflight"] = after["peak_inflight"]
+                row["origin_peak_offered"] = after["peak_offered"]
+                row["limit"] = args.capacity
                 row["origin_served"] = {
                     k: after["served"][k] - before["served"][k]  # type: ignore[index]
                     for k in ("interactive", "bulk")
@@ -219,8 +241,9 @@ def measure(
                     flush=True,
                 )
                 problems.extend(row_problems(row))
-                if not service.alive():
-                    raise BenchError(f"{name} died at {load:g}x; log:\n{service.log_tail()}")
+                for s in services:
+                    if not s.alive():
+                        raise BenchError(f"{name} died at {load:g}x; log:\n{s.log_tail()}")
                 # Let queues and pooled connections settle before the next system.
                 time.sleep(0.5)
     return rows, problems

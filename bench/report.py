@@ -180,11 +180,14 @@ def load_markdown(rows: Sequence[Mapping[str, object]]) -> str:
 
 
 ADMISSION_ON, ADMISSION_OFF = "gateway", "gateway-noadm"
+# The gateway sharing its limits through Redis, against the same gateway
+# keeping them local (bench.load's shared/local table).
+SHARED = "gateway-redis"
 
 
 def admission_cost(
     results: Mapping[str, Mapping[str, Sequence[WrkResult]]],
-    cpu: CpuRuns | None = None,
+    cpu: CpuRuns | None = None, on_name: str = ADMISSION_ON, off_name: str = ADMISSION_OFF,
 ) -> list[dict[str, object]]:
     """Per case: the gateway with admission on against the same gateway with it off.
 
@@ -193,17 +196,19 @@ def admission_cost(
     admission is slower), and their range shows how noisy the pairing was.
     With `cpu` (as for `load_summary`), also each side's CPU microseconds per
     request and the median of per-round on/off ratios of it (above 1:
-    admission costs CPU). Cases where either gateway is missing are left out.
+    admission costs CPU). Cases where either gateway is missing are left out. `on_name` and
+    `off_name` pair two other systems the same way (SHARED against
+    ADMISSION_ON: what sharing the limits through Redis costs).
     """
     rows: list[dict[str, object]] = []
     for case, by_system in results.items():
-        on, off = by_system.get(ADMISSION_ON) or [], by_system.get(ADMISSION_OFF) or []
+        on, off = by_system.get(on_name) or [], by_system.get(off_name) or []
         pairs = paired_ratios([r.rps for r in on], [r.rps for r in off])
         if not pairs:
             continue
         cpu_case = (cpu or {}).get(case, {})
-        cpu_on = [c.us_per_request for c in cpu_case.get(ADMISSION_ON, ())]
-        cpu_off = [c.us_per_request for c in cpu_case.get(ADMISSION_OFF, ())]
+        cpu_on = [c.us_per_request for c in cpu_case.get(on_name, ())]
+        cpu_off = [c.us_per_request for c in cpu_case.get(off_name, ())]
         rows.append({
             "case": case,
             "rounds": len(pairs),
@@ -223,14 +228,16 @@ def admission_cost(
     return rows
 
 
-def admission_markdown(rows: Sequence[Mapping[str, object]]) -> str:
+def admission_markdown(rows: Sequence[Mapping[str, object]], on: str = "on",
+                       off: str = "off") -> str:
     """The cost-of-admission table: req/s, latency and (when measured) CPU per
-    request with admission on / off."""
+    request with admission on / off (or the two systems `on` and `off` name,
+    as admission_cost paired them)."""
     with_cpu = _has_cpu(rows, "cpu_us_on") or _has_cpu(rows, "cpu_us_off")
-    headers = ["case", "req/s on", "req/s off", "on/off", "range over rounds",
-               "p50 ms on / off", "p99 ms on / off"]
+    headers = ["case", f"req/s {on}", f"req/s {off}", f"{on}/{off}", "range over rounds",
+               f"p50 ms {on} / {off}", f"p99 ms {on} / {off}"]
     if with_cpu:
-        headers += ["CPU us/req on / off", "CPU on/off"]
+        headers += [f"CPU us/req {on} / {off}", f"CPU {on}/{off}"]
     cells = []
     for r in rows:
         line = [

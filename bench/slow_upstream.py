@@ -12,7 +12,11 @@ capacity / service-time requests per second (400/s with the defaults).
 Every response carries `X-Origin: slow-upstream`, which lets the load
 generator tell an origin's 503 (the proxy let too much through) from a
 proxy's own 503 (the proxy shed the load). `GET /__stats` answers at once,
-uses no worker, and returns counters as JSON.
+uses no worker, and returns counters as JSON; `GET /__stats?reset` first
+starts the two peaks again from what is in flight now. `peak_offered` is the
+most requests that were at the origin at once, counting one that arrived
+while every worker was busy: above the capacity when a proxy let more
+through than its limit (the refused one included), however briefly.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Origin:
         self.service_time = service_time
         self.inflight = 0
         self.peak_inflight = 0
+        self.peak_offered = 0
         self.served = {"interactive": 0, "bulk": 0}
         self.refused = {"interactive": 0, "bulk": 0}
 
@@ -55,6 +60,7 @@ class Origin:
         return json.dumps({
             "capacity": self.capacity, "service_time": self.service_time,
             "inflight": self.inflight, "peak_inflight": self.peak_inflight,
+            "peak_offered": self.peak_offered,
             "served": self.served, "refused": self.refused,
         }).encode()
 
@@ -94,11 +100,14 @@ class OriginProtocol(asyncio.Protocol):
         slot: list[object] = [None, self.parser.should_keep_alive()]
         self.pending.append(slot)
         origin = self.origin
-        if self.url == STATS_PATH:
+        if self.url in (STATS_PATH, STATS_PATH + b"?reset"):
+            if self.url != STATS_PATH:
+                origin.peak_inflight = origin.peak_offered = origin.inflight
             slot[0] = _response(b"200 OK", origin.stats(), bool(slot[1]), b"application/json")
             self._flush()
             return
         kind = "bulk" if self.url.startswith(BULK_PREFIX) else "interactive"
+        origin.peak_offered = max(origin.peak_offered, origin.inflight + 1)
         if origin.inflight >= origin.capacity:
             origin.refused[kind] += 1
             slot[0] = _response(b"503 Service Unavailable", b"busy\n", bool(slot[1]))

@@ -303,24 +303,47 @@ def gateway_unavailable() -> str | None:
     return None
 
 
-# The gateway as measured: admission on, and the same config with it off.
-GATEWAYS = {"gateway": True, "gateway-noadm": False}
+# The gateway as measured: admission on, the same config with it off, and
+# admission on with the limits shared through a Redis the bench starts.
+GATEWAYS = {"gateway": True, "gateway-noadm": False, "gateway-redis": True}
+
+
+def start_redis(stack: Stack) -> Service:
+    """A redis-server of the stack's own on a free port, no persistence;
+    stopped (by its PID, the leader of its own session) with the stack.
+    The same one for every gateway that asks (several instances share it)."""
+    for service in stack.services:
+        if service.name == "redis":
+            return service
+    port = free_port()
+    root = stack.subdir("redis")
+    argv = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "",
+            "--appendonly", "no", "--dir", str(root)]
+    return stack.start("redis", argv, port)
 
 
 def start_gateway(
     stack: Stack, upstream_port: int, *, workers: int = 1,
     overload: configs.OverloadPolicy | None = None, keepalive_timeout: float = 75.0,
-    name: str = "gateway",
+    name: str = "gateway", instance: str | None = None,
 ) -> Service:
-    """`name` is one of GATEWAYS: "gateway-noadm" runs with `[admission] enabled = false`."""
+    """`name` is one of GATEWAYS: "gateway-noadm" runs with `[admission]
+    enabled = false`, "gateway-redis" shares its limits through the stack's
+    redis-server (start_redis). `instance` names a second instance of the
+    same system (its own directory and service name)."""
+    label = instance or name
     port = free_port()
-    conf = stack.subdir(name) / "gateway.toml"
+    conf = stack.subdir(label) / "gateway.toml"
+    redis_url = ""
+    if name == "gateway-redis":
+        redis_url = f"redis://{HOST}:{start_redis(stack).port}/0"
     conf.write_text(configs.gateway(
         port=port, upstream_port=upstream_port, workers=workers, overload=overload,
         keepalive_timeout=keepalive_timeout, admission_enabled=GATEWAYS[name],
+        redis_url=redis_url,
     ))
     argv = [sys.executable, "-m", "gateway", "run", "--config", str(conf)]
-    return stack.start(name, argv, port, ready_timeout=30.0)
+    return stack.start(label, argv, port, ready_timeout=30.0)
 
 
 def start_slow_upstream(stack: Stack, *, capacity: int, service_time: float) -> Service:
@@ -369,7 +392,8 @@ def start_proxies(
 
 
 # The programs a system (or the harness, under the key "wrk") runs.
-BINARIES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk"}
+BINARIES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk",
+            "gateway-redis": "redis-server", "gateway-redis-x2": "redis-server"}
 
 
 def resolve_systems(

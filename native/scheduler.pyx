@@ -9,7 +9,9 @@ Invariants (each call preserves them; the property tests check them):
 1. Slots. A ticket holds a slot from admission until `release`. For every
    school: inflight <= max_inflight (unlimited when the config sets 0); per
    class: class_inflight <= class_limit (when limited); per pool:
-   inflight <= max_inflight. These are the allotted limits (invariant 8).
+   inflight <= max_inflight, and per class over the pool's member schools:
+   class_inflight <= the pool's class_limit (a class's max_share of the
+   pool as a whole). These are the allotted limits (invariant 8).
    Tokens are taken from the school bucket only at admission, one per
    ticket, and given back only by release(refund=True) (an admitted request
    that gave its slot back unused).
@@ -150,11 +152,28 @@ cdef class Ticket:
 
 cdef class _Pool:
 
-    def __init__(self, int max_inflight, int index=-1):
+    def __cinit__(self, int max_inflight, int index=-1, int n_classes=1):
+        self.n_classes = n_classes
+        self.class_inflight = <int*>PyMem_Malloc(n_classes * sizeof(int))
+        self.class_limit = <int*>PyMem_Malloc(n_classes * sizeof(int))
+        self.class_fixed = <int*>PyMem_Malloc(n_classes * sizeof(int))
+        if not self.class_inflight or not self.class_limit or not self.class_fixed:
+            raise MemoryError()
+        for k in range(n_classes):
+            self.class_inflight[k] = 0
+            self.class_limit[k] = -1
+            self.class_fixed[k] = -1
+
+    def __init__(self, int max_inflight, int index=-1, int n_classes=1):
         self.max_inflight = max_inflight
         self.index = index
         self.inflight = 0
         self.members = []
+
+    def __dealloc__(self):
+        PyMem_Free(self.class_inflight)
+        PyMem_Free(self.class_limit)
+        PyMem_Free(self.class_fixed)
 
 
 cdef class _School:
@@ -165,12 +184,14 @@ cdef class _School:
         self.class_limit = <int*>PyMem_Malloc(n_classes * sizeof(int))
         self.admitted = <long long*>PyMem_Malloc(n_classes * sizeof(long long))
         self.rejected = <long long*>PyMem_Malloc(n_classes * sizeof(long long))
+        self.class_fixed = <int*>PyMem_Malloc(n_classes * sizeof(int))
         if (not self.class_inflight or not self.class_limit or not self.admitted
-                or not self.rejected):
+                or not self.rejected or not self.class_fixed):
             raise MemoryError()
         for k in range(n_classes):
             self.class_inflight[k] = 0
             self.class_limit[k] = -1
+            self.class_fixed[k] = -1
             self.admitted[k] = 0
             self.rejected[k] = 0
         self.queues = [[] for _ in range(n_classes)]
@@ -181,6 +202,7 @@ cdef class _School:
         PyMem_Free(self.class_limit)
         PyMem_Free(self.admitted)
         PyMem_Free(self.rejected)
+        PyMem_Free(self.class_fixed)
 
     cdef double rate(self, double now) noexcept:
         if self.rate_value == 0.0:
@@ -256,7 +278,7 @@ cdef class Scheduler:
         self.aging = aging
         self.min_retry = min_retry
         self.max_retry = max_retry
-        self.pools = [_Pool(int(m), p) for p, m in enumerate(pools)]
+        self.pools = [_Pool(int(m), p, self.n_classes) for p, m in enumerate(pools)]
         self.schools = []
         for i, (max_inflight, max_connections, rate, burst, weight, pool, max_queue,
                 client_rate, client_burst) in enumerate(schools):
@@ -298,8 +320,11 @@ cdef class Scheduler:
         acted upon by the next `poll`.
         """
         cdef _School s
+        cdef _Pool p
         self._check_class(klass)
         self.share[klass] = 0.0 if share is None else share
+        for p in self.pools:
+            self._pool_class_limits(p)
         for s in self.schools:
             self._class_limits(s)
             if s.queued:
@@ -308,13 +333,28 @@ cdef class Scheduler:
     # -- allotments (invariant 8) ---------------------------------------------
 
     def set_allotment(self, int school, double now, *, max_inflight=_KEEP,
-                      max_connections=_KEEP, max_queue=_KEEP, rate=_KEEP, burst=_KEEP):
+                      max_connections=_KEEP, max_queue=_KEEP, rate=_KEEP, burst=_KEEP,
+                      client_rate=_KEEP, client_burst=_KEEP):
         """See gateway/_native/scheduler.pyi."""
         cdef _School s = self._school(school)
         cdef int inflight = s.max_inflight, connections = s.max_connections
         cdef int queue = s.max_queue
         cdef double r = 0.0, cap = 0.0
+        cdef double cr = s.client_rate_here, ccap = s.client_cap_here
         cdef long long b = 0
+        if client_rate is not _KEEP or client_burst is not _KEEP:
+            if s.client_rate <= 0.0:
+                raise ValueError(f"school {school} has no client buckets (no client_rate)")
+            if client_rate is not _KEEP:
+                cr = client_rate
+            if client_burst is not _KEEP:
+                ccap = client_burst
+            if ccap == 0.0:
+                cr = s.client_rate  # back to the config's
+            elif not (cr >= 0.0 and isfinite(cr) and ccap >= 1.0 and isfinite(ccap)):
+                raise ValueError(f"client_rate must be finite and >= 0 and client_burst "
+                                 f"finite and >= 1 (0: the config's), got {client_rate}, "
+                                 f"{client_burst}")
         # Everything is checked before anything changes.
         if max_inflight is not _KEEP:
             inflight = _limit(max_inflight, "max_inflight")
@@ -344,6 +384,8 @@ cdef class Scheduler:
         s.max_inflight = inflight
         s.max_connections = connections
         s.max_queue = queue
+        s.client_rate_here = cr
+        s.client_cap_here = ccap
         self._class_limits(s)
         self.last_now = now
         if raised and (s.queued or (s.pool is not None and s.pool.queued)):
@@ -361,11 +403,67 @@ cdef class Scheduler:
         cdef int limit = _limit(max_inflight, "max_inflight")
         cdef bint raised = limit > p.max_inflight
         p.max_inflight = limit
+        self._pool_class_limits(p)
         for s in p.members:
             self._class_limits(s)
         self.last_now = now
         if raised and p.queued:
             self._dispatch_pool(p, now)
+
+    def set_class_allotment(self, int school, int klass, double now, max_inflight):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        self._check_class(klass)
+        cdef int old = s.class_limit[klass]
+        s.class_fixed[klass] = -1 if max_inflight is None else _limit(max_inflight,
+                                                                      "max_inflight")
+        self._class_limits(s)
+        self.last_now = now
+        if s.class_limit[klass] != old and (s.queued or (s.pool is not None
+                                                         and s.pool.queued)):
+            self._dispatch(s, now)
+
+    def set_pool_class_allotment(self, int pool, int klass, double now, max_inflight):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _Pool p
+        if not 0 <= pool < len(self.pools):
+            raise IndexError(f"no pool {pool}")
+        self._check_class(klass)
+        p = <_Pool>self.pools[pool]
+        cdef int old = p.class_limit[klass]
+        p.class_fixed[klass] = -1 if max_inflight is None else _limit(max_inflight,
+                                                                      "max_inflight")
+        self._pool_class_limits(p)
+        self.last_now = now
+        if p.class_limit[klass] != old and p.queued:
+            self._dispatch_pool(p, now)
+
+    def set_client_allotment(self, int school, client_key, double now, double rate,
+                             double burst, double grant=0.0):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        cdef TokenBucket cb = s.clients.get(client_key)
+        if not (rate >= 0.0 and isfinite(rate) and burst >= 1.0 and isfinite(burst)
+                and grant >= 0.0 and isfinite(grant)):
+            raise ValueError(f"need finite rate >= 0, burst >= 1, grant >= 0; got "
+                             f"{rate}, {burst}, {grant}")
+        if cb is None:
+            return False
+        cb.retune(now, rate, burst)
+        if grant > 0.0:
+            cb.deposit_c(now, grant)
+        return True
+
+    def active_clients(self, int school, double now):
+        """See gateway/_native/scheduler.pyi."""
+        cdef _School s = self._school(school)
+        cdef TokenBucket cb
+        out = []
+        for key, cb in s.clients.items():
+            cb.refill(now)
+            if cb.level < cb.capacity:
+                out.append(key)
+        return out
 
     def grant_tokens(self, int school, double n, double now):
         """See gateway/_native/scheduler.pyi."""
@@ -412,6 +510,8 @@ cdef class Scheduler:
             "max_queue": None if s.max_queue == UNLIMITED else s.max_queue,
             "rate": None if b is None else b.rate,
             "burst": None if b is None else b.capacity,
+            "class_inflight": [s.class_inflight[k] for k in range(self.n_classes)],
+            "class_queued": self._class_queued(s),
         }
 
     def pool_usage(self, int pool, double now):
@@ -422,10 +522,25 @@ cdef class Scheduler:
         if not 0 <= pool < len(self.pools):
             raise IndexError(f"no pool {pool}")
         p = <_Pool>self.pools[pool]
+        cdef list queued = [0] * self.n_classes
         for s in p.members:
             rate += s.rate(now)
+            if s.queued:
+                for k, n in enumerate(self._class_queued(s)):
+                    queued[k] += n
         return {"inflight": p.inflight, "queued": p.queued, "admission_rate": rate,
-                "max_inflight": p.max_inflight}
+                "max_inflight": p.max_inflight,
+                "class_inflight": [p.class_inflight[k] for k in range(self.n_classes)],
+                "class_queued": queued}
+
+    cdef list _class_queued(self, _School s):
+        """QUEUED tickets of the school per class (delayed ones included)."""
+        cdef list queued = [len(q) for q in s.queues]
+        if s.queued > sum(queued):
+            for _, _, t in self.delayed:
+                if (<Ticket>t).state == S_QUEUED and (<Ticket>t).school == s.index:
+                    queued[(<Ticket>t).klass] += 1
+        return queued
 
     # -- the shell's calls --------------------------------------------------
 
@@ -456,6 +571,10 @@ cdef class Scheduler:
             cb = s.clients.get(client_key)
             if cb is None:
                 cb = TokenBucket(s.client_rate, s.client_burst, now)
+                if s.client_cap_here > 0.0:
+                    # This participant's part of a bucket shared by several.
+                    cb.retune(now, s.client_rate_here, s.client_cap_here)
+                    cb.level = s.client_cap_here
                 s.clients[client_key] = cb
                 self.has_clients = True
             delay = cb.reserve_c(now, 1.0, wait)
@@ -504,6 +623,8 @@ cdef class Scheduler:
         if pool is not None:
             ticket.pool = None
             pool.inflight -= 1
+            if ticket.klass >= 0:
+                pool.class_inflight[ticket.klass] -= 1
         if ticket.school < 0:
             # Its school was removed by a reconfigure: only a pool slot is left.
             if pool is not None and pool.queued:
@@ -777,6 +898,8 @@ cdef class Scheduler:
                 t.pool = fresh.pools[pool_to[p]] if p >= 0 and pool_to[p] >= 0 else None
             if t.pool is not None:
                 t.pool.inflight += 1
+                if t.klass >= 0:
+                    t.pool.class_inflight[t.klass] += 1
         fresh.held = self.held
         for k in range(fresh.n_classes):
             fresh.set_share(k, shares[k] if shares[k] > 0.0 else None)
@@ -856,17 +979,41 @@ cdef class Scheduler:
         return True
 
     cdef bint _class_room(self, _School s, int klass) noexcept:
+        cdef _Pool p = s.pool
+        if p is not None and 0 <= p.class_limit[klass] <= p.class_inflight[klass]:
+            return False
         return s.class_limit[klass] < 0 or s.class_inflight[klass] < s.class_limit[klass]
 
+    cdef void _pool_class_limits(self, _Pool p) noexcept:
+        """Each class's slot limit over the whole pool: its allotted slots
+        (set_pool_class_allotment), else its share of the pool's allotment
+        (at least one slot); none while the class has no share."""
+        cdef int k, limit
+        for k in range(self.n_classes):
+            if self.share[k] == 0.0:
+                limit = -1
+            elif p.class_fixed[k] >= 0:
+                limit = p.class_fixed[k]
+            else:
+                limit = <int>floor(self.share[k] * p.max_inflight + 1e-9)
+                if limit < 1:
+                    limit = 1
+            p.class_limit[k] = limit
+
     cdef void _class_limits(self, _School s) noexcept:
-        """Each class's slot limit at the school: its share of the school's
-        allotted slots (of its pool's when the school has no own limit)."""
+        """Each class's slot limit at the school: its allotted slots
+        (set_class_allotment), else its share of the school's allotted slots
+        (of its pool's when the school has no own limit)."""
         cdef int k, limit
         cdef int cap = s.capacity()
         cdef double share
         for k in range(self.n_classes):
             share = self.share[k]
-            if share == 0.0 or cap < 0:
+            if share == 0.0:
+                limit = -1
+            elif s.class_fixed[k] >= 0:
+                limit = s.class_fixed[k]  # this participant's lease of the class
+            elif cap < 0:
                 limit = -1
             else:
                 # At least one slot, so a limited class still moves.
@@ -898,6 +1045,7 @@ cdef class Scheduler:
         if s.pool is not None:
             t.pool = s.pool
             s.pool.inflight += 1
+            s.pool.class_inflight[t.klass] += 1
         s.admitted[t.klass] += 1
         s.count_admission(now)
 

@@ -100,7 +100,8 @@ class Scheduler:
         as (priority, max_wait, reject_status), pools as max_inflight.
         Zero limits and rates mean unlimited."""
     def set_share(self, klass: int, share: float | None) -> None:
-        """Limit a class to share of each school's slots (at least one slot).
+        """Limit a class to share of each school's slots (at least one slot),
+        and, in a pool, to share of the pool's slots over all its members.
 
         The base is the school's allotted max_inflight, or its pool's when
         the school has no limit of its own (set_allotment follows it); None
@@ -146,6 +147,8 @@ class Scheduler:
         max_queue: int | None = ...,
         rate: float = ...,
         burst: int = ...,
+        client_rate: float = ...,
+        client_burst: float = ...,
     ) -> None:
         """Set the school's allotment; an omitted keyword leaves that part as it is.
 
@@ -166,11 +169,43 @@ class Scheduler:
         `now`) or release(). Nothing else admits here (a raised rate or
         burst holds no more tokens yet; next_deadline() moves with the
         rate). Class shares follow the allotted slots.
+        client_rate / client_burst: what a client bucket made from now on
+        starts with here (tokens/s >= 0; capacity in tokens >= 1, and full):
+        this participant's part of a per-client bucket shared by several
+        (client_burst 0: the config's client_rate and client_burst again).
+        Buckets already made keep theirs (set_client_allotment moves them).
+
         IndexError for no such school; ValueError (nothing changed) for a
-        value out of range, or rate/burst for a school whose config sets no
-        rate (it has no bucket). reconfigure() resets allotments to the new
-        config's limits.
+        value out of range, rate/burst for a school whose config sets no
+        rate (it has no bucket), or client_rate/client_burst for one with no
+        client_rate. reconfigure() resets allotments to the new config's
+        limits.
         """
+    def set_class_allotment(self, school: int, klass: int, now: float,
+                            max_inflight: int | None) -> None:
+        """The slots `klass` may hold at the school here while its share
+        limits it (int >= 0): this participant's lease of the class's
+        fleet-wide max_share of the school. None: back to the share of the
+        school's allotted slots (set_share). No effect while the class has
+        no share. A raise admits at once, as for set_allotment. IndexError
+        for no such school or class; ValueError for a negative value."""
+    def set_pool_class_allotment(self, pool: int, klass: int, now: float,
+                                 max_inflight: int | None) -> None:
+        """The same over a whole pool: the slots `klass` may hold over all
+        member schools together here while its share limits it. None: its
+        share of the pool's allotted slots (at least one), the default, so
+        a class's max_share holds for the pool as a whole as well as for
+        each school. IndexError / ValueError as set_class_allotment."""
+    def set_client_allotment(self, school: int, client_key: Hashable, now: float,
+                             rate: float, burst: float, grant: float = 0.0) -> bool:
+        """Retune one client's bucket at the school: `rate` tokens/s up to
+        `burst` tokens (>= 1), then put `grant` tokens in (up to the burst).
+        Tokens held are kept, capped at the new burst. False (nothing done)
+        when the school holds no bucket for that client (never seen, or
+        forgotten when idle). ValueError for a value out of range."""
+    def active_clients(self, school: int, now: float) -> list[Any]:
+        """Keys of the school's client buckets that are not full: clients
+        that spent a token within their bucket's refill time."""
     def set_pool_allotment(self, pool: int, now: float, max_inflight: int) -> None:
         """Set the pool's allotment of slots (int >= 0; 0: none). Lowered:
         nothing more is admitted until the pool's inflight is below it;
@@ -197,11 +232,14 @@ class Scheduler:
         ~10 s); tokens (held now, float; inf without a bucket). The allotment
         in force: max_inflight, max_connections, max_queue (None: no limit),
         rate (tokens/s) and burst (bucket capacity in tokens, float), both
-        None without a bucket. Read-only; IndexError for no such school.
+        None without a bucket. class_inflight and class_queued: per class
+        (lists by class index), slots held and QUEUED tickets. Read-only;
+        IndexError for no such school.
         """
     def pool_usage(self, pool: int, now: float) -> dict[str, Any]:
         """The same for a pool: inflight and queued (over its member schools),
-        admission_rate (sum of its members'), max_inflight (its allotment).
+        admission_rate (sum of its members'), max_inflight (its allotment),
+        class_inflight and class_queued (per class, over its members).
         IndexError for no such pool."""
     def reconfigure(
         self,

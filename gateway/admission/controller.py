@@ -207,6 +207,38 @@ class AdmissionController:
         self._tick(now)
         self._scheduler.set_pool_allotment(pool, now, max_inflight)
 
+    def set_class_allotment(self, school: int, klass: int, now: float,
+                            max_inflight: int | None) -> None:
+        """The slots `klass` may hold at the school here while its share
+        limits it (None: its share of the school's allotted slots);
+        Scheduler.set_class_allotment."""
+        self._tick(now)
+        self._scheduler.set_class_allotment(school, klass, now, max_inflight)
+
+    def set_pool_class_allotment(self, pool: int, klass: int, now: float,
+                                 max_inflight: int | None) -> None:
+        """The same over a whole pool (Scheduler.set_pool_class_allotment)."""
+        self._tick(now)
+        self._scheduler.set_pool_class_allotment(pool, klass, now, max_inflight)
+
+    def set_client_allotment(self, school: int, client_key: object, now: float, rate: float,
+                             burst: float, grant: float = 0.0) -> bool:
+        """Retune one client's bucket here (Scheduler.set_client_allotment);
+        False when the school holds no bucket for that client."""
+        self._tick(now)
+        return self._scheduler.set_client_allotment(school, client_key, now, rate, burst,
+                                                    grant)
+
+    def active_clients(self, school: int, now: float) -> list:
+        """Keys of the school's client buckets that are not full."""
+        return self._scheduler.active_clients(school, now)
+
+    def share(self, klass: int, now: float) -> float | None:
+        """The class's max_share at `now` (its windows applied; None: none)."""
+        self._tick(now)
+        share = self._shares[klass]
+        return None if share is None or math.isnan(share) else share
+
     def grant_tokens(self, school: int, n: float, now: float) -> float:
         """Put n granted tokens into the school's bucket (up to its allotted
         burst); returns how many it took."""

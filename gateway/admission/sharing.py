@@ -126,6 +126,37 @@ def gcra(tat: float | None, now: float, *, rate: float, burst: float, take: int,
     return tat + taken * period, taken
 
 
+def presence(table: dict[str, str], me: str, now: float, keys: Sequence[str],
+             window: float) -> list[int]:
+    """One participant's round on a school's client presence table
+    (mutated in place): record that `me` saw each of `keys` (client keys)
+    until ``now + window``, and answer, per key, how many participants saw
+    that client within their last window (me included, so >= 1).
+
+    table: client key -> ``"participant=expires,..."`` (ledger-clock
+    seconds); entries whose every participant expired are dropped when
+    touched. The Lua script ROUND in gateway/shared/ledger.py is this
+    function.
+    """
+    counts = []
+    for key in keys:
+        seen = {me: now + window}
+        for part in table.get(key, "").split(","):
+            name, _, expires = part.rpartition("=")
+            if name and name != me and float(expires) > now:
+                seen[name] = float(expires)
+        table[key] = ",".join(f"{n}={e:.3f}" for n, e in sorted(seen.items()))
+        counts.append(len(seen))
+    return counts
+
+
+def sweep_presence(table: dict[str, str], now: float) -> None:
+    """Drop the entries of a presence table nobody saw within their window."""
+    for key, value in list(table.items()):
+        if all(float(p.rpartition("=")[2]) <= now for p in value.split(",") if p):
+            del table[key]
+
+
 def parse_lease(value: str) -> tuple[int, int, float, str]:
     """(held, inuse, expires, spec) of a lease value."""
     held, used, expires, spec = value.split("|", 3)
@@ -168,11 +199,14 @@ def water_fill(limit: float, demands: Sequence[float],
     return parts
 
 
-def apportion(total: int, parts: Sequence[float], offset: int = 0) -> list[int]:
+def apportion(total: int, parts: Sequence[float], offset: int = 0,
+              held: Sequence[float] | None = None) -> list[int]:
     """Whole numbers adding up to `total` (>= 0) in proportion to `parts`
-    (largest remainders; ties to the earliest part counting from `offset`,
-    so participants that rotate it do not all favour the same part; all
-    equal if every part is 0)."""
+    (largest remainders; ties to the part that already holds the most
+    beyond its whole share (`held`, what each holds now: a slot stays where
+    it is rather than moving back and forth), then to the earliest part
+    counting from `offset`, so participants that rotate it do not all
+    favour the same part; all equal if every part is 0)."""
     n = len(parts)
     if n == 0:
         return []
@@ -180,7 +214,9 @@ def apportion(total: int, parts: Sequence[float], offset: int = 0) -> list[int]:
     exact = [total * p / s for p in parts] if s > 0 else [total / n] * n
     whole = [math.floor(x + 1e-9) for x in exact]
     rest = total - sum(whole)
-    order = sorted(range(n), key=lambda i: (round(whole[i] - exact[i], 9), (i - offset) % n))
+    keep = [0.0] * n if held is None else [h - w for h, w in zip(held, whole, strict=True)]
+    order = sorted(range(n), key=lambda i: (round(whole[i] - exact[i], 9), -keep[i],
+                                            (i - offset) % n))
     for i in order[:max(rest, 0)]:
         whole[i] += 1
     return whole
@@ -196,8 +232,8 @@ def fair_share(limit: int, rank: int, n: int) -> int:
 
 
 def targets(limit: int, me: str, mine: dict[str, float], others: dict[str, dict[str, float]],
-            weights: dict[str, float] | None = None,
-            offset: int = 0) -> tuple[int, dict[str, int]]:
+            weights: dict[str, float] | None = None, offset: int = 0,
+            held: dict[str, float] | None = None) -> tuple[int, dict[str, int]]:
     """What `me` should hold of `limit`: (whole slots, whole slots per key).
 
     mine / others[participant]: demand per key (one key "" for a school's
@@ -207,7 +243,9 @@ def targets(limit: int, me: str, mine: dict[str, float], others: dict[str, dict[
     name order, ties rotated by `offset`), so every participant computes
     the same split from the same answer and the per-key parts of all
     participants add up to the fair whole (a weight-3 school gets 3 of 8
-    slots in total, not 1 at each of 4 participants)."""
+    slots in total, not 1 at each of 4 participants). `held`: what each
+    participant holds now (its lease), which wins a rounding tie for it
+    (see apportion)."""
     entries: list[tuple[str, str]] = []
     demands: list[float] = []
     ws: list[float] = []
@@ -226,7 +264,8 @@ def targets(limit: int, me: str, mine: dict[str, float], others: dict[str, dict[
     my_parts: dict[str, int] = {}
     for k, total in zip(keys, key_whole, strict=True):
         idx = per_key[k]
-        split = apportion(total, [parts[i] for i in idx], offset)
+        keep = None if held is None else [held.get(entries[i][0], 0.0) for i in idx]
+        split = apportion(total, [parts[i] for i in idx], offset, keep)
         for i, w in zip(idx, split, strict=True):
             if entries[i][0] == me:
                 my_parts[k] = w
@@ -263,13 +302,23 @@ class TokenOp:
 
 
 @dataclass
+class ClientOp:
+    """One school's client presence round (see presence())."""
+
+    scope: str
+    name: str
+    keys: list[str]
+    window: float
+
+
+@dataclass
 class Report:
     """What a participant posts for one round."""
 
     me: str
     ttl: float
     grace: float
-    ops: list[SlotOp | TokenOp]
+    ops: list[SlotOp | TokenOp | ClientOp]
     epoch: int = 0
 
 
@@ -278,11 +327,17 @@ class SlotAnswer:
     grant: int
     age: float
     others: dict[str, str]
+    now: float | None = None  # the ledger's clock at the round (None: unknown)
 
 
 @dataclass
 class TokenAnswer:
     taken: int
+
+
+@dataclass
+class ClientAnswer:
+    counts: list[int]  # participants that saw each client (op's keys order)
 
 
 class Ledger(Protocol):
@@ -295,7 +350,7 @@ class Ledger(Protocol):
 
     def post(self, report: Report) -> None: ...
 
-    def take_answer(self) -> tuple[Report, list[SlotAnswer | TokenAnswer] | BaseException] | None:
+    def take_answer(self) -> tuple[Report, list[Any] | BaseException] | None:
         ...
 
 
@@ -304,13 +359,33 @@ class Ledger(Protocol):
 
 @dataclass
 class _Limit:
-    kind: str  # "slots", "conns", "queue" (a school's) or "pool"
+    # "slots", "conns", "queue" (a school's), "pool" (a pool's slots),
+    # "class" (a class's max_share of a school's slots), "poolclass" (of a
+    # pool's slots)
+    kind: str
     index: int  # school or pool index
     scope: str
     name: str
     limit: int
     weights: dict[str, float] | None = None  # pool: member school -> weight
     members: list[int] = field(default_factory=list)  # pool: member school indices
+    klass: int = -1  # class kinds: the class index
+    base: int = 0  # class kinds: the configured limit the share is of
+    active: bool = True  # class kinds: the class has a share now
+
+
+@dataclass
+class _Clients:
+    """A school's per-client buckets as this participant shares them."""
+
+    index: int
+    scope: str
+    rate: float  # the configured client_rate
+    burst: float  # the configured client_burst (0: one second's worth, >= 1)
+    start: float = 0.0  # the capacity a new bucket starts with here
+    # str key -> (original key, participants that saw it when last applied)
+    known: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    refreshed: float = 0.0  # when the idle known clients were last reported
 
 
 @dataclass
@@ -361,6 +436,8 @@ class SharedAllotment:
         self.controller: AdmissionController | None = None
         self._limits: list[_Limit] = []
         self._buckets: list[_Bucket] = []
+        self._clients: list[_Clients] = []
+        self._demand: list[int] = []  # slot demand per school at the last report
         # Lease per (scope, name) as enforced now; kept across reconfigures.
         self._allot: dict[tuple[str, str], int] = {}
         # Other participants' leases (from the last answer), per limit.
@@ -368,6 +445,9 @@ class SharedAllotment:
         self._caps: dict[int, int] = {}  # school index -> pool cap
         self._applied: dict[tuple[str, int, str], Any] = {}
         self._epoch = 0
+        # Participants that renewed a lease within HEARD_WITHIN seconds of
+        # the last answer (None: no answer yet).
+        self._alive: set[str] | None = None
         self._last_answer: float | None = None
         self._started_at = 0.0
 
@@ -384,12 +464,34 @@ class SharedAllotment:
                                  pool.max_inflight,
                                  {cfg.schools[k].name: cfg.schools[k].weight for k in members},
                                  members))
+        # A class's max_share (now or in one of its windows) is a limit of
+        # its own: share x the configured limit, leased like any other.
+        shared_classes = [(k, klass) for k, klass in enumerate(controller.classes)
+                          if klass.max_share is not None or klass.windows]
+        for p, pool in enumerate(cfg.pools):
+            for kk, klass in shared_classes:
+                limits.append(_Limit("poolclass", p, scope("pool", pool.name),
+                                     f"class:{klass.name}", 0, klass=kk,
+                                     base=pool.max_inflight))
         buckets: list[_Bucket] = []
         old_buckets = {b.scope: b for b in self._buckets}
+        old_clients = {cl.scope: cl for cl in self._clients}
+        clients: list[_Clients] = []
         for k, school in enumerate(cfg.schools):
             sc = scope("school", school.name)
             if school.max_inflight > 0:
                 limits.append(_Limit("slots", k, sc, "slots", school.max_inflight))
+                for kk, klass in shared_classes:
+                    limits.append(_Limit("class", k, sc, f"class:{klass.name}", 0, klass=kk,
+                                         base=school.max_inflight))
+            if school.client_rate > 0:
+                # Buckets carried over by a reload were reset to the config's
+                # rate: they are retuned at the next round, as if new.
+                old_cl = old_clients.get(sc)
+                clients.append(_Clients(k, sc, school.client_rate,
+                                        float(school.client_burst
+                                              or max(1.0, school.client_rate)),
+                                        refreshed=old_cl.refreshed if old_cl else 0.0))
             if school.max_connections > 0:
                 limits.append(_Limit("conns", k, sc, "conns", school.max_connections))
             limits.append(_Limit("queue", k, sc, "queue", cfg.admission.max_queue))
@@ -404,26 +506,63 @@ class SharedAllotment:
                     controller.reclaim_tokens(k, u["tokens"], now)
                 buckets.append(_Bucket(k, sc, school.rate, burst, admitted=u["admitted"],
                                        give=old.give if old else 0.0))
-        self._limits, self._buckets = limits, buckets
+        self._limits, self._buckets, self._clients = limits, buckets, clients
         keys = {(lim.scope, lim.name) for lim in limits}
         self._allot = {key: v for key, v in self._allot.items() if key in keys}
         self._applied = {}
         self._caps = {}
         # The scheduler took the configured limits whole: set our leases
-        # again (a new limit starts at 0 slots until granted, and at the
-        # static part for the connection and queue bounds, which protect
-        # this process rather than the upstream).
+        # again. A new limit starts at 0 slots until granted, and at the
+        # static part for the connection and queue bounds until the first
+        # answer (a round trip later), so a school a reload adds turns
+        # nobody away meanwhile. A starting worker takes no connection
+        # before its first answer anyway (see `ready`).
         for lim in limits:
             key = (lim.scope, lim.name)
+            if lim.kind in ("class", "poolclass"):
+                lim.active, lim.limit = self._class_limit(lim, now)
             if key not in self._allot:
-                self._allot[key] = (0 if lim.kind in ("slots", "pool")
-                                    else fair_share(lim.limit, 0, self.peers))
+                self._allot[key] = (fair_share(lim.limit, 0, self.peers)
+                                    if lim.kind in ("conns", "queue") else 0)
             self._allot[key] = min(self._allot[key], lim.limit)
         if self.fallback:
             self._apply_fallback(now)
         else:
             self._apply(now, tokens_local=False)
         return self.tick(now)
+
+    def final_report(self, now: float) -> Report:
+        """The round of an orderly stop (the worker drained): every lease
+        given back at once (ttl 0, so the next round of anyone drops it)
+        and the tokens held here returned, so a restarted or replaced
+        instance (a new participant name) need not wait out the ttl."""
+        c = self.controller
+        ops: list[SlotOp | TokenOp | ClientOp] = [
+            SlotOp(lim.scope, lim.name, lim.limit, 0, 0, 0, 0, "0")
+            for lim in self._limits if lim.active]
+        for b in self._buckets:
+            held = c.usage(b.index, now)["tokens"] if c is not None else 0.0
+            give = c.reclaim_tokens(b.index, held, now) if c is not None and held > 0 else 0.0
+            if not self.fallback:
+                ops.append(TokenOp(b.scope, "tat", b.rate, b.burst, 0, give + b.give))
+        return Report(self.me, 0.0, self.grace, ops, self._epoch)
+
+    @property
+    def ready(self) -> bool:
+        """An answer was applied, or the ledger is failed over to the static
+        part: this participant enforces real leases and may take traffic
+        (a worker starts accepting connections only then)."""
+        return self._last_answer is not None or self.fallback
+
+    def _class_limit(self, lim: _Limit, now: float) -> tuple[bool, int]:
+        """(the class has a share now, its slots fleet-wide: share x the
+        configured limit, at least one, as the scheduler counts it)."""
+        c = self.controller
+        assert c is not None
+        share = c.share(lim.klass, now)
+        if share is None:
+            return False, lim.limit
+        return True, max(1, math.floor(share * lim.base + 1e-9))
 
     def tick(self, now: float) -> float | None:
         answer = self.ledger.take_answer()
@@ -447,19 +586,30 @@ class SharedAllotment:
         usage = [c.usage(k, now) for k in range(len(c.cfg.schools))]
         n = self._seen()
         rank = self._rank()
-        ops: list[SlotOp | TokenOp] = []
+        pool_usage = [c.pool_usage(p, now) for p in range(len(c.cfg.pools))]
+        demand = self._demand = self._slot_demand(usage, pool_usage, now)
+        ops: list[SlotOp | TokenOp | ClientOp] = []
         for lim in self._limits:
             key = (lim.scope, lim.name)
             others = self._others.get(key, {})
-            if lim.kind == "pool":
-                mine = {c.cfg.schools[k].name: usage[k]["inflight"] + usage[k]["queued"]
-                        for k in lim.members}
+            if lim.kind in ("class", "poolclass"):
+                lim.active, lim.limit = self._class_limit(lim, now)
+                if not lim.active:
+                    # No share now: nothing to lease (the lease expires).
+                    continue
+                u = (usage if lim.kind == "class" else pool_usage)[lim.index]
+                inuse = u["class_inflight"][lim.klass]
+                mine = {"": inuse + u["class_queued"][lim.klass]}
+                spec = str(mine[""])
+                other_demand = {q: {"": _school_demand(v)} for q, v in others.items()}
+            elif lim.kind == "pool":
+                mine = {c.cfg.schools[k].name: demand[k] for k in lim.members}
                 inuse = sum(usage[k]["inflight"] for k in lim.members)
                 spec = msgspec.json.encode(mine).decode()
                 other_demand = {q: _pool_demand(v) for q, v in others.items()}
             else:
                 u = usage[lim.index]
-                d = {"slots": u["inflight"] + u["queued"], "conns": u["connections"],
+                d = {"slots": demand[lim.index], "conns": u["connections"],
                      "queue": u["queued"]}[lim.kind]
                 inuse = {"slots": u["inflight"], "conns": u["connections"],
                          "queue": u["queued"]}[lim.kind]
@@ -470,8 +620,19 @@ class SharedAllotment:
             # participants, so the first to report does not take it all.
             for i in range(self.peers - 1 - len(other_demand)):
                 other_demand[f"~{i}"] = {k: 0.0 for k in mine}
+            if lim.kind in ("conns", "queue"):
+                # These bounds hold exactly (a participant enforces only its
+                # lease), so the spare is not all handed out: the parts of
+                # one more instance's workers (as many as this one's) stay
+                # unleased, for an instance that joins to take at its first
+                # round instead of turning clients away until the others
+                # have made room.
+                for i in range(self.peers):
+                    other_demand[f"~join{i}"] = {"": 0.0}
+            held = {q: float(_lease_held(v)) for q, v in others.items()}
+            held[self.me] = float(self._allot[key])
             want, _ = targets(lim.limit, self.me, mine, other_demand, lim.weights,
-                              _rotation(now))
+                              _rotation(now), held)
             # Lower locally before the ledger hears of it: a lease is given
             # back only once it is no longer enforced here.
             if not self.fallback and want < self._allot[key]:
@@ -481,6 +642,8 @@ class SharedAllotment:
                               inuse, cap, spec))
         if not self.fallback:
             self._apply(now, tokens_local=False)
+        for cl in self._clients:
+            ops.append(self._client_op(cl, now))
         for b in self._buckets:
             u = usage[b.index]
             spent = u["admitted"] - b.admitted
@@ -491,19 +654,103 @@ class SharedAllotment:
                 # give back, nothing to take until it answers again.
                 ops.append(TokenOp(b.scope, "tat", b.rate, b.burst, 0, 0.0))
                 continue
+            # This participant's fair part of two rounds at the full rate:
+            # kept while idle (tokens held here are the shared bucket's,
+            # so this only decides where they wait, never how many there
+            # are) and asked for at once when traffic starts, so neither a
+            # pause nor a start throttles a busy school for the rounds a
+            # doubling from one token would take.
+            keep = max(1.0, min(b.burst, 2.0 * self.interval * b.rate) / n)
             if spent <= 0 and u["queued"] == 0:
-                # Idle: keep one token for the next request, give the rest back.
-                give = max(held - 1.0, 0.0)
+                # Idle: keep that part for the next requests, give the rest back.
+                give = max(held - keep, 0.0)
                 take = 0 if held >= 1.0 else 1
             else:
                 # Enough for two rounds at the pace just seen, plus the queue.
-                need = min(b.burst, max(1.0, 2.0 * spent + u["queued"]))
+                need = min(b.burst, max(keep, 2.0 * spent + u["queued"]))
                 give, take = 0.0, max(0, math.ceil(need - held))
             if give > 0:
                 give = c.reclaim_tokens(b.index, give, now)
             ops.append(TokenOp(b.scope, "tat", b.rate, b.burst, take, give + b.give))
             b.give = 0.0
         return Report(self.me, self.ttl, self.grace, ops, self._epoch)
+
+    def _slot_demand(self, usage: list[dict], pool_usage: list[dict], now: float) -> list[int]:
+        """Per school, the slots it could use here: in flight plus queued,
+        but queued requests of a class at its shared max_share here count
+        only as far as its class lease has room (they would hold slots the
+        other classes could use while waiting for the class's own)."""
+        c = self.controller
+        assert c is not None
+        room: dict[tuple[int, int], int] = {}
+        for lim in self._limits:
+            if not lim.active or lim.kind not in ("class", "poolclass"):
+                continue
+            held = min(self._allot[(lim.scope, lim.name)], lim.limit)
+            if lim.kind == "class":
+                free = held - usage[lim.index]["class_inflight"][lim.klass]
+                schools = [lim.index]
+            else:
+                free = held - pool_usage[lim.index]["class_inflight"][lim.klass]
+                name = c.cfg.pools[lim.index].name
+                schools = [k for k, sc in enumerate(c.cfg.schools) if sc.pool == name]
+            for k in schools:
+                room[(k, lim.klass)] = min(room.get((k, lim.klass), free), max(free, 0))
+        out = []
+        for k, u in enumerate(usage):
+            d = u["inflight"]
+            for klass, q in enumerate(u["class_queued"]):
+                r = room.get((k, klass))
+                d += q if r is None else min(q, r)
+            out.append(d)
+        return out
+
+    def _client_op(self, cl: _Clients, now: float) -> ClientOp:
+        """The clients this participant saw: those whose bucket here is not
+        full (every round), and the other known ones still held here (every
+        half window, so the others keep counting this participant while a
+        bucket of the client is kept here)."""
+        c = self.controller
+        assert c is not None
+        keys: dict[str, Any] = {}
+        for key in c.active_clients(cl.index, now)[:MAX_CLIENTS]:
+            keys[_client_str(key)] = key
+        if now - cl.refreshed >= self.ttl / 2:
+            cl.refreshed = now
+            for name, (key, n) in list(cl.known.items()):
+                if name in keys:
+                    continue
+                # Still held here? (the scheduler forgets idle buckets)
+                if c.set_client_allotment(cl.index, key, now, cl.rate / n,
+                                          max(1.0, cl.burst / n)):
+                    keys[name] = key
+                else:
+                    del cl.known[name]
+        for name, key in keys.items():
+            if name not in cl.known:
+                cl.known[name] = (key, 0)  # 0: not yet retuned to its count
+        return ClientOp(cl.scope, "clients", list(keys), self.ttl)
+
+    def _on_clients(self, cl: _Clients, op: ClientOp, counts: list[int], now: float) -> None:
+        """Each client's bucket here gets 1/n of its rate and burst, n the
+        participants that saw it; a bucket made here since the last round
+        started at 1/(all participants) and is topped up to its part."""
+        c = self.controller
+        assert c is not None
+        for name, n in zip(op.keys, counts, strict=True):
+            entry = cl.known.get(name)
+            if entry is None:
+                continue
+            key, old = entry
+            n = max(int(n), 1)
+            if n == old:
+                continue
+            cap = max(1.0, cl.burst / n)
+            grant = max(0.0, cap - cl.start) if old == 0 else 0.0
+            if c.set_client_allotment(cl.index, key, now, cl.rate / n, cap, grant):
+                cl.known[name] = (key, n)
+            else:
+                del cl.known[name]
 
     def _on_answer(self, answer: tuple[Report, Any], now: float) -> None:
         report, result = answer
@@ -520,10 +767,25 @@ class SharedAllotment:
         self.rounds += 1
         limits = {(lim.scope, lim.name): lim for lim in self._limits}
         buckets = {b.scope: b for b in self._buckets}
+        clients = {cl.scope: cl for cl in self._clients}
+        alive = {self.me}
+        heard = max(HEARD_WITHIN, 5 * self.interval)
         for op, ans in zip(report.ops, result, strict=True):
+            if isinstance(op, ClientOp):
+                cl = clients.get(op.scope)
+                if cl is not None:
+                    self._on_clients(cl, op, ans.counts, now)
+                continue
             if isinstance(op, SlotOp):
                 key = (op.scope, op.name)
                 self._others[key] = ans.others
+                for name, value in ans.others.items():
+                    # Renewed within `heard` of the round (its lease's
+                    # expiry is renewal + ttl): a participant that died or
+                    # stopped still holds its lease until the ttl, but no
+                    # longer counts in the fallback's division.
+                    if ans.now is None or parse_lease(value)[2] > ans.now + report.ttl - heard:
+                        alive.add(name)
                 if key in limits and report.epoch == self._epoch:
                     self._allot[key] = min(ans.grant, limits[key].limit)
             else:
@@ -535,6 +797,7 @@ class SharedAllotment:
                 if ans.taken:
                     took = c.grant_tokens(b.index, float(ans.taken), now)
                     b.give += ans.taken - took
+        self._alive = alive
         self.participants = self._seen()
         if self.fallback:
             if report.epoch == self._epoch:
@@ -573,17 +836,20 @@ class SharedAllotment:
             b.admitted = u["admitted"]
         self._apply(now, tokens_local=False)
 
-    def _seen(self) -> int:
+    def _names(self) -> set[str]:
+        """The participants heard of in the last answer's heartbeats."""
+        if self._alive is not None:
+            return self._alive | {self.me}
         names = {self.me}
         for others in self._others.values():
             names.update(others)
-        return max(len(names), self.peers)
+        return names
+
+    def _seen(self) -> int:
+        return max(len(self._names()), self.peers)
 
     def _rank(self) -> int:
-        names = {self.me}
-        for others in self._others.values():
-            names.update(others)
-        return sorted(names).index(self.me)
+        return sorted(self._names()).index(self.me)
 
     # -- allotments ----------------------------------------------------------------
 
@@ -593,25 +859,33 @@ class SharedAllotment:
         c = self.controller
         assert c is not None
         cfg = c.cfg
-        wanted: dict[tuple[str, int, str], Any] = {}
+        wanted: dict[tuple[str, int, Any], Any] = {}
         pool_caps: dict[int, int] = {}
         school_lim: dict[tuple[int, str], int] = {}
+        pool_class: dict[tuple[int, int], int] = {}
         for lim in self._limits:
             held = self._allot[(lim.scope, lim.name)]
-            if lim.kind == "pool":
+            if lim.kind in ("class", "poolclass"):
+                # No share now: the scheduler sets no class limit anyway.
+                value = min(held, lim.limit) if lim.active else None
+                wanted[(lim.kind, lim.index, lim.klass)] = value
+                if lim.kind == "poolclass" and value is not None:
+                    pool_class[(lim.index, lim.klass)] = value
+            elif lim.kind == "pool":
                 wanted[("pool", lim.index, "max_inflight")] = held
                 if caps and lim.members:
                     pool_caps.update(self._pool_caps(lim, held, now))
-            elif lim.kind in ("queue", "conns"):
-                # These two bound this process's memory and sockets, not the
-                # upstream: each participant keeps at least its even part,
-                # so one joining the fleet turns nobody away before the
-                # others have made room (the bound then holds to within
-                # that part per participant).
-                school_lim[(lim.index, lim.kind)] = max(
-                    held, fair_share(lim.limit, self._rank(), self._seen()))
             else:
+                # Queue and connection bounds too are exactly the lease: the
+                # leases add up to at most the limit (see _report for how a
+                # joiner still gets its part at once).
                 school_lim[(lim.index, lim.kind)] = held
+        # A pool member without a limit of its own: the pool's class lease
+        # bounds the class there (not its share of this worker's pool part).
+        for (p, kk), value in pool_class.items():
+            for k, school in enumerate(cfg.schools):
+                if (school.pool == cfg.pools[p].name and school.max_inflight == 0):
+                    wanted[("class", k, kk)] = value
         for k in range(len(cfg.schools)):
             slots = school_lim.get((k, "slots"))
             cap = pool_caps.get(k)
@@ -625,6 +899,13 @@ class SharedAllotment:
             wanted[("school", k, "max_connections")] = school_lim.get((k, "conns"))
             wanted[("school", k, "max_queue")] = school_lim.get((k, "queue"), 0)
         n, rank = self._seen(), self._rank()
+        for cl in self._clients:
+            # A client first seen here may be seen by every participant:
+            # its bucket starts at that part, topped up once the ledger
+            # says how many saw it (_on_clients).
+            cl.start = max(1.0, cl.burst / n)
+            wanted[("school", cl.index, "client_rate")] = cl.rate / n
+            wanted[("school", cl.index, "client_burst")] = cl.start
         for b in self._buckets:
             if tokens_local:
                 wanted[("school", b.index, "rate")] = b.rate / n
@@ -639,6 +920,10 @@ class SharedAllotment:
             for (kind, index, name), value in sorted(changes.items(), key=_pools_first):
                 if kind == "pool":
                     c.set_pool_allotment(index, now, value)
+                elif kind == "poolclass":
+                    c.set_pool_class_allotment(index, name, now, value)
+                elif kind == "class":
+                    c.set_class_allotment(index, name, now, value)
                 else:
                     c.set_allotment(index, now, **{name: value})
                 self._applied[(kind, index, name)] = value
@@ -652,7 +937,8 @@ class SharedAllotment:
         mine = {}
         for k in lim.members:
             u = c.usage(k, now)
-            mine[cfg.schools[k].name] = u["inflight"] + u["queued"]
+            mine[cfg.schools[k].name] = (self._demand[k] if k < len(self._demand)
+                                         else u["inflight"] + u["queued"])
         leases = self._others.get((lim.scope, lim.name), {})
         others = {q: _pool_demand(v) for q, v in leases.items()}
         _, parts = targets(lim.limit, self.me, mine, others, lim.weights, _rotation(now))
@@ -684,9 +970,31 @@ def _lower(new: Any, old: Any) -> bool:
     return old is None or new < old
 
 
-def _pools_first(item: tuple[tuple[str, int, str], Any]) -> tuple[int, int, str]:
+def _pools_first(item: tuple[tuple[str, int, Any], Any]) -> tuple[int, int, str]:
     (kind, index, name), _ = item
-    return (0 if kind == "pool" else 1, index, name)
+    return (0 if kind in ("pool", "poolclass") else 1, index, f"{kind}:{name}")
+
+
+# A participant whose newest lease was renewed longer ago than this (or 5
+# rounds, if longer) before an answer no longer counts as alive (seconds).
+HEARD_WITHIN = 1.0
+
+# Client keys reported per school and round at most (a flood of distinct
+# addresses must not make a round unbounded; the rest wait a round).
+MAX_CLIENTS = 512
+
+
+def _client_str(key: Any) -> str:
+    """A client key as the ledger stores it (the scheduler's keys are the
+    client address as bytes)."""
+    return key.decode("latin-1") if isinstance(key, bytes) else str(key)
+
+
+def _lease_held(value: str) -> int:
+    try:
+        return parse_lease(value)[0]
+    except ValueError:
+        return 0
 
 
 def _school_demand(value: str) -> float:

@@ -34,7 +34,7 @@ from gateway.proxy.client import IDLE, ClientProtocol
 from gateway.server.logs import FLUSH_INTERVAL, AccessLog, LimitFilter, RateLimitedLog
 from gateway.server.telemetry import Publisher
 from gateway.server.tlsport import TLSPortProtocol
-from gateway.shared.ledger import shared_allotment
+from gateway.shared.ledger import give_back, shared_allotment
 from gateway.shared.region import inherited
 from gateway.waiting import clear_cache
 
@@ -84,6 +84,7 @@ class Worker:
         # Limits shared with the other workers (shared memory) or instances
         # (Redis); None: this worker's static part (gateway/shared/ledger.py).
         allotment, self.ledger = shared_allotment(cfg, index, inherited())
+        self.allotment = allotment
         # The waiting lines use the ledger's Redis client: one pool per worker.
         self.app = App(cfg, worker=index, workers=self.workers, allotment=allotment,
                        redis=getattr(self.ledger, "client", None))
@@ -104,6 +105,21 @@ class Worker:
         loop = self.loop = asyncio.get_running_loop()
         cfg = self.app.cfg
         proto = b"https" if cfg.server.tls_cert else b"http"
+        # The ledger's I/O runs beside the requests, never in their way; the
+        # admission timer drives the rounds (the allotment task's tick), armed
+        # below, once the waiting lines run too.
+        self.ledger_task = (loop.create_task(self.ledger.run())
+                            if self.ledger is not None else None)
+        if self.allotment is not None:
+            # Like a proxy that joins its balancer only once ready, take no
+            # connection before the shared limits first answered (or failed
+            # over to the static part): a joiner enforcing no lease yet
+            # would turn clients away from a fleet with room. Nothing is
+            # queued yet, so these rounds admit nothing.
+            deadline = time.monotonic() + self.allotment.stale_after + 1.0
+            while not self.allotment.ready and time.monotonic() < deadline:
+                self.allotment.tick(time.time())
+                await asyncio.sleep(self.allotment.interval / 4)
         sock = bind_socket(cfg.server.listen, cfg.server.backlog)
         context = tls_context(cfg)
         if context is None:
@@ -125,11 +141,6 @@ class Worker:
         loop.call_later(REAP_INTERVAL, self._reap)
         loop.call_later(FLUSH_INTERVAL, self._flush_logs)
         self.app.admission.start()  # the waiting lines' syncs
-        # The ledger's I/O runs beside the requests, never in their way; the
-        # admission timer drives the rounds (the allotment task's tick), so
-        # arm it once even before the first request.
-        self.ledger_task = (loop.create_task(self.ledger.run())
-                            if self.ledger is not None else None)
         self.app.admission._rearm()
         log.info("worker %d serving %s", self.index, cfg.server.listen)
         await self.stopping
@@ -166,6 +177,10 @@ class Worker:
             for server in app.servers.values():
                 server.close_all()
         self.app.admission.close()  # one for all Apps
+        if self.allotment is not None:
+            if self.ledger_task is not None:
+                self.ledger_task.cancel()  # no round of its own in between
+            await give_back(self.allotment)
         if self.ledger_task is not None:
             self.ledger_task.cancel()
             await self.ledger.close()  # type: ignore[union-attr]

@@ -30,19 +30,24 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.admission.sharing import (
+    ClientAnswer,
+    ClientOp,
     Report,
     SlotAnswer,
     SlotOp,
     TokenAnswer,
     claim,
     gcra,
+    presence,
+    sweep_presence,
 )
 from gateway.shared.redis import scoped_key
 from gateway.shared.region import Busy, Segment
 
 log = logging.getLogger("schoolgate.ledger")
 
-Answer = tuple[Report, list[SlotAnswer | TokenAnswer] | BaseException]
+Answer = tuple[Report, list[SlotAnswer | TokenAnswer | ClientAnswer] | BaseException]
+
 
 
 class LocalLedger:
@@ -78,19 +83,31 @@ class LocalLedger:
         return report, answers_or_error
 
 
-def run_round(state: dict, report: Report, now: float) -> list[SlotAnswer | TokenAnswer]:
+def run_round(state: dict, report: Report,
+              now: float) -> list[SlotAnswer | TokenAnswer | ClientAnswer]:
     """Carry out `report` on a LocalLedger's state (mutated) at `now`."""
     tables = state.setdefault("t", {})
     tats = state.setdefault("b", {})
-    answers: list[SlotAnswer | TokenAnswer] = []
+    seen = state.setdefault("c", {})
+    answers: list[SlotAnswer | TokenAnswer | ClientAnswer] = []
     for op in report.ops:
         k = scoped_key("", op.scope, op.name)
+        if isinstance(op, ClientOp):
+            table = seen.setdefault(k, {})
+            answers.append(ClientAnswer(presence(table, report.me, now, op.keys, op.window)))
+            # The whole table now and then (the Redis twin samples a few
+            # entries per call instead).
+            if now >= table.get("", 0.0):
+                table.pop("", None)
+                sweep_presence(table, now)
+                table[""] = now + op.window  # type: ignore[assignment]
+            continue
         if isinstance(op, SlotOp):
             table = tables.setdefault(k, {})
             grant, age, others = claim(
                 table, report.me, now, limit=op.limit, want=op.want, allot=op.allot,
                 inuse=op.inuse, cap=op.cap, spec=op.spec, ttl=report.ttl, grace=report.grace)
-            answers.append(SlotAnswer(grant, age, others))
+            answers.append(SlotAnswer(grant, age, others, now))
         else:
             tat, taken = gcra(tats.get(k), now, rate=op.rate, burst=op.burst,
                               take=op.take, give=op.give)
@@ -103,8 +120,9 @@ def run_round(state: dict, report: Report, now: float) -> list[SlotAnswer | Toke
     return answers
 
 
-# The Lua twin of sharing.claim and sharing.gcra; ARGV: me, ttl, grace, then
-# per key "s" limit want allot inuse cap spec, or "t" rate burst take give.
+# The Lua twin of sharing.claim, sharing.gcra and sharing.presence; ARGV: me,
+# ttl, grace, then per key "s" limit want allot inuse cap spec, "t" rate
+# burst take give, or "c" window n key1 .. keyn.
 ROUND = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -144,9 +162,9 @@ for i, key in ipairs(KEYS) do
     local grant = math.max(0, math.min(want, limit - others))
     local held = math.max(grant, allot, inuse)
     redis.call('HSET', key, me, string.format('%d|%d|%.6f|%s', held, inuse, now + ttl, spec))
-    redis.call('PEXPIRE', key, math.ceil(ttl * 3000))
-    out[i] = {grant, string.format('%.6f', now - born), live}
-  else
+    redis.call('PEXPIRE', key, math.ceil(math.max(ttl, 1) * 3000))
+    out[i] = {grant, string.format('%.6f', now - born), live, string.format('%.6f', now)}
+  elseif ARGV[a] == 't' then
     local rate, burst = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local take, give = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
     a = a + 5
@@ -159,6 +177,46 @@ for i, key in ipairs(KEYS) do
     tat = tat + taken * period
     redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
     out[i] = {taken}
+  elseif ARGV[a] == 'c' then
+    local window, n = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local counts = {}
+    for j = 1, n do
+      local client = ARGV[a + 2 + j]
+      local old = redis.call('HGET', key, client)
+      local seen = {}
+      local names = {me}
+      seen[me] = now + window
+      if old then
+        for name, expires in string.gmatch(old, '([^,]+)=([^,=]+)') do
+          if name ~= me and tonumber(expires) > now then
+            seen[name] = tonumber(expires)
+            names[#names + 1] = name
+          end
+        end
+      end
+      table.sort(names)
+      local parts = {}
+      for _, name in ipairs(names) do
+        parts[#parts + 1] = name .. '=' .. string.format('%.3f', seen[name])
+      end
+      redis.call('HSET', key, client, table.concat(parts, ','))
+      counts[j] = #names
+    end
+    a = a + 3 + n
+    -- A few entries nobody renews any more go at each call.
+    local sample = redis.call('HRANDFIELD', key, 4)
+    for _, client in ipairs(sample) do
+      local value = redis.call('HGET', key, client)
+      local live = false
+      if value then
+        for _, expires in string.gmatch(value, '([^,]+)=([^,=]+)') do
+          if tonumber(expires) > now then live = true end
+        end
+        if not live then redis.call('HDEL', key, client) end
+      end
+    end
+    redis.call('PEXPIRE', key, math.ceil(window * 3000))
+    out[i] = counts
   end
 end
 return out
@@ -211,7 +269,7 @@ class RedisLedger:
                 result = err
             self._answer = (report, result)
 
-    async def round(self, report: Report) -> list[SlotAnswer | TokenAnswer]:
+    async def round(self, report: Report) -> list[SlotAnswer | TokenAnswer | ClientAnswer]:
         """One round trip: one script call per scope, pipelined."""
         by_scope: dict[str, list[int]] = {}
         for i, op in enumerate(report.ops):
@@ -225,17 +283,22 @@ class RedisLedger:
                 keys.append(scoped_key(self.prefix, sc, op.name))
                 if isinstance(op, SlotOp):
                     args += ["s", op.limit, op.want, op.allot, op.inuse, op.cap, op.spec]
+                elif isinstance(op, ClientOp):
+                    args += ["c", repr(op.window), len(op.keys), *op.keys]
                 else:
                     args += ["t", repr(op.rate), repr(op.burst), op.take, repr(op.give)]
             await self._script(keys=keys, args=args, client=pipe)
         replies = await pipe.execute() if by_scope else []
-        answers: list[SlotAnswer | TokenAnswer | None] = [None] * len(report.ops)
+        answers: list[SlotAnswer | TokenAnswer | ClientAnswer | None] = [None] * len(report.ops)
         for (_, indices), reply in zip(by_scope.items(), replies, strict=True):
             for i, item in zip(indices, reply, strict=True):
-                if isinstance(report.ops[i], SlotOp):
+                if isinstance(report.ops[i], ClientOp):
+                    answers[i] = ClientAnswer([int(n) for n in item])
+                elif isinstance(report.ops[i], SlotOp):
                     flat = item[2]
                     others = {_str(flat[j]): _str(flat[j + 1]) for j in range(0, len(flat), 2)}
-                    answers[i] = SlotAnswer(int(item[0]), float(item[1]), others)
+                    answers[i] = SlotAnswer(int(item[0]), float(item[1]), others,
+                                            float(item[3]))
                 else:
                     answers[i] = TokenAnswer(int(item[0]))
         return answers  # type: ignore[return-value]
@@ -249,6 +312,25 @@ def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+
+
+async def give_back(task: Any, timeout: float = 1.0) -> None:
+    """An orderly stop's last round (SharedAllotment.final_report): this
+    participant's leases and tokens go back now rather than at the ttl.
+    Best effort: a ledger that does not answer within `timeout` seconds
+    keeps them until the ttl, as after a kill."""
+    report = task.final_report(time.time())
+    ledger = task.ledger
+    try:
+        if isinstance(ledger, RedisLedger):
+            await asyncio.wait_for(ledger.round(report), timeout)
+        elif isinstance(ledger, LocalLedger):
+            with ledger.segment.locked(blocking=True):
+                state = ledger.segment.load() or {}
+                run_round(state, report, ledger.clock())
+                ledger.segment.store(state)
+    except Exception as err:  # the ttl still frees them
+        log.info("shared limits: leases not given back at stop (%s); they expire", err)
 
 
 def shared_allotment(cfg: Any, index: int, region: Any = None,
@@ -286,4 +368,5 @@ def shared_allotment(cfg: Any, index: int, region: Any = None,
     return None, None
 
 
-__all__ = ["ROUND", "LocalLedger", "RedisLedger", "run_round", "shared_allotment"]
+__all__ = ["ROUND", "LocalLedger", "RedisLedger", "give_back", "run_round",
+           "shared_allotment"]

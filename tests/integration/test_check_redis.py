@@ -37,7 +37,8 @@ def config(tmp_path, url: str):
 @pytest.fixture
 def redis_port(tmp_path) -> Iterator[int]:
     if not os.access(REDIS_SERVER, os.X_OK):
-        pytest.skip(f"needs redis-server ({REDIS_SERVER}); ./scripts/test installs it")
+        pytest.fail(f"needs redis-server ({REDIS_SERVER}); ./scripts/test installs it",
+                    pytrace=False)
     port = free_port()
     proc = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",

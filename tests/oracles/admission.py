@@ -147,9 +147,14 @@ def _count_before(q: list[Ticket], t: Ticket) -> int:
 
 
 class _Pool:
-    def __init__(self, max_inflight: int, index: int = -1):
+    def __init__(self, max_inflight: int, index: int = -1, n_classes: int = 1):
         self.max_inflight, self.members, self.index = max_inflight, [], index
         self.inflight = self.queued = 0
+        # Per class over the member schools: slots held, the pool-wide limit
+        # (-1 none) and the allotted slots (-1: share of max_inflight).
+        self.class_inflight = [0] * n_classes
+        self.class_limit = [-1] * n_classes
+        self.class_fixed = [-1] * n_classes
 
 
 class _School:
@@ -157,6 +162,7 @@ class _School:
         self.queues: list[list[Ticket]] = [[] for _ in range(n_classes)]
         self.class_inflight = [0] * n_classes
         self.class_limit = [-1] * n_classes
+        self.class_fixed = [-1] * n_classes
         self.admitted = [0] * n_classes
         self.rejected = [0] * n_classes
         self.cancelled = self.connections = self.inflight = self.queued = 0
@@ -232,7 +238,7 @@ class Scheduler:
         self.reject_status = [int(c[2]) for c in classes]
         self.shares: list[float | None] = [None] * self.n_classes
         self.aging, self.min_retry, self.max_retry = aging, min_retry, max_retry
-        self.pools = [_Pool(int(m), p) for p, m in enumerate(pools)]
+        self.pools = [_Pool(int(m), p, self.n_classes) for p, m in enumerate(pools)]
         self.schools: list[_School] = []
         for i, (max_inflight, max_connections, rate, burst, weight, pool, max_queue,
                 client_rate, client_burst) in enumerate(schools):
@@ -263,6 +269,8 @@ class Scheduler:
 
     def set_share(self, klass, share):
         self.shares[klass] = share
+        for p in self.pools:
+            self._pool_class_limits(p)
         for s in self.schools:
             self._class_limits(s)
             if s.queued:
@@ -310,10 +318,32 @@ class Scheduler:
         limit = _limit(max_inflight, "max_inflight")
         raised = limit > p.max_inflight
         p.max_inflight = limit
+        self._pool_class_limits(p)
         for s in p.members:
             self._class_limits(s)
         self.last_now = now
         if raised and p.queued:
+            self._dispatch_pool(p, now)
+
+    def set_class_allotment(self, school, klass, now, max_inflight):
+        s = self.schools[school]
+        old = s.class_limit[klass]
+        s.class_fixed[klass] = -1 if max_inflight is None else _limit(max_inflight,
+                                                                      "max_inflight")
+        self._class_limits(s)
+        self.last_now = now
+        if s.class_limit[klass] != old and (s.queued or (s.pool is not None
+                                                         and s.pool.queued)):
+            self._dispatch(s, now)
+
+    def set_pool_class_allotment(self, pool, klass, now, max_inflight):
+        p = self.pools[pool]
+        old = p.class_limit[klass]
+        p.class_fixed[klass] = -1 if max_inflight is None else _limit(max_inflight,
+                                                                      "max_inflight")
+        self._pool_class_limits(p)
+        self.last_now = now
+        if p.class_limit[klass] != old and p.queued:
             self._dispatch_pool(p, now)
 
     def grant_tokens(self, school, n, now):
@@ -412,6 +442,8 @@ class Scheduler:
         pool, ticket.pool = ticket.pool, None
         if pool is not None:
             pool.inflight -= 1
+            if ticket.klass >= 0:
+                pool.class_inflight[ticket.klass] -= 1
         if ticket.school < 0:
             # Its school was removed by a reconfigure; only a pool slot is left.
             if pool is not None and pool.queued:
@@ -599,6 +631,8 @@ class Scheduler:
                 t.pool = fresh.pools[pool_to[p]] if p >= 0 and pool_to[p] >= 0 else None
             if t.pool is not None:
                 t.pool.inflight += 1
+                if t.klass >= 0:
+                    t.pool.class_inflight[t.klass] += 1
         fresh.held = self.held
         for k, share in enumerate(shares):
             fresh.set_share(k, share)
@@ -626,13 +660,23 @@ class Scheduler:
         return s.bucket is None or s.bucket.time_until(now) == 0.0
 
     def _class_room(self, s, klass):
+        p = s.pool
+        if p is not None and 0 <= p.class_limit[klass] <= p.class_inflight[klass]:
+            return False
         return s.class_limit[klass] < 0 or s.class_inflight[klass] < s.class_limit[klass]
 
     def _class_limits(self, s):
         cap = s.capacity()
         s.class_limit = [
-            -1 if share is None or cap < 0 else max(1, math.floor(share * cap + 1e-9))
-            for share in self.shares]
+            -1 if share is None else fixed if fixed >= 0
+            else -1 if cap < 0 else max(1, math.floor(share * cap + 1e-9))
+            for share, fixed in zip(self.shares, s.class_fixed, strict=True)]
+
+    def _pool_class_limits(self, p):
+        p.class_limit = [
+            -1 if share is None else fixed if fixed >= 0
+            else max(1, math.floor(share * p.max_inflight + 1e-9))
+            for share, fixed in zip(self.shares, p.class_fixed, strict=True)]
 
     def _admit_at_once(self, s, t, now):
         if s.queued:
@@ -654,6 +698,7 @@ class Scheduler:
         t.pool = s.pool
         if s.pool is not None:
             s.pool.inflight += 1
+            s.pool.class_inflight[t.klass] += 1
         s.admitted[t.klass] += 1
         s.count_admission(now)
 

@@ -91,6 +91,20 @@ class Model:
             return None
         return max(1, math.floor(share * cap + 1e-9))
 
+    def pool_class_limit(self, pool: int, klass: int) -> int | None:
+        """A class's slots over the whole pool: its share of the pool's
+        slots (at least one), for all member schools together."""
+        share = self.classes[klass].share
+        if share is None:
+            return None
+        return max(1, math.floor(share * self.pool_limit(pool) + 1e-9))
+
+    def pool_class_count(self, pool: int, klass: int, extra: frozenset = frozenset()) -> int:
+        held = self.held | extra
+        return sum(1 for t in self.tickets
+                   if t.seq in held and t.school >= 0 and t.klass == klass
+                   and self.schools[t.school].pool == pool)
+
     # -- bookkeeping the driver reports ---------------------------------------
 
     def issued(self, t) -> None:
@@ -225,8 +239,14 @@ class Model:
         for t in self.tickets:
             if t.school == school and t.state == QUEUED and t.seq not in extra:
                 limit = self.class_limit(school, t.klass)
-                if limit is None or by_class[school][t.klass] < limit:
-                    out.append(t)
+                if limit is not None and by_class[school][t.klass] >= limit:
+                    continue
+                if spec.pool is not None:
+                    limit = self.pool_class_limit(spec.pool, t.klass)
+                    if (limit is not None
+                            and self.pool_class_count(spec.pool, t.klass, extra) >= limit):
+                        continue
+                out.append(t)
         return out
 
     def check_work_conserving(self) -> None:

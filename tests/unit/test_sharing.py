@@ -15,6 +15,8 @@ from gateway.admission.sharing import (
     claim,
     fair_share,
     gcra,
+    presence,
+    sweep_presence,
     targets,
     water_fill,
 )
@@ -285,3 +287,167 @@ def test_a_silent_ledger_means_fail_static_with_the_last_participant_count():
     assert u["max_inflight"] == 3 and u["rate"] == pytest.approx(10.0 / 3)
     admitted += c.poll(NOW + 1.0)[0]
     assert t in admitted
+
+
+# -- class shares, client buckets, queue and connection bounds fleet-wide ---------
+
+
+def classes_config(schools, pools=(), workers=2, **adm) -> Config:
+    return Config(server=Server(workers=workers), schools=list(schools), pools=list(pools),
+                  classes=[TrafficClass(name="web", max_wait=60.0),
+                           TrafficClass(name="bulk", max_wait=60.0, max_share=0.25)],
+                  admission=Admission(max_queue=100, **adm), redis=Redis(sync_interval=0.1))
+
+
+def class_inflight(fleet: Fleet, k: int, klass: int) -> int:
+    return sum(c.usage(k, fleet.now)["class_inflight"][klass] for c in fleet.controllers)
+
+
+def test_a_class_share_of_a_school_holds_across_participants():
+    # max_inflight 8, bulk's max_share 0.25: two bulk requests in flight in
+    # the whole fleet, however many participants see bulk demand. Per
+    # participant, a quarter of its own part would let each hold one (at
+    # least one slot each), or leave the share unused.
+    fleet = Fleet(classes_config([school("a", max_inflight=8)], workers=4), 4)
+    fleet.run(0.5)
+    for c in fleet.controllers:
+        for _ in range(10):
+            c.request(0, 1, None, fleet.now)
+    for _ in range(40):
+        fleet.run(0.05)
+        assert class_inflight(fleet, 0, 1) <= 2
+    assert class_inflight(fleet, 0, 1) == 2  # and the share is used
+    # Web requests still get the rest of the school's slots.
+    web = [fleet.controllers[0].request(0, 0, None, fleet.now) for _ in range(10)]
+    fleet.run(1.0)
+    assert sum(t.state == ADMITTED for t in web) == 6
+    fleet.close()
+
+
+def test_a_class_share_of_a_pool_holds_for_the_pool_as_a_whole():
+    # Four schools in a pool of 8, no limits of their own: bulk may hold 2
+    # pool slots in all (not 2 per school, not 2 per participant).
+    schools = [school(f"s{i}", pool="p") for i in range(4)]
+    fleet = Fleet(classes_config(schools, [Pool(name="p", max_inflight=8)]), 2)
+    fleet.run(0.5)
+    for c in fleet.controllers:
+        for k in range(4):
+            for _ in range(5):
+                c.request(k, 1, None, fleet.now)
+    for _ in range(40):
+        fleet.run(0.05)
+        assert sum(class_inflight(fleet, k, 1) for k in range(4)) <= 2
+    assert sum(class_inflight(fleet, k, 1) for k in range(4)) == 2
+    fleet.close()
+
+
+def test_a_class_share_of_a_pool_holds_in_one_scheduler_too():
+    schools = [school(f"s{i}", pool="p") for i in range(4)]
+    c = AdmissionController(classes_config(schools, [Pool(name="p", max_inflight=8)],
+                                           workers=1), NOW)
+    tickets = [c.request(k, 1, None, NOW) for k in range(4) for _ in range(3)]
+    assert sum(t.state == ADMITTED for t in tickets) == 2
+    assert c.pool_usage(0, NOW)["class_inflight"] == [0, 2]
+    web = [c.request(k, 0, None, NOW) for k in range(4) for _ in range(3)]
+    assert sum(t.state == ADMITTED for t in web) == 6  # the other 6 pool slots
+
+
+def test_a_client_seen_by_several_participants_gets_its_rate_once():
+    # One client (one address) whose connections land on all three
+    # participants: its bucket of 6 tokens at 2/s holds for the fleet.
+    cfg = config([school("a", client_rate=2.0, client_burst=6)], workers=3)
+    fleet = Fleet(cfg, 3)
+    fleet.run(0.5)
+    start = fleet.now
+    admitted = 0
+    for _ in range(60):  # 3 s
+        for c in fleet.controllers:
+            t = c.request(0, 0, b"10.0.0.7", fleet.now, max_wait=0.0)
+            admitted += t.state == ADMITTED
+        fleet.run(0.05)
+    elapsed = fleet.now - start
+    # Locally each would admit 6 + 2/s: 3 x (6 + 6) = 36 over 3 s.
+    assert admitted <= 6 + 2.0 * elapsed + 3, admitted  # one token per participant rounding
+    assert admitted >= 6 + 2.0 * elapsed - 4, admitted
+    fleet.close()
+
+
+def test_a_client_seen_by_one_participant_gets_its_whole_rate():
+    cfg = config([school("a", client_rate=2.0, client_burst=6)], workers=3)
+    fleet = Fleet(cfg, 3)
+    fleet.run(0.5)
+    c = fleet.controllers[0]
+    first = [c.request(0, 0, b"10.0.0.8", fleet.now, max_wait=0.0)]
+    fleet.run(0.3)  # the ledger says only this participant saw it
+    more = [c.request(0, 0, b"10.0.0.8", fleet.now, max_wait=0.0) for _ in range(8)]
+    got = sum(t.state == ADMITTED for t in first + more)
+    assert 6 <= got <= 7, got  # its whole burst (plus what 0.3 s refilled)
+    fleet.close()
+
+
+def test_queue_and_connection_bounds_are_exact_and_leave_a_joiner_its_part():
+    cfg = Config(server=Server(workers=3),
+                 schools=[school("a", max_inflight=1, max_connections=9)],
+                 classes=[TrafficClass(name="web", max_wait=60.0)],
+                 admission=Admission(max_queue=12), redis=Redis(sync_interval=0.1))
+    fleet = Fleet(cfg, 2)  # a third participant joins later
+    fleet.run(1.0)
+
+    def allotted(key: str) -> int:
+        return sum(c.usage(0, fleet.now)[key] for c in fleet.controllers)
+
+    assert allotted("max_queue") <= 12 and allotted("max_connections") <= 9
+    # Demand at participant 0: its lease follows, the total never exceeds.
+    c0 = fleet.controllers[0]
+    opened = sum(c0.connection_open(0, fleet.now) for _ in range(20))
+    queued = [c0.request(0, 0, None, fleet.now) for _ in range(30)]
+    for _ in range(20):
+        fleet.run(0.05)
+        opened += sum(c0.connection_open(0, fleet.now) for _ in range(3))
+        queued += [c0.request(0, 0, None, fleet.now) for _ in range(3)]
+        assert allotted("max_queue") <= 12 and allotted("max_connections") <= 9
+        assert sum(c.usage(0, fleet.now)["connections"] for c in fleet.controllers) <= 9
+        assert sum(c.usage(0, fleet.now)["queued"] for c in fleet.controllers) <= 12
+    assert opened >= 6  # most of the bound went where the demand was
+    # A participant joining now gets a part of what is left at its first round.
+    task = SharedAllotment(LocalLedger(fleet.region.segment("ledger"), fleet.clock), "2",
+                           peers=3)
+    fleet.tasks.append(task)
+    fleet.controllers.append(AdmissionController(cfg, fleet.now, task))
+    assert task.ready
+    fleet.run(0.1)
+    assert allotted("max_connections") <= 9
+    fleet.close()
+
+
+def test_presence_counts_the_participants_that_saw_a_client():
+    table: dict[str, str] = {}
+    assert presence(table, "a", 0.0, ["x", "y"], 5.0) == [1, 1]
+    assert presence(table, "b", 1.0, ["x"], 5.0) == [2]
+    assert presence(table, "a", 2.0, ["x"], 5.0) == [2]
+    assert presence(table, "a", 6.5, ["x", "y"], 5.0) == [1, 1]  # b's sight expired
+    sweep_presence(table, 20.0)
+    assert table == {}
+
+
+def test_an_orderly_stop_gives_its_leases_back_before_the_ttl():
+    import asyncio
+
+    from gateway.shared.ledger import give_back
+
+    fleet = Fleet(config([school("a", max_inflight=6)]), 2, ttl=5.0)
+    c0, c1 = fleet.controllers
+    fleet.run(0.5)
+    held = [c0.request(0, 0, None, fleet.now) for _ in range(6)]
+    fleet.run(1.0)
+    assert sum(t.state == ADMITTED for t in held) == 6
+    for t in held:
+        c0.release(t, fleet.now)
+    waiting = [c1.request(0, 0, None, fleet.now) for _ in range(6)]
+    # Participant 0 drained and stops: its last round gives everything back,
+    # so participant 1 has all six slots well within the ttl.
+    asyncio.run(give_back(fleet.tasks[0]))
+    fleet.controllers = [c1]
+    fleet.run(0.5)
+    assert sum(t.state == ADMITTED for t in waiting) == 6
+    fleet.close()

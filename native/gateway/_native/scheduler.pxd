@@ -15,6 +15,13 @@ cdef class _Pool:
     cdef int queued
     cdef list members
     cdef int index
+    # Per class, malloc'd: slots held over the member schools, the pool-wide
+    # slot limit (-1 none) and the class's allotted slots here (-1: derived
+    # from its share of the pool's allotment; see set_pool_class_allotment).
+    cdef int n_classes
+    cdef int* class_inflight
+    cdef int* class_limit
+    cdef int* class_fixed
 
 
 cdef class Ticket:
@@ -77,6 +84,13 @@ cdef class _School:
     # Admissions counted under classes a reload removed (usage() stays
     # monotonic across reloads). Last: the fields above keep their offsets.
     cdef long long admitted_gone
+    # Per class, malloc'd: the class's allotted slots here (-1: derived from
+    # its share of the school's allotted slots; set_class_allotment).
+    cdef int* class_fixed
+    # What a new client bucket starts with here (client_cap_here 0: the
+    # config's client_rate and client_burst; set_allotment client_rate/burst).
+    cdef double client_rate_here
+    cdef double client_cap_here
 
     cdef double rate(self, double now) noexcept
     cdef void count_admission(self, double now) noexcept
@@ -117,6 +131,8 @@ cdef class Scheduler:
     cdef bint _school_room(self, _School s, double now) noexcept
     cdef bint _class_room(self, _School s, int klass) noexcept
     cdef void _class_limits(self, _School s) noexcept
+    cdef void _pool_class_limits(self, _Pool p) noexcept
+    cdef list _class_queued(self, _School s)
     cdef bint _admit_at_once(self, _School s, Ticket t, double now) except -1
     cdef void _admit(self, _School s, Ticket t, double now) except *
     cdef Ticket _best(self, _School s, double now)
