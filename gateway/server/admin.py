@@ -18,7 +18,10 @@ one worker at random). The workers send it snapshots of their counters
 The listener is hardened like the proxy's: the request head must arrive
 within timeouts.header (408, then close), an idle keep-alive connection is
 closed after timeouts.keepalive, a head may take limits.max_request_line +
-limits.max_header_bytes bytes (431 beyond), only GET and HEAD are served.
+limits.max_header_bytes bytes (431 beyond), only GET and HEAD without a
+body are served (405, 413). Pipelined requests are answered in order, at
+most limits.max_pipeline waiting at once; a client that takes none of its
+answers for timeouts.client_send is disconnected.
 Bound to anything but a loopback address it asks for
 `Authorization: Bearer <server.admin_token>` (RFC 6750) on every path but
 /healthz: 401 with WWW-Authenticate otherwise.

@@ -274,14 +274,18 @@ class AccessLog:
 
     def reopen(self) -> None:
         """Open the destination again (SIGUSR1): a file renamed by logrotate
-        is closed and a new one created at the configured path."""
+        is closed and a new one created at the configured path. A file that
+        cannot be opened (its directory gone, no permission) is warned
+        about and the one open before stays in use, as nginx does, so a
+        rotation gone wrong does not silence the log."""
         self.flush()
-        self._close()
         access = self.cfg.access
         if access == "off":
+            self._close()
             self._pending = b""
             return
         if access == "stdout":
+            self._close()
             self._open_stdout()
         else:
             try:
@@ -289,13 +293,16 @@ class AccessLog:
                 # instead of blocking the open, and a full one refuses
                 # writes (EAGAIN) instead of stalling the worker; a regular
                 # file ignores it.
-                self.fd = os.open(access, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                                  | os.O_NONBLOCK, 0o640)
+                fd = os.open(access, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                             | os.O_NONBLOCK, 0o640)
             except OSError as err:
-                self.warnings.error(("open", access), "access log: cannot open %s: %s",
-                                    access, err.strerror or err)
+                self.warnings.error(("open", access), "access log: cannot open %s: %s%s",
+                                    access, err.strerror or err,
+                                    "; still writing where it went before" if self.fd >= 0
+                                    else "")
                 return
-            self._own_fd = True
+            self._close()
+            self.fd, self._own_fd = fd, True
         try:
             self._atomic = stat.S_ISREG(os.fstat(self.fd).st_mode)
         except OSError:

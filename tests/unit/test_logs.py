@@ -431,3 +431,30 @@ def test_a_fifo_without_a_reader_is_refused_not_waited_for(tmp_path, recorder):
     add(200)
     log.flush()  # nowhere to write: nothing happens
     log.close()
+
+
+def test_a_reopen_that_fails_keeps_the_file_open_before(tmp_path, recorder):
+    """logrotate gone wrong: the log's directory is gone at SIGUSR1. The
+    worker warns and keeps writing to the file it had (it wrote nothing
+    until the next SIGUSR1); once the directory is back, a reopen moves on."""
+    logger, rec = recorder
+    logs_dir = tmp_path / "logs"
+    logs_dir.mkdir()
+    log = AccessLog(Log(access=str(logs_dir / "access.log")), RateLimitedLog(logger))
+    add(200, path=b"/one")
+    log.flush()
+    moved = tmp_path / "logs.old"
+    os.rename(logs_dir, moved)
+    log.reopen()
+    assert rec.lines == [f"access log: cannot open {logs_dir / 'access.log'}: No such file or "
+                         "directory; still writing where it went before"]
+    add(200, path=b"/two")
+    log.flush()
+    logs_dir.mkdir()
+    log.reopen()
+    add(200, path=b"/three")
+    log.flush()
+    log.close()
+    old = [json.loads(x)["path"] for x in (moved / "access.log").read_text().splitlines()]
+    new = [json.loads(x)["path"] for x in (logs_dir / "access.log").read_text().splitlines()]
+    assert (old, new) == (["/one", "/two"], ["/three"])
