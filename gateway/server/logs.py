@@ -10,6 +10,14 @@ lines of several workers sharing one pipe or socket (journald's) never
 interleave. A file is opened for appending and reopened by reopen()
 (SIGUSR1, for logrotate: rename, signal, the next lines go to a new file).
 
+A destination that stops taking lines (a pipe nobody reads, journald
+stalled, a FIFO) never stalls the worker: every write is non-blocking (a
+pipe, FIFO or terminal is opened again through /proc/self/fd with
+O_NONBLOCK, so the flag is this worker's own and not set on a descriptor
+shared with other processes; a socket is written with MSG_DONTWAIT). What
+it does not take waits, up to MAX_PENDING bytes, for the next flush; lines
+beyond that are dropped and counted in a rate-limited warning.
+
 One JSON line, e.g.::
 
     {"time":"2026-11-30T08:00:01.234Z","status":200,"decision":"queued",
@@ -37,6 +45,7 @@ import errno
 import logging
 import os
 import select
+import socket
 import stat
 import time
 from collections.abc import Callable, Hashable
@@ -52,6 +61,9 @@ FLUSH_INTERVAL = 0.1  # seconds between two writes of the access log
 # other writers' (pipe(7)); journald's stdout socket is read line by line.
 PIPE_BUF = select.PIPE_BUF
 MAX_KEYS = 256  # distinct warning kinds tracked; more share one key
+# Bytes a worker holds for a destination that is not taking them (a full
+# pipe, a stalled journald) until its next flush; lines beyond are dropped.
+MAX_PENDING = 1 << 20
 
 DECISIONS = {
     _native.ADMITTED: "admitted",
@@ -241,10 +253,13 @@ class AccessLog:
         self.cfg = cfg
         self.fd = -1
         self._own_fd = False
+        self._sock: socket.socket | None = None  # the destination, when it is a socket
         self._atomic = True  # one write per flush keeps lines whole (a regular file)
+        self._pending = b""  # encoded lines the destination has not taken yet
         self._encoder = msgspec.json.Encoder()
         self._stamp = _Clock()
         self.written = 0  # lines written so far (tests, metrics)
+        self.dropped = 0  # lines dropped because the destination did not take them
         self.configure(cfg)
 
     def configure(self, cfg: Log) -> None:
@@ -259,27 +274,65 @@ class AccessLog:
 
     def reopen(self) -> None:
         """Open the destination again (SIGUSR1): a file renamed by logrotate
-        is closed and a new one created at the configured path."""
+        is closed and a new one created at the configured path. A file that
+        cannot be opened (its directory gone, no permission) is warned
+        about and the one open before stays in use, as nginx does, so a
+        rotation gone wrong does not silence the log."""
         self.flush()
-        self._close()
         access = self.cfg.access
         if access == "off":
+            self._close()
+            self._pending = b""
             return
         if access == "stdout":
-            self.fd, self._own_fd = 1, False
+            self._close()
+            self._open_stdout()
         else:
             try:
-                self.fd = os.open(access, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                                  0o640)
+                # O_NONBLOCK: a FIFO without a reader is refused (ENXIO)
+                # instead of blocking the open, and a full one refuses
+                # writes (EAGAIN) instead of stalling the worker; a regular
+                # file ignores it.
+                fd = os.open(access, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                             | os.O_NONBLOCK, 0o640)
             except OSError as err:
-                self.warnings.error(("open", access), "access log: cannot open %s: %s",
-                                    access, err.strerror or err)
+                self.warnings.error(("open", access), "access log: cannot open %s: %s%s",
+                                    access, err.strerror or err,
+                                    "; still writing where it went before" if self.fd >= 0
+                                    else "")
                 return
-            self._own_fd = True
+            self._close()
+            self.fd, self._own_fd = fd, True
         try:
             self._atomic = stat.S_ISREG(os.fstat(self.fd).st_mode)
         except OSError:
             self._atomic = False
+
+    def _open_stdout(self) -> None:
+        """Standard output, written without ever blocking (see the module
+        docstring): a regular file as is, a socket through MSG_DONTWAIT, a
+        pipe, FIFO or terminal opened again with O_NONBLOCK of its own."""
+        self.fd, self._own_fd = 1, False
+        try:
+            mode = os.fstat(1).st_mode
+        except OSError:
+            return  # closed: the first write says so (rate-limited)
+        if stat.S_ISREG(mode):
+            return
+        if stat.S_ISSOCK(mode):
+            try:
+                self._sock = socket.socket(fileno=os.dup(1))
+            except OSError:
+                self._sock = None
+            return
+        try:
+            self.fd = os.open("/proc/self/fd/1", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+                              | os.O_NONBLOCK)
+            self._own_fd = True
+        except OSError:
+            # No /proc, or a pipe whose reader is gone: the plain descriptor
+            # (a write then fails with EPIPE, which is warned about).
+            self.fd, self._own_fd = 1, False
 
     def _close(self) -> None:
         if self._own_fd and self.fd >= 0:
@@ -287,6 +340,9 @@ class AccessLog:
                 os.close(self.fd)
             except OSError:
                 pass
+        if self._sock is not None:
+            self._sock.close()  # a dup of standard output: fd 1 stays open
+            self._sock = None
         self.fd, self._own_fd = -1, False
 
     def close(self) -> None:
@@ -302,6 +358,9 @@ class AccessLog:
             warnings.warning(("dropped",), "access log: %d line(s) dropped: more than "
                              "[log] buffer = %d in %gs", dropped, self.cfg.buffer, FLUSH_INTERVAL)
         if not entries:
+            if self._pending and self.fd >= 0:
+                pending, self._pending = self._pending, b""
+                self._write(pending)
             return
         stamp = self._stamp
         lines = [to_line(entry, stamp) for entry in entries]
@@ -325,10 +384,25 @@ class AccessLog:
             data = "".join(text_line(line) for line in lines).encode()
         else:
             data = self._encoder.encode_lines(lines)
-        self._write(data)
-        self.written += len(lines)
+        pending = self._pending
+        if len(pending) + len(data) > MAX_PENDING:
+            # The destination has not taken the lines held for it: these
+            # are dropped (whole lines), counted and warned about.
+            room = max(0, MAX_PENDING - len(pending))
+            cut = data.rfind(b"\n", 0, room) + 1
+            lost = data.count(b"\n", cut)
+            data = data[:cut]
+            self.dropped += lost
+            self.warnings.warning(("stalled", self.cfg.access),
+                                  "access log: %d line(s) dropped: %s is not taking them "
+                                  "(%d bytes waiting)", lost, self.cfg.access, len(pending))
+        self.written += data.count(b"\n")
+        self._pending = b""
+        self._write(pending + data if pending else data)
 
     def _write(self, data: bytes) -> None:
+        """Write `data` (whole lines) without blocking; what the destination
+        does not take now is kept in self._pending for the next flush."""
         view = memoryview(data)
         while view:
             if self._atomic or len(view) <= PIPE_BUF:
@@ -340,12 +414,20 @@ class AccessLog:
                 n = (cut + 1 - (len(data) - len(view))) if cut >= 0 else \
                     data.index(b"\n", len(data) - len(view)) + 1 - (len(data) - len(view))
             try:
-                written = os.write(self.fd, view[:n])
+                if self._sock is not None:
+                    written = self._sock.send(view[:n], socket.MSG_DONTWAIT)
+                else:
+                    written = os.write(self.fd, view[:n])
             except InterruptedError:
                 continue
+            except BlockingIOError:
+                # The destination is full (nobody reads the pipe, journald
+                # is behind): the rest waits for the next flush.
+                self._pending = bytes(view)
+                return
             except OSError as err:
-                # A full disk, a reader gone (EPIPE), a pipe left full:
-                # these lines are lost, the worker goes on.
+                # A full disk, a reader gone (EPIPE): these lines are lost,
+                # the worker goes on.
                 name = errno.errorcode.get(err.errno or 0, str(err.errno))
                 self.warnings.error(("write", name), "access log: cannot write to %s: %s",
                                     self.cfg.access, err.strerror or err)

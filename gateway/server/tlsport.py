@@ -15,7 +15,8 @@ A handshake record starts TLS on the same transport, exactly as a listener
 created with ``ssl=`` would: the event loop's own SSL protocol (uvloop's
 under uvloop) is put in front of the application protocol and given the
 bytes already read. A connection that sends nothing within ``timeout``
-seconds (``[timeouts] header``) is closed.
+seconds (``[timeouts] header``) is closed, as is one whose handshake is not
+done within ``timeout`` (a partial hello, then silence).
 """
 
 from __future__ import annotations
@@ -116,8 +117,11 @@ class TLSPortProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         waiter.add_done_callback(_retrieve)
+        # The handshake gets the header timeout too (not the event loop's
+        # 60 s default): a client that sends the first byte of a hello and
+        # then nothing would otherwise hold the connection that long.
         tls = _ssl_protocol_class(loop)(loop, self.app_factory(), self.context, waiter,
-                                        server_side=True)
+                                        server_side=True, ssl_handshake_timeout=self.timeout)
         # As loop.start_tls() does, with the bytes already read handed on.
         transport.pause_reading()
         transport.set_protocol(tls)

@@ -244,3 +244,43 @@ def test_a_flood_of_bad_requests_leaves_few_warnings(make_gateway, upstream: Ups
     # One kind of refusal: at most warn_burst lines (the window is 60 s, so
     # the "suppressed" summary comes later, at the window's end).
     assert 1 <= len(warnings) <= 3
+
+
+class _UnreadStdoutGateway(Gateway):
+    """A gateway whose standard output is a pipe nobody reads (a log
+    collector that stopped); its warnings go to the log file."""
+
+    def _spawn(self) -> None:
+        import subprocess
+
+        from tests.support.procs import REPO_ROOT, _child_env
+
+        with open(self.log_path, "ab") as log:
+            self._group_done = False
+            self._proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                cwd=REPO_ROOT, env=_child_env(), start_new_session=True)
+
+
+def test_a_stdout_nobody_reads_does_not_stall_the_workers(procs, upstream: Upstream,
+                                                           tmp_path: Path) -> None:
+    """Access lines on standard output, which nobody reads: once the pipe is
+    full (64 KiB, a few hundred lines) the workers keep answering; the lines
+    the pipe does not take are held (bounded) or dropped with a warning."""
+    from tests.support.procs import gateway_config
+
+    gw = _UnreadStdoutGateway(gateway_config([upstream.addr], server={"workers": 2}), tmp_path)
+    procs.append(gw)
+    gw.start()
+    # ~2 KiB per line: the pipe is full after ~30; the upstream answers 404.
+    target = "/missing-" + "x" * 2000
+    for i in range(400):
+        resp = request(gw.port, "GET", target, timeout=10.0)
+        assert (resp.status, resp.header("x-upstream")) == (404, "u1"), i
+    assert upstream.requests(target) == 400
+    assert gw._proc is not None and gw._proc.stdout is not None
+    # The lines the pipe took are whole JSON lines of these requests.
+    os.set_blocking(gw._proc.stdout.fileno(), False)
+    got = gw._proc.stdout.read() or b""
+    lines = [json.loads(x) for x in got.splitlines()]
+    assert lines and all(line["path"] == target for line in lines)

@@ -3,6 +3,7 @@ listener's, and a bearer token when it is bound beyond loopback."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import httpx
@@ -95,3 +96,93 @@ def test_a_port_alone_listens_on_loopback(make_gateway, upstream):
         with socket.socket() as s:
             s.settimeout(2)
             assert s.connect_ex((addr, port)) != 0
+
+
+def _read_to_eof(s: socket.socket) -> bytes:
+    got = b""
+    while True:
+        try:
+            piece = s.recv(65536)
+        except ConnectionResetError:
+            return got
+        if not piece:
+            return got
+        got += piece
+
+
+def _statuses(data: bytes) -> list[int]:
+    """The status codes of the HTTP/1.1 responses in `data`, in order (each
+    response's Content-Length skips its body)."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        assert sep, data[:200]
+        lines = head.split(b"\r\n")
+        out.append(int(lines[0].split()[1]))
+        length = next(int(v) for n, _, v in (line.partition(b": ") for line in lines[1:])
+                      if n.lower() == b"content-length")
+        data = rest[length:]
+    return out
+
+
+def test_pipelined_answers_keep_their_order_refusals_included(make_gateway, upstream):
+    """GET /metrics then a POST, pipelined: the metrics come first, then the
+    405 (it was written first, and the close it brings lost the metrics)."""
+    gw = make_gateway(upstreams=[upstream], server={"admin_listen": f"127.0.0.1:{free_port()}"})
+    for second, status in ((b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 405),
+                           (b"GET /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+                            413),
+                           (b"GET /metrics HTTP/1.1\r\nHost a\r\n\r\n", 400)):
+        with socket.create_connection(("127.0.0.1", gw.admin_port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+                      b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n" + second)
+            got = _read_to_eof(s)
+        assert _statuses(got) == [200, 200, status], got[-300:]
+        assert b"schoolgate_workers " in got
+
+
+def test_each_pipelined_head_is_measured_on_its_own(make_gateway, upstream):
+    """200 small requests in one write are 200 heads within the budget, not
+    one head beyond it (they got 431)."""
+    gw = make_gateway(upstreams=[upstream], server={"admin_listen": f"127.0.0.1:{free_port()}"},
+                      limits={"max_request_line": 1024, "max_header_bytes": 1024})
+    req = b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gw.admin_port), timeout=10) as s:
+        s.sendall(req * 199 + b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        got = _read_to_eof(s)
+    assert _statuses(got) == [200] * 200
+    # A head beyond the budget is still refused, when it comes in pieces too.
+    with socket.create_connection(("127.0.0.1", gw.admin_port), timeout=10) as s:
+        s.sendall(req + b"GET /healthz HTTP/1.1\r\n")
+        for _ in range(5):
+            s.sendall(b"X-Pad: " + b"a" * 500 + b"\r\n")
+        got = _read_to_eof(s)
+    assert _statuses(got) == [200, 431]
+
+
+def test_a_client_that_pipelines_and_never_reads_is_cut_off(make_gateway, upstream):
+    """Thousands of pipelined scrapes from a client that reads nothing: the
+    admin process stops reading once max_pipeline answers wait, and once
+    its output makes no progress for client_send the connection is reset
+    (it stayed open for good, its answers held in memory)."""
+    gw = make_gateway(upstreams=[upstream], server={"admin_listen": f"127.0.0.1:{free_port()}"},
+                      timeouts={"client_send": 1.0})
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", gw.admin_port))
+    try:
+        s.setblocking(False)
+        req = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+        sent = 0
+        for _ in range(20000):
+            try:
+                s.send(req)
+                sent += 1
+            except BlockingIOError:
+                break
+        # The server resets the connection: seen without reading a byte.
+        assert wait_until(lambda: s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                          == errno.ECONNRESET, timeout=30)
+    finally:
+        s.close()
+    assert httpx.get(gw.admin_url + "/healthz", timeout=5).status_code == 200

@@ -210,6 +210,28 @@ def test_a_tls_port_connection_that_sends_nothing_is_closed(make_gateway, upstre
             pass  # closed, either way
 
 
+def test_a_partial_tls_hello_then_silence_is_closed_after_the_header_timeout(
+        make_gateway, upstream, cert):
+    """The first byte of a handshake record, or most of a ClientHello, and
+    then nothing: the handshake has the header timeout too (it had the event
+    loop's 60 s, more than this socket's timeout)."""
+    gw = make_gateway(upstreams=[upstream], timeouts={"header": 0.5},
+                      server={"tls_cert": str(cert[0]), "tls_key": str(cert[1])})
+    ctx = ssl.create_default_context(cafile=str(cert[0]))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOST)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    for sent in (hello[:1], hello[:-1]):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+            sock.sendall(sent)
+            try:
+                assert sock.recv(65536) == b""
+            except ConnectionResetError:
+                pass  # closed, either way
+
+
 def test_old_tls_versions_are_refused(gateway):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False

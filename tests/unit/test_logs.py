@@ -3,6 +3,7 @@ sockets (gateway._native.accesslog, gateway.server.logs)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -318,3 +319,142 @@ def test_limit_filter_puts_another_loggers_lines_behind_the_limiter(recorder):
                              "socket.send() raised exception 49."]
     finally:
         other.removeHandler(seen)
+
+
+class _Hung(BaseException):
+    """Raised by the alarm if a write blocks (not an OSError: the writer
+    must not mistake it for a failed write)."""
+
+
+@contextlib.contextmanager
+def unread_stdout():
+    """Standard output (fd 1) replaced by a pipe nobody reads (within the
+    test's body: pytest's capture puts its own fd 1 back between phases);
+    yields the pipe's read end. An alarm turns a blocked write into _Hung."""
+    import signal
+
+    r, w = os.pipe()
+    saved = os.dup(1)
+    os.dup2(w, 1)
+    os.close(w)
+
+    def hung(signum, frame):
+        raise _Hung
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        yield r
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(r)
+
+
+def _drain(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    got = b""
+    while True:
+        try:
+            piece = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return got
+        if not piece:
+            return got
+        got += piece
+
+
+def test_a_stdout_pipe_nobody_reads_never_blocks_the_worker(recorder, monkeypatch):
+    """A full pipe on standard output (a reader that stopped, journald
+    behind) is not waited for: the lines it does not take wait for the next
+    flush, up to MAX_PENDING bytes; beyond that they are dropped and warned
+    about. Nothing is lost or cut while it is within that bound."""
+    from gateway.server import logs
+
+    logger, rec = recorder
+    monkeypatch.setattr(logs, "MAX_PENDING", 256 << 10)
+    with unread_stdout() as reader:
+        _unread_stdout_case(logger, rec, reader)
+
+
+def _unread_stdout_case(logger, rec, unread_stdout: int) -> None:
+    log = AccessLog(Log(access="stdout"), RateLimitedLog(logger))
+    n = 0
+    # Well beyond what a pipe holds (64 KiB) plus MAX_PENDING.
+    for _ in range(40):
+        for _ in range(100):
+            add(200, path=b"/%d" % n + b"x" * 100)
+            n += 1
+        log.flush()  # returns: _Hung here is the fault
+    assert log.dropped > 0
+    assert any("is not taking them" in line for line in rec.lines)
+    got = _drain(unread_stdout)
+    # The reader is back: what waited is written at the next flush.
+    for _ in range(100):
+        log.flush()
+        more = _drain(unread_stdout)
+        got += more
+        if not log._pending and not more:
+            break
+    paths = [json.loads(x)["path"] for x in got.splitlines()]
+    # Whole lines, in order, from the first; the dropped ones are the last.
+    assert paths == [f"/{i}" + "x" * 100 for i in range(len(paths))]
+    assert len(paths) + log.dropped == n
+    log.close()
+    # fd 1 itself was never made non-blocking (other processes share it).
+    assert os.get_blocking(1)
+
+
+def test_a_fifo_without_a_reader_is_refused_not_waited_for(tmp_path, recorder):
+    """A FIFO as [log] access with nobody reading it: the open is refused
+    (warned about) instead of hanging the worker."""
+    import signal
+
+    logger, rec = recorder
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+
+    def hung(signum, frame):
+        raise _Hung
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        log = AccessLog(Log(access=str(fifo)), RateLimitedLog(logger))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert log.fd < 0
+    assert rec.lines and rec.lines[0].startswith(f"access log: cannot open {fifo}")
+    add(200)
+    log.flush()  # nowhere to write: nothing happens
+    log.close()
+
+
+def test_a_reopen_that_fails_keeps_the_file_open_before(tmp_path, recorder):
+    """logrotate gone wrong: the log's directory is gone at SIGUSR1. The
+    worker warns and keeps writing to the file it had (it wrote nothing
+    until the next SIGUSR1); once the directory is back, a reopen moves on."""
+    logger, rec = recorder
+    logs_dir = tmp_path / "logs"
+    logs_dir.mkdir()
+    log = AccessLog(Log(access=str(logs_dir / "access.log")), RateLimitedLog(logger))
+    add(200, path=b"/one")
+    log.flush()
+    moved = tmp_path / "logs.old"
+    os.rename(logs_dir, moved)
+    log.reopen()
+    assert rec.lines == [f"access log: cannot open {logs_dir / 'access.log'}: No such file or "
+                         "directory; still writing where it went before"]
+    add(200, path=b"/two")
+    log.flush()
+    logs_dir.mkdir()
+    log.reopen()
+    add(200, path=b"/three")
+    log.flush()
+    log.close()
+    old = [json.loads(x)["path"] for x in (moved / "access.log").read_text().splitlines()]
+    new = [json.loads(x)["path"] for x in (logs_dir / "access.log").read_text().splitlines()]
+    assert (old, new) == (["/one", "/two"], ["/three"])
