@@ -163,6 +163,8 @@ def test_readme_deployment_config_and_paths_are_the_ones_shipped():
     toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(toml.encode(), "/etc/schoolgate/gateway.toml")
     assert cfg.schools[0].upstreams == ["10.0.0.5:80"]
+    # It protects the server: a limit, not a pass-through (0 means none).
+    assert cfg.schools[0].max_inflight > 0
     assert "python3 -m venv /opt/schoolgate" in section
     assert f"{INSTALLED} check /etc/schoolgate/gateway.toml" in section
     assert "cp deploy/schoolgate.service /etc/systemd/system/" in section
