@@ -334,10 +334,10 @@ def test_forked_workers_spend_a_ticket_once_between_them():
 @pytest.mark.parametrize("seed", range(6))
 def test_the_indexed_line_answers_as_the_plain_model_under_random_traffic(seed):
     """Every change and question of gateway.waiting.line.Line (Fenwick trees,
-    heaps, time-ordered sweeps) against tests/oracles/line.py (scans), on
+    heaps, time-ordered sweeps) against tests/unit/line_model.py (scans), on
     random traffic of three urgencies, with polls, calls, leaves, sweeps,
     spends and a dump/load now and then."""
-    from tests.oracles.line import Line as Model
+    from tests.unit.line_model import Line as Model
 
     rng = random.Random(seed)
     line, model = Line(capacity=300), Model(capacity=300)
@@ -394,3 +394,59 @@ def test_the_indexed_line_answers_as_the_plain_model_under_random_traffic(seed):
                 computed = rng.randint(1, 40)
                 assert line.report(v, computed) == model.report(v, computed), (step, v)
     assert sorted(line.by_vid) == sorted(model.by_vid)
+
+
+def _same_line(got: Line, want: Line) -> None:
+    assert (got.last, got.serving, got.called(), got.waiting()) == \
+        (want.last, want.serving, want.called(), want.waiting())
+    assert {v: (e.number, e.called_at, e.last_seen, e.polled, e.shown)
+            for v, e in got.by_vid.items()} == \
+        {v: (e.number, e.called_at, e.last_seen, e.polled, e.shown)
+         for v, e in want.by_vid.items()}
+    assert {v: got.ahead(v) for v in got.by_vid} == {v: want.ahead(v) for v in want.by_vid}
+    assert got.spent == want.spent and got.admissions == want.admissions
+
+
+def test_workers_replaying_the_log_keep_one_line_through_wraps_and_snapshots():
+    # A small segment: the ring wraps many times and snapshots are stored;
+    # a worker that stays away for long, and one that starts late, catch up
+    # from the snapshot. Every copy is the line one store applying every
+    # batch in the same order has.
+    segment = line_segment(64 << 10)
+    stores = [ShmLineStore(segment) for _ in range(3)]
+    model = LocalLineStore()
+    rng = random.Random(5)
+    now = T0
+    for step in range(4000):
+        now += rng.random() * 0.05
+        # Store 2 sleeps through steps 1000..3000 (falls behind the ring).
+        who = rng.choice([0, 1] if 1000 <= step < 3000 else [0, 1, 2])
+        ops: list[tuple] = []
+        for _ in range(rng.randint(1, 3)):
+            r = rng.random()
+            v = b"v%d" % rng.randint(0, 400)
+            if r < 0.4:
+                ops.append(("draw", v, rng.choice([0, 10])))
+            elif r < 0.6:
+                ops.append(("seen", v))
+            elif r < 0.7:
+                ops.append(("call_next", rng.randint(0, 5)))
+            elif r < 0.8:
+                ops.append(("leave", v))
+            elif r < 0.9:
+                ops.append(("spend", v))
+            else:
+                ops.append(("queue", f"w{who}", {10.0: rng.randint(0, 3)}, 2))
+        school = rng.choice(["a", "b"])
+        got: dict[str, list] = {}
+        want: dict[str, list] = {}
+        stores[who].exchange({school: ops}, now, got)
+        model.exchange({school: ops}, now, want)
+        assert got == want, step
+    head = stores[0]._head()
+    assert head[3] > 0 and head[8] == 1  # the ring wrapped; a snapshot was stored
+    late = ShmLineStore(segment)
+    for store in [*stores, late]:
+        lines = store.exchange({}, now)
+        for school in ("a", "b"):
+            _same_line(lines[school], model.lines[school])

@@ -1,4 +1,4 @@
-"""Plain-Python model of the waiting line (gateway/waiting/line.py): the
+"""Brute-force model of the waiting line (gateway/waiting/line.py): the
 same rules written the obvious way, every question a scan of the whole line
 (O(n)). tests/unit/test_line.py runs both on the same random traffic and
 compares every answer; bench/micro/bench_line.py measures what the indexed
