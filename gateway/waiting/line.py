@@ -182,7 +182,9 @@ class Line:
     Cost: every change and question is O(log n) or O(1) in the tickets of
     the line (n), times the number of urgencies (the classes' priorities, a
     handful); `sweep` is amortised O(1) per change (touches queue up in time
-    order and are looked at once); `dump`/`load` are O(n).
+    order and are looked at once: `now` is expected not to go back; if it
+    does, expiries are late by as much, never early); `dump`/`load` are
+    O(n).
     """
 
     __slots__ = ("_called", "_called_q", "_levels", "_next_sweep", "_seen_q", "_spent_q",
