@@ -723,11 +723,15 @@ class Admission:
     def waiting_lines(self) -> dict[str, dict]:
         """Per school name, for the admin endpoint and the status page:
         queued (requests waiting, by class name: this worker's queue plus the
-        line's tickets, by the class whose priority they carry), line (tickets
-        waiting in the shared line), eta (seconds a newcomer would wait, None:
-        nothing measured yet), admission_rate (the fleet's admissions/s),
-        now_serving (highest number called), last_ticket (highest drawn),
-        shared (False while the shared store is away)."""
+        line's tickets, by the class whose priority they carry), line
+        (tickets waiting in the shared line), waiting (those by class name),
+        called (tickets called whose visitor is not back yet), eta (seconds a
+        newcomer would wait, None: nothing measured yet), admission_rate
+        (the fleet's admissions/s), now_serving (highest number called),
+        last_ticket (highest drawn), shared (False while the shared store is
+        away), synced_at (Unix seconds: when this worker's copy of the lines
+        was last brought up to date; the line is the same at every worker,
+        so the freshest copy stands for it). O(schools x classes)."""
         now = self.line.now()
         controller = self.controller
         out: dict[str, dict] = {}
@@ -735,21 +739,26 @@ class Admission:
             line = self.line.line(name)
             queued = dict(controller.stats(i, time.time())["queued"])
             waiting_by_urgency = line.waiting()
+            in_line = sum(waiting_by_urgency.values())
+            waiting: dict[str, int] = {}
             for c in controller.classes:
                 n = waiting_by_urgency.pop(c.priority, 0)
                 if n:
+                    waiting[c.name] = n
                     queued[c.name] = queued.get(c.name, 0) + n
-            in_line = sum(line.waiting().values())
             ahead = sum(queued.values()) + line.queued_ahead(-math.inf, now, self.line.worker)
             out[name] = {
                 "queued": queued,
                 "line": in_line,
+                "waiting": waiting,
+                "called": line.called(),
                 # Called visitors on their way back get in first too.
                 "eta": line.eta(ahead + line.called() + 1, now) if ahead else 0.0,
                 "admission_rate": line.rate(now),
                 "now_serving": line.serving,
                 "last_ticket": line.last,
                 "shared": self.line.shared,
+                "synced_at": self.line.synced_at,
             }
         return out
 

@@ -41,6 +41,7 @@ td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
 <div id="error"></div>
 <table>
 <thead><tr><th>School</th><th>In flight / limit</th><th>Queue by class</th>
+<th>Waiting in line (called, serving / last)</th>
 <th>Waiting pages / min</th><th>Admissions / s</th><th>Estimated wait</th>
 <th>Upstreams</th></tr></thead>
 <tbody id="schools"></tbody>
@@ -84,6 +85,9 @@ function draw(data) {
     }
     const q = Object.entries(s.queued).map(([k, n]) => k + ": " + n).join(", ");
     cell(tr, q || "empty", "num queued");
+    const w = Object.entries(s.waiting).map(([k, n]) => k + ": " + n).join(", ");
+    cell(tr, (w || "nobody") + " (" + s.called + " called, " + s.now_serving + " / "
+         + s.last_ticket + ")", "num waiting");
     cell(tr, String(s.waiting_pages_per_minute), "num pages");
     cell(tr, String(s.admission_rate), "num rate");
     cell(tr, seconds(s.estimated_wait), "num wait");

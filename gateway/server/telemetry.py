@@ -59,6 +59,22 @@ MAX_FRAME = 16 << 20
 _LEN = struct.Struct("!I")
 
 
+class LineState(msgspec.Struct, array_like=True):
+    """One school's waiting line as a worker's copy has it
+    (Admission.waiting_lines). The line is shared by every worker (and
+    instance), so the admin process takes one copy, the freshest, never a
+    sum."""
+
+    synced_at: float          # Unix seconds: when the copy was last brought up to date
+    waiting: dict[str, int]   # tickets waiting (a waiting page, polling), by class name
+    called: int               # tickets called whose visitor is not back yet
+    now_serving: int          # highest number called
+    last_ticket: int          # highest number drawn
+    estimated_wait: float | None  # seconds a newcomer would wait (None: nothing measured)
+    admission_rate: float     # the fleet's admissions per second
+    shared: bool              # False while the shared store is away (a local line)
+
+
 class SchoolState(msgspec.Struct, array_like=True):
     """One school at one worker: gauges against the worker's allotment of
     the limits (None: no limit), per-class queues, counters since the
@@ -76,6 +92,7 @@ class SchoolState(msgspec.Struct, array_like=True):
     cancelled: int
     admission_rate: float     # admissions per second, measured
     estimated_wait: float     # seconds a request arriving now would wait
+    line: LineState | None = None  # the school's waiting line
 
 
 class UpstreamState(msgspec.Struct, array_like=True):
@@ -118,10 +135,16 @@ def snapshot(worker: Worker, answers: int = 0) -> Snapshot:
     controller = admission.controller
     now = time.time()
     schools = []
+    lines = admission.waiting_lines() if admission.enabled else {}
     for i, name in enumerate(controller.school_names):
         use = controller.usage(i, now)
         st = controller.stats(i, now)
         queued = st["queued_total"]
+        w = lines.get(name)
+        line = None if w is None else LineState(
+            synced_at=w["synced_at"], waiting=w["waiting"], called=w["called"],
+            now_serving=w["now_serving"], last_ticket=w["last_ticket"],
+            estimated_wait=w["eta"], admission_rate=w["admission_rate"], shared=w["shared"])
         schools.append(SchoolState(
             name=name, inflight=use["inflight"], max_inflight=use["max_inflight"],
             connections=use["connections"], max_connections=use["max_connections"],
@@ -129,6 +152,7 @@ def snapshot(worker: Worker, answers: int = 0) -> Snapshot:
             rejected=st["rejected"], cancelled=st["cancelled"],
             admission_rate=st["admission_rate"],
             estimated_wait=controller.queue_eta(i, queued + 1, now) if queued else 0.0,
+            line=line,
         ))
     mono = time.monotonic()
     upstreams = [UpstreamState(addr=addr, up=bool(s.available(mono)), inflight=s.inflight,
@@ -295,9 +319,14 @@ class Aggregate:
 
     def schools(self) -> dict[str, dict]:
         """Per school, summed over live workers: inflight, limits (the sum of
-        the workers' allotments; None: unlimited), queued by class,
-        admission rate, estimated wait (the longest of the workers')."""
+        the workers' allotments; None: unlimited), queued by class (the
+        workers' own queues), admission rate, estimated wait (the longest of
+        the workers', or of the line's). The waiting line is one for all
+        workers: taken from the freshest worker's copy (never summed):
+        waiting by class, called, now_serving, last_ticket, line_wait
+        (seconds a newcomer would wait in it, None: nothing measured)."""
         out: dict[str, dict] = {}
+        lines: dict[str, LineState] = {}
         for snap in self.live.values():
             for s in snap.schools:
                 d = out.setdefault(s.name, {
@@ -313,6 +342,20 @@ class Aggregate:
                     d["queued"][klass] = d["queued"].get(klass, 0) + n
                 d["admission_rate"] += s.admission_rate
                 d["estimated_wait"] = max(d["estimated_wait"], s.estimated_wait)
+                line = s.line
+                if line is not None and (s.name not in lines or
+                                         line.synced_at > lines[s.name].synced_at):
+                    lines[s.name] = line
+        for name, d in out.items():
+            line = lines.get(name)
+            d["waiting"] = dict(line.waiting) if line is not None else {}
+            d["called"] = line.called if line is not None else 0
+            d["now_serving"] = line.now_serving if line is not None else 0
+            d["last_ticket"] = line.last_ticket if line is not None else 0
+            d["line_wait"] = line.estimated_wait if line is not None else 0.0
+            if line is not None and line.waiting and line.estimated_wait is not None:
+                # A newcomer joins the line's end while tickets wait.
+                d["estimated_wait"] = max(d["estimated_wait"], line.estimated_wait)
         return out
 
     def upstreams(self) -> dict[str, dict]:
@@ -420,12 +463,37 @@ class GatewayCollector:
                 if d[key] is not None:
                     fam.add_metric([school], d[key])
             yield fam
-        fam = GaugeMetricFamily("schoolgate_school_queued", "Requests waiting for admission.",
+        fam = GaugeMetricFamily("schoolgate_school_queued",
+                                "Requests queued for admission at the workers (held open; "
+                                "the visitors on a waiting page are schoolgate_school_waiting).",
                                 labels=["school", "class"])
         for school, d in sorted(schools.items()):
             for klass, n in d["queued"].items():
                 fam.add_metric([school, klass], n)
         yield fam
+        fam = GaugeMetricFamily("schoolgate_school_waiting",
+                                "Visitors waiting in the school's line (shown the waiting "
+                                "page, not yet called; dropped after waiting_grace without "
+                                "a poll).", labels=["school", "class"])
+        for school, d in sorted(schools.items()):
+            for klass, n in sorted(d["waiting"].items()):
+                fam.add_metric([school, klass], n)
+        yield fam
+        for key, name, text in (
+                ("called", "schoolgate_school_called",
+                 "Visitors told their turn has come whose reload has not got in yet."),
+                ("now_serving", "schoolgate_school_now_serving",
+                 "Highest ticket number called in the school's line."),
+                ("last_ticket", "schoolgate_school_last_ticket",
+                 "Highest ticket number drawn in the school's line."),
+                ("line_wait", "schoolgate_school_line_wait_seconds",
+                 "Seconds a visitor joining the line now would wait (absent: no "
+                 "admission rate measured yet).")):
+            fam = GaugeMetricFamily(name, text, labels=["school"])
+            for school, d in sorted(schools.items()):
+                if d[key] is not None:
+                    fam.add_metric([school], d[key])
+            yield fam
 
         ups = agg.upstreams()
         up = GaugeMetricFamily("schoolgate_upstream_up",
@@ -524,6 +592,11 @@ def school_status(cfg: Config, agg: Aggregate, rate: WaitingPageRate) -> dict:
             "max_inflight": d["max_inflight"] if d else (school.max_inflight or None),
             "queued": d["queued"] if d else {},
             "max_queue": d["max_queue"] if d else None,
+            # The shared waiting line (one for all workers and instances).
+            "waiting": d["waiting"] if d else {},
+            "called": d["called"] if d else 0,
+            "now_serving": d["now_serving"] if d else 0,
+            "last_ticket": d["last_ticket"] if d else 0,
             "waiting_pages_per_minute": round(rate.per_minute(school.name), 2),
             "admission_rate": round(d["admission_rate"], 2) if d else 0.0,
             "estimated_wait": round(d["estimated_wait"], 1) if d else 0.0,

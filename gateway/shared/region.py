@@ -50,7 +50,7 @@ _ALIGN = 4096
 
 # Default segments: the admission ledger (gateway/admission/sharing.py) and
 # the shared waiting line. Sparse pages cost nothing until written.
-DEFAULT_SEGMENTS = {"ledger": 4 << 20, "line": 4 << 20}
+DEFAULT_SEGMENTS = {"ledger": 4 << 20, "line": 16 << 20}
 
 
 class Busy(Exception):

@@ -46,7 +46,9 @@ passed in and nothing here reads a clock or does I/O.
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,9 +104,73 @@ class Entry:
     # page and never came back; only such tickets are called (call_next)
     # and hold newcomers back (head_urgency).
     polled: int = 0
+    # Where it stands in its urgency's _Level (bookkeeping, not state).
+    idx: int = 0
+    # Passed over by call_next (never polled, not seen for STALE) and out of
+    # its level's heap until a poll or a new page makes it fresh again.
+    parked: bool = False
 
     def key(self) -> tuple[float, int]:
         return (-self.urgency, self.number)
+
+
+class _Level:
+    """The tickets of one urgency, in number order (numbers are drawn in
+    sequence, so a new ticket is always the last): a Fenwick tree over
+    their places counts the waiting ones below any place in O(log n), and
+    a heap of (number, vid) holds the waiting ones call_next may call
+    (removed lazily: an item whose ticket left or was called is dropped
+    when it reaches the top)."""
+
+    __slots__ = ("entries", "heap", "live", "polled", "tree", "waiting")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry | None] = []
+        self.tree: list[int] = [0]  # 1-based Fenwick tree over `entries`
+        self.heap: list[tuple[int, bytes]] = []
+        self.live = 0  # entries not None
+        self.waiting = 0  # of them not called
+        self.polled = 0  # of those, polled
+
+    def prefix(self, i: int) -> int:
+        """Waiting tickets among entries[:i]."""
+        tree, n = self.tree, 0
+        while i > 0:
+            n += tree[i]
+            i &= i - 1
+        return n
+
+    def add(self, idx: int, delta: int) -> None:
+        tree, i, size = self.tree, idx + 1, len(self.tree)
+        while i < size:
+            tree[i] += delta
+            i += i & -i
+
+    def append(self, entry: Entry, waiting: int) -> None:
+        i = len(self.tree)  # the new entry's 1-based place
+        entry.idx = i - 1
+        self.entries.append(entry)
+        # Node i covers places (i - lowbit(i), i].
+        self.tree.append(waiting + self.prefix(i - 1) - self.prefix(i - (i & -i)))
+        self.live += 1
+
+    def compact(self) -> None:
+        """Drop the places of tickets that left, once they are the most
+        (amortised O(1) per leave: a rebuild is O(live) after at least as
+        many leaves)."""
+        dead = len(self.entries) - self.live
+        if dead <= 64 or dead <= self.live:
+            return
+        self.entries = [e for e in self.entries if e is not None]
+        tree = [0] * (len(self.entries) + 1)
+        for i, e in enumerate(self.entries):
+            e.idx = i  # type: ignore[union-attr]
+            tree[i + 1] = 0 if e.called_at else 1  # type: ignore[union-attr]
+        for i in range(1, len(tree)):  # linear-time Fenwick build
+            j = i + (i & -i)
+            if j < len(tree):
+                tree[j] += tree[i]
+        self.tree = tree
 
 
 class Line:
@@ -112,10 +178,18 @@ class Line:
 
     Visitors are known by their visitor id (the waiting-room ticket's id,
     bytes). Every method takes `now` where time matters (Unix seconds).
+
+    Cost: every change and question is O(log n) or O(1) in the tickets of
+    the line (n), times the number of urgencies (the classes' priorities, a
+    handful); `sweep` is amortised O(1) per change (touches queue up in time
+    order and are looked at once: `now` is expected not to go back; if it
+    does, expiries are late by as much, never early); `dump`/`load` are
+    O(n).
     """
 
-    __slots__ = ("_next_sweep", "_order", "admissions", "busy", "by_vid", "capacity", "last",
-                 "queues", "serving", "since", "spent")
+    __slots__ = ("_called", "_called_q", "_levels", "_next_sweep", "_seen_q", "_spent_q",
+                 "_urgencies", "admissions", "busy", "by_vid", "capacity", "last", "queues",
+                 "serving", "since", "spent")
 
     def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 1:
@@ -124,8 +198,15 @@ class Line:
         self.last = 0
         self.serving = 0
         self.by_vid: dict[bytes, Entry] = {}
-        # (-urgency, number, vid) of every ticket, waiting or called.
-        self._order: list[tuple[float, int, bytes]] = []
+        # Urgency -> its tickets; the urgencies most urgent first.
+        self._levels: dict[float, _Level] = {}
+        self._urgencies: list[float] = []
+        self._called = 0  # tickets called, not back yet
+        # (when, vid) of every sighting of a waiting ticket, every call, and
+        # every spend, in time order: sweep looks at each once.
+        self._seen_q: deque[tuple[float, bytes]] = deque()
+        self._called_q: deque[tuple[float, bytes]] = deque()
+        self._spent_q: deque[tuple[float, bytes]] = deque()
         # Whole second -> admissions in it, for the seconds of the window.
         self.admissions: dict[int, int] = {}
         # The whole seconds of the window in which the school was busy.
@@ -148,6 +229,13 @@ class Line:
         if self.since is None:
             self.since = now
 
+    def _level(self, urgency: float) -> _Level:
+        level = self._levels.get(urgency)
+        if level is None:
+            level = self._levels[urgency] = _Level()
+            bisect.insort(self._urgencies, -urgency)
+        return level
+
     # -- changes --------------------------------------------------------------------
 
     def draw(self, vid: bytes, urgency: float, now: float) -> int:
@@ -160,14 +248,27 @@ class Line:
             entry.last_seen = now
             if entry.called_at:
                 entry.called_at = now
+                self._called_q.append((now, vid))
+            else:
+                self._seen_q.append((now, vid))
+                self._unpark(entry, vid)
             return entry.number
         if len(self.by_vid) >= self.capacity:
             return 0
         self.last += 1
         entry = Entry(self.last, float(urgency), now)
         self.by_vid[vid] = entry
-        bisect.insort(self._order, (-entry.urgency, entry.number, vid))
+        level = self._level(entry.urgency)
+        level.append(entry, 1)
+        level.waiting += 1
+        heapq.heappush(level.heap, (entry.number, vid))
+        self._seen_q.append((now, vid))
         return entry.number
+
+    def _unpark(self, entry: Entry, vid: bytes) -> None:
+        if entry.parked:
+            entry.parked = False
+            heapq.heappush(self._levels[entry.urgency].heap, (entry.number, vid))
 
     def seen(self, vid: bytes, now: float) -> bool:
         """The visitor polled; False if its ticket is not in the line."""
@@ -175,6 +276,11 @@ class Line:
         if entry is None:
             return False
         entry.last_seen = now
+        if not entry.called_at:
+            self._seen_q.append((now, vid))
+            if not entry.polled:
+                self._levels[entry.urgency].polled += 1
+            self._unpark(entry, vid)
         entry.polled = 1
         return True
 
@@ -185,6 +291,12 @@ class Line:
             return False
         entry.called_at = now
         entry.last_seen = now
+        level = self._levels[entry.urgency]
+        level.add(entry.idx, -1)
+        level.waiting -= 1
+        level.polled -= entry.polled
+        self._called += 1
+        self._called_q.append((now, vid))
         self.serving = max(self.serving, entry.number)
         return True
 
@@ -193,7 +305,16 @@ class Line:
         entry = self.by_vid.pop(vid, None)
         if entry is None:
             return False
-        del self._order[bisect.bisect_left(self._order, (-entry.urgency, entry.number, vid))]
+        level = self._levels[entry.urgency]
+        if entry.called_at:
+            self._called -= 1
+        else:
+            level.add(entry.idx, -1)
+            level.waiting -= 1
+            level.polled -= entry.polled
+        level.entries[entry.idx] = None
+        level.live -= 1
+        level.compact()
         return True
 
     def spend(self, vid: bytes, now: float, keep: float = KEEP) -> bool:
@@ -204,6 +325,7 @@ class Line:
         if self.is_spent(vid, now, keep) or self.spent_full(now, keep):
             return False
         self.spent[vid] = now
+        self._spent_q.append((now, vid))
         return True
 
     def unspend(self, vid: bytes) -> bool:
@@ -221,8 +343,11 @@ class Line:
         return len(self.spent) >= self.capacity
 
     def _forget_spent(self, now: float, keep: float) -> None:
-        for vid in [v for v, at in self.spent.items() if now - at >= keep]:
-            del self.spent[vid]
+        q, spent = self._spent_q, self.spent
+        while q and now - q[0][0] >= keep:
+            at, vid = q.popleft()
+            if spent.get(vid) == at:
+                del spent[vid]
 
     def report(self, vid: bytes, computed: int) -> int:
         """The position to show for a visitor whose position is computed as
@@ -271,43 +396,65 @@ class Line:
         polled and was not seen for STALE seconds is passed over (a page
         polls sooner; its poll, if it ever comes, calls it then if its turn
         has come): a client that takes pages and never comes back holds no
-        room for long."""
-        room = target - self.called()
+        room for long. O((called + passed over) log n)."""
+        room = target - self._called
         n = 0
         if room <= 0:
             return 0
-        for _, _, vid in self._order:
+        by_vid = self.by_vid
+        for u in self._urgencies:
+            heap = self._levels[-u].heap
+            while n < room and heap:
+                number, vid = heap[0]
+                entry = by_vid.get(vid)
+                if entry is None or entry.number != number or entry.called_at:
+                    heapq.heappop(heap)  # left, or called: a stale item
+                elif not entry.polled and now - entry.last_seen > STALE:
+                    heapq.heappop(heap)
+                    entry.parked = True  # back in the heap when seen again
+                else:
+                    heapq.heappop(heap)
+                    self.call(vid, now)
+                    n += 1
             if n >= room:
                 break
-            entry = self.by_vid[vid]
-            if not entry.called_at and (entry.polled or now - entry.last_seen <= STALE):
-                self.call(vid, now)
-                n += 1
         return n
 
     def sweep(self, now: float, grace: float = GRACE, go_grace: float = GO_GRACE,
               keep: float = KEEP) -> int:
         """Drop visitors who left (and spends older than `keep`); returns how
         many visitors. Amortised: one pass a second at most, however often it
-        is called."""
+        is called, and each pass looks only at the sightings that are older
+        than the grace periods (each sighting once)."""
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + 1.0
         self._forget_spent(now, keep)
-        gone = [vid for vid, e in self.by_vid.items()
-                if (e.called_at and now - e.called_at > go_grace)
-                or (not e.called_at and now - e.last_seen > grace)]
-        for vid in gone:
-            self.leave(vid)
+        gone = 0
+        by_vid = self.by_vid
+        q = self._seen_q
+        while q and now - q[0][0] > grace:
+            _, vid = q.popleft()
+            e = by_vid.get(vid)
+            if e is not None and not e.called_at and now - e.last_seen > grace:
+                gone += self.leave(vid)
+        q = self._called_q
+        while q and now - q[0][0] > go_grace:
+            _, vid = q.popleft()
+            e = by_vid.get(vid)
+            if e is not None and e.called_at and now - e.called_at > go_grace:
+                gone += self.leave(vid)
         self._prune(now)
-        return len(gone)
+        return gone
 
     def _prune(self, now: float) -> None:
         oldest = math.floor(now - WINDOW)
-        for second in [s for s in self.admissions if s < oldest]:
-            del self.admissions[second]
-        for second in [s for s in self.busy if s < oldest]:
-            self.busy.discard(second)
+        if self.admissions and min(self.admissions) < oldest:
+            for second in [s for s in self.admissions if s < oldest]:
+                del self.admissions[second]
+        if self.busy and min(self.busy) < oldest:
+            for second in [s for s in self.busy if s < oldest]:
+                self.busy.discard(second)
         for worker in [w for w, (at, *_) in self.queues.items() if now - at > REPORT_TTL]:
             del self.queues[worker]
 
@@ -318,42 +465,37 @@ class Line:
 
     def ahead(self, vid: bytes) -> int:
         """Tickets ahead of the visitor that are still waiting (not called);
-        -1 if it is not in the line."""
+        -1 if it is not in the line. O(log n)."""
         entry = self.by_vid.get(vid)
         if entry is None:
             return -1
-        at = bisect.bisect_left(self._order, (-entry.urgency, entry.number, vid))
-        return at - sum(1 for _, _, v in self._order[:at] if self.by_vid[v].called_at)
+        return self.urgent_ahead(entry) + self._levels[entry.urgency].prefix(entry.idx)
 
     def head_urgency(self) -> float | None:
         """The urgency of the most urgent waiting (uncalled) ticket whose
         visitor polled (None: nobody waits)."""
-        for u, _, v in self._order:
-            entry = self.by_vid[v]
-            if not entry.called_at and entry.polled:
+        for u in self._urgencies:
+            if self._levels[-u].polled:
                 return -u
         return None
 
     def urgent_ahead(self, entry: Entry) -> int:
         """Waiting tickets more urgent than `entry`'s."""
         n = 0
-        for u, _, v in self._order:
+        for u in self._urgencies:
             if -u <= entry.urgency:
                 break
-            n += not self.by_vid[v].called_at
+            n += self._levels[-u].waiting
         return n
 
     def called(self) -> int:
         """Tickets called whose visitor has not got in yet."""
-        return sum(1 for e in self.by_vid.values() if e.called_at)
+        return self._called
 
     def waiting(self) -> dict[float, int]:
         """Waiting (uncalled) tickets by urgency."""
-        out: dict[float, int] = {}
-        for e in self.by_vid.values():
-            if not e.called_at:
-                out[e.urgency] = out.get(e.urgency, 0) + 1
-        return out
+        return {-u: self._levels[-u].waiting for u in self._urgencies
+                if self._levels[-u].waiting}
 
     def queued_ahead(self, urgency: float, now: float, exclude: str | None = None) -> int:
         """Requests in the workers' own queues (but `exclude`'s) of at least
@@ -405,7 +547,8 @@ class Line:
     # -- the snapshot a store keeps --------------------------------------------------
 
     def dump(self) -> list[Any]:
-        """Plain values (msgpack-able) from which `load` rebuilds the line."""
+        """Plain values (msgpack-able) from which `load` rebuilds the line
+        (what it answers from then on is what this line would answer)."""
         return [self.last, self.serving, self.since,
                 [[vid, e.number, e.urgency, e.last_seen, e.called_at, e.shown, e.urgent_ahead,
                   e.polled] for vid, e in self.by_vid.items()],
@@ -413,27 +556,46 @@ class Line:
                 [[w, at, [[u, c] for u, c in q.items()], free]
                  for w, (at, q, free) in self.queues.items()],
                 [[vid, at] for vid, at in self.spent.items()],
-                sorted(self.busy)]
+                sorted(self.busy),
+                self._next_sweep if math.isfinite(self._next_sweep) else None]
 
     @classmethod
     def load(cls, data: list[Any], capacity: int = 100_000) -> Line:
         line = cls(capacity)
         last, serving, since, entries, admissions, queues, *rest = data
         line.last, line.serving, line.since = int(last), int(serving), since
+        made = []
         for vid, number, urgency, seen, called, shown, urgent, *polled in entries:
             e = Entry(int(number), float(urgency), float(seen), float(called), int(shown),
                       int(urgent), int(polled[0]) if polled else 0)
             line.by_vid[bytes(vid)] = e
-            line._order.append((-e.urgency, e.number, bytes(vid)))
-        line._order.sort()
+            made.append((e.number, bytes(vid), e))
+        made.sort(key=lambda m: m[0])
+        seen_q, called_q = [], []
+        for _, vid, e in made:
+            level = line._level(e.urgency)
+            level.append(e, 0 if e.called_at else 1)
+            if e.called_at:
+                line._called += 1
+                called_q.append((e.called_at, vid))
+            else:
+                level.waiting += 1
+                level.polled += e.polled
+                level.heap.append((e.number, vid))  # sorted by number: a heap
+                seen_q.append((e.last_seen, vid))
+        line._seen_q.extend(sorted(seen_q))
+        line._called_q.extend(sorted(called_q))
         line.admissions = {int(s): int(c) for s, c in admissions}
         line.queues = {str(w): (float(at), {float(u): int(c) for u, c in q},
                                 int(rest_[0]) if rest_ else 0)
                        for w, at, q, *rest_ in queues}
         if rest:
             line.spent = {bytes(vid): float(at) for vid, at in rest[0]}
+            line._spent_q.extend(sorted((at, vid) for vid, at in line.spent.items()))
         if len(rest) > 1:
             line.busy = {int(s) for s in rest[1]}
+        if len(rest) > 2 and rest[2] is not None:
+            line._next_sweep = float(rest[2])
         return line
 
 

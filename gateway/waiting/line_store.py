@@ -31,7 +31,9 @@ the workers of one instance refuse a replay exactly).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import struct
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -42,6 +44,8 @@ from gateway.waiting.line import DEFAULT_RULES, REPORT_TTL, STALE, WINDOW, Line,
 if TYPE_CHECKING:
     from gateway.config.schema import Redis
     from gateway.shared.region import Segment
+
+log = logging.getLogger("schoolgate.line")
 
 # Idle lines vanish from Redis this long after their last change.
 REDIS_EXPIRE = 24 * 3600
@@ -74,16 +78,45 @@ class LocalLineStore:
 
 
 _ENCODE = msgspec.msgpack.Encoder()
+_DECODE = msgspec.msgpack.Decoder()
+
+# The "line" segment's header: magic, then head (next record's sequence
+# number and byte offset in the ring), tail (oldest record kept), and the
+# snapshot (the lines after every record before snap_seq; its length; 1 if
+# there is one).
+_LOG_HEAD = struct.Struct("<8sQQQQQQQQ")
+_MAGIC = b"SGLINE01"
+_LOG_START = 128  # header bytes reserved at the segment's start
+_LEN = struct.Struct("<I")
+_WRAP = 0xFFFFFFFF  # "the ring goes on at its start" (a record that did not fit)
 
 
 class ShmLineStore:
     """The lines of one instance, in a shared memory Segment (the "line"
-    segment of the instance's region: gateway.shared.region).
+    segment of the instance's region: gateway.shared.region), as an
+    operation log every worker replays.
 
-    The segment holds {school name: the school's Line.dump(), msgpack-encoded}:
-    an exchange decodes only the schools it touches. A segment too small for
-    the lines keeps them as they were and says so (`full`): draws then find
-    no place until visitors leave.
+    The segment holds a ring of records, each one exchange's batches
+    (msgpack: [now, grace, go_grace, keep, {school: ops}]), numbered in
+    the order they were written under the segment's lock, and a snapshot
+    (every school's Line.dump()) of the lines after the records before it.
+    Every worker keeps its own copy of every line (`lines`): an exchange
+    takes the lock, applies the records written since its last one (the
+    other workers' changes, by the same rules with the same `now`, so every
+    copy is the same line), applies its own batches (their answers are
+    exact: nobody else changes the line meanwhile), and appends them as
+    one record. Cost: O(records since this worker's last exchange + its
+    own ops), never O(line); only when the ring is full does the writer
+    store a snapshot (O(line), once per ring of records), so that the
+    oldest records may be overwritten: the ring always keeps every record
+    after the snapshot, and a worker that fell that far behind (or a new
+    one) starts again from the snapshot.
+
+    A batch too large for the ring (a quarter of it) is refused: nothing of
+    it is applied (its answers are None, `full` says so) and the lines stay
+    as they were; the next exchange that fits clears `full`. Lines too
+    large for the snapshot room are logged, and the oldest records dropped
+    all the same (a worker that lags then starts from what is left).
     """
 
     shared = True
@@ -94,28 +127,164 @@ class ShmLineStore:
         self.capacity = capacity
         self.rules = rules
         self.full = False
+        # This worker's copy of every line, as of record `_seq` (None: not
+        # read yet) at ring offset `_pos`.
+        self.lines: dict[str, Line] = {}
+        self._seq: int | None = None
+        self._pos = 0
+        size = segment.size - _LOG_START
+        self._ring = max(256, size // 8)  # ring bytes; the rest holds the snapshot
+        self._snap_room = size - self._ring
+        if self._snap_room < 256:
+            raise ValueError(f"segment {segment.name!r} too small for a line log")
+        self._warned = False
+
+    # -- the segment's bytes -----------------------------------------------------
+
+    def _head(self) -> list[Any]:
+        seg = self.segment
+        head = list(_LOG_HEAD.unpack_from(seg.region.map, seg.offset))
+        if head[0] != _MAGIC:  # a zeroed region: nothing written yet
+            head = [_MAGIC, 0, 0, 0, 0, 0, 0, 0, 0]
+        return head
+
+    def _put_head(self, head: list[Any]) -> None:
+        _LOG_HEAD.pack_into(self.segment.region.map, self.segment.offset, *head)
+
+    def _at(self, pos: int) -> int:
+        """The ring offset at which the record at `pos` really starts (a
+        wrap marker, or no room for one, sends it to the ring's start)."""
+        if pos + _LEN.size > self._ring or \
+                _LEN.unpack_from(self.segment.region.map, self._base + pos)[0] == _WRAP:
+            return 0
+        return pos
+
+    @property
+    def _base(self) -> int:
+        return self.segment.offset + _LOG_START
+
+    def _read(self, pos: int) -> tuple[bytes, int]:
+        """(payload, offset after it) of the record at `pos`."""
+        pos = self._at(pos)
+        start = self._base + pos
+        (n,) = _LEN.unpack_from(self.segment.region.map, start)
+        return self.segment.region.map[start + _LEN.size:start + _LEN.size + n], \
+            pos + _LEN.size + n
+
+    # -- replaying -------------------------------------------------------------------
+
+    def _line(self, school: str) -> Line:
+        line = self.lines.get(school)
+        if line is None:
+            line = self.lines[school] = Line(self.capacity)
+        return line
+
+    def _replay(self, payload: bytes) -> None:
+        now, grace, go_grace, keep, batches = _DECODE.decode(payload)
+        rules = Rules(grace, go_grace, keep)
+        for school, ops in batches.items():
+            apply(self._line(school), ops, now, rules)
+
+    def _catch_up(self, head: list[Any]) -> None:
+        """Apply the records written since this worker last looked."""
+        _, head_seq, _, tail_seq, tail_pos, snap_seq, snap_pos, snap_len, has_snap = head
+        if self._seq is None or self._seq < tail_seq or self._seq > head_seq:
+            if has_snap:
+                start = self._base + self._ring
+                data = _DECODE.decode(self.segment.region.map[start:start + snap_len])
+                self.lines = {school: Line.load(d, self.capacity) for school, d in data.items()}
+                self._seq, self._pos = snap_seq, snap_pos
+            else:
+                if tail_seq and not self._warned:
+                    self._warned = True
+                    log.warning("the shared waiting line lost its history (no snapshot fitted "
+                                "the segment): this worker starts from what is left")
+                self.lines = {}
+                self._seq, self._pos = tail_seq, tail_pos
+        while self._seq < head_seq:
+            payload, self._pos = self._read(self._pos)
+            self._replay(payload)
+            self._seq += 1
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _snapshot(self, head: list[Any]) -> bool:
+        """Store this worker's lines (caught up: the lines after every
+        record) as the snapshot; False if it does not fit."""
+        data = _ENCODE.encode({school: line.dump() for school, line in self.lines.items()})
+        if len(data) > self._snap_room:
+            return False
+        start = self._base + self._ring
+        self.segment.region.map[start:start + len(data)] = data
+        head[5], head[6], head[7], head[8] = head[1], head[2], len(data), 1
+        return True
+
+    def _make_room(self, head: list[Any], start: int, end: int) -> None:
+        """Drop the oldest records lying in ring bytes [start, end); records
+        after the snapshot only once a new snapshot is stored."""
+        tried = False
+        while head[3] < head[1]:
+            tail = self._at(head[4])
+            if not start <= tail < end:
+                head[4] = tail
+                return
+            if (not head[8] or head[3] >= head[5]) and not tried:
+                tried = True
+                if not self._snapshot(head):
+                    # Keeping the records would stop the line for good: drop
+                    # them; a worker that lags starts from what is left.
+                    head[8] = 0
+                    log.warning("the shared waiting lines outgrew their segment's snapshot "
+                                "room (%d bytes)", self._snap_room)
+            _, head[4] = self._read(tail)
+            head[3] += 1
+        head[4] = head[2]
+
+    def _append(self, head: list[Any], payload: bytes) -> bool:
+        size = _LEN.size + len(payload)
+        if size > self._ring // 4:
+            return False
+        pos = head[2]
+        if pos + size > self._ring:
+            self._make_room(head, pos, self._ring)
+            if pos + _LEN.size <= self._ring:
+                _LEN.pack_into(self.segment.region.map, self._base + pos, _WRAP)
+            pos = head[2] = 0
+            if head[3] == head[1]:
+                head[4] = 0
+        self._make_room(head, pos, pos + size)
+        if head[3] == head[1]:
+            head[4] = pos  # an empty ring starts with this record
+        start = self._base + pos
+        _LEN.pack_into(self.segment.region.map, start, len(payload))
+        self.segment.region.map[start + _LEN.size:start + size] = payload
+        head[1] += 1
+        head[2] = pos + size
+        return True
 
     def exchange(self, batches: dict[str, list[tuple]], now: float,
                  results: dict[str, list[Any]] | None = None) -> dict[str, Line]:
-        """As LocalLineStore.exchange, under the region's lock."""
-        out: dict[str, Line] = {}
+        """As LocalLineStore.exchange, under the segment's lock; returns
+        every line this worker knows (the other workers' changes included)."""
+        rules = self.rules
+        payload = _ENCODE.encode([now, rules.grace, rules.go_grace, rules.keep, batches])
         with self.segment.locked():
-            stored: dict[str, bytes] = self.segment.load() or {}
-            for school, ops in batches.items():
-                raw = stored.get(school)
-                line = Line.load(msgspec.msgpack.decode(raw), self.capacity) \
-                    if raw is not None else Line(self.capacity)
-                answers = apply(line, ops, now, self.rules)
-                if results is not None:
-                    results[school] = answers
-                stored[school] = _ENCODE.encode(line.dump())
-                out[school] = line
-            try:
-                self.segment.store(stored)
+            head = self._head()
+            self._catch_up(head)
+            if self._append(head, payload):
+                self._put_head(head)
                 self.full = False
-            except ValueError:
+                for school, ops in batches.items():
+                    answers = apply(self._line(school), ops, now, rules)
+                    if results is not None:
+                        results[school] = answers
+                self._seq, self._pos = head[1], head[2]
+            else:
                 self.full = True
-        return out
+                if results is not None:
+                    for school, ops in batches.items():
+                        results[school] = [None] * len(ops)
+        return dict(self.lines)
 
 
 # -- Redis ----------------------------------------------------------------------------------

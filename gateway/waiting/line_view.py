@@ -65,6 +65,10 @@ class LineView:
         self.timeout = timeout
         self.clock = clock
         self.lines: dict[str, Line] = {}
+        # When the lines were last brought up to date with the store (this
+        # worker's clock; 0.0: never): the freshest worker's view is the
+        # line (the admin process takes that one: gateway/server/telemetry.py).
+        self.synced_at = 0.0
         self._pending: dict[str, list[tuple]] = {}
         # Ops sent in the exchange under way (Redis), applied again to its answer.
         self._inflight: dict[str, list[tuple]] | None = None
@@ -123,6 +127,7 @@ class LineView:
             # the store's answer is the answer.
             results: dict[str, list[Any]] = {}
             self.lines.update(store.exchange({school: [op]}, now, results))
+            self.synced_at = self.clock()
             return results[school][-1]
         [result] = apply(self.line(school), [op], now, self.rules)
         self._pending.setdefault(school, []).append(op)
@@ -205,6 +210,7 @@ class LineView:
             if loop is not None and (self._task is None or self._task.done()):
                 self._task = loop.create_task(self._try_again())
         self.lines.update(store.exchange(batches, self.now()))
+        self.synced_at = self.clock()
 
     async def async_sync(self) -> None:
         """One exchange with Redis; on failure, switch to the local line."""
@@ -220,6 +226,7 @@ class LineView:
         self._inflight = None
         self._offset = offset
         self._take(lines)
+        self.synced_at = self.clock()
 
     def _take(self, lines: dict[str, Line]) -> None:
         now = self.now()

@@ -20,7 +20,8 @@ def test_micro_benchmarks_stay_out_of_the_default_test_run():
         assert MICRO not in collected.parents, path
     patterns = ini.get("python_files", ["test_*.py", "*_test.py"])
     micro = sorted(MICRO.glob("bench_*.py"))
-    assert [m.stem for m in micro] == ["bench_admission", "bench_head", "bench_routing"]
+    assert [m.stem for m in micro] == ["bench_admission", "bench_head", "bench_line",
+                                       "bench_routing"]
     for path in micro:
         assert not any(Path(path.name).match(p) for p in patterns), path
 
@@ -32,6 +33,7 @@ def test_each_hot_path_function_is_benchmarked_beside_its_reference():
                           "test_classify_default_classes"},
         "bench_head": {"test_request_serialize", "test_response_serialize"},
         "bench_admission": {"test_bucket_try_take", "test_scheduler_enqueue_dequeue"},
+        "bench_line": {"test_line_draw", "test_line_poll", "test_line_expire"},
     }
     for module, names in wanted.items():
         tree = ast.parse((MICRO / f"{module}.py").read_text())

@@ -326,3 +326,127 @@ def test_forked_workers_spend_a_ticket_once_between_them():
         os.close(r)
         wins = [a + b for a, b in zip(wins, got, strict=True)]
     assert wins == [1, 1, 1]
+
+
+# -- the indexed line against the plain model ---------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_indexed_line_answers_as_the_plain_model_under_random_traffic(seed):
+    """Every change and question of gateway.waiting.line.Line (Fenwick trees,
+    heaps, time-ordered sweeps) against tests/unit/line_model.py (scans), on
+    random traffic of three urgencies, with polls, calls, leaves, sweeps,
+    spends and a dump/load now and then."""
+    from tests.unit.line_model import Line as Model
+
+    rng = random.Random(seed)
+    line, model = Line(capacity=300), Model(capacity=300)
+    now = T0
+    vids: list[bytes] = []
+    for step in range(3000):
+        now += rng.random() * 0.8
+        r = rng.random()
+        if r < 0.3 or not vids:
+            v = b"n%d" % step
+            vids.append(v)
+            u = rng.choice([0.0, 10.0, 20.0])
+            assert line.draw(v, u, now) == model.draw(v, u, now), step
+        elif r < 0.4:
+            v = rng.choice(vids)  # a page again: keeps its number
+            assert line.draw(v, 10.0, now) == model.draw(v, 10.0, now), step
+        elif r < 0.6:
+            v = rng.choice(vids)
+            assert line.seen(v, now) == model.seen(v, now), step
+        elif r < 0.65:
+            v = rng.choice(vids)
+            assert line.call(v, now) == model.call(v, now), step
+        elif r < 0.72:
+            t = rng.randint(0, 12)
+            assert line.call_next(t, now) == model.call_next(t, now), step
+        elif r < 0.8:
+            v = rng.choice(vids)
+            assert line.leave(v) == model.leave(v), step
+        elif r < 0.85:
+            v = rng.choice(vids)
+            assert line.spend(v, now, 50) == model.spend(v, now, 50), step
+        elif r < 0.87:
+            v = rng.choice(vids)
+            assert line.unspend(v) == model.unspend(v), step
+        elif r < 0.9:
+            v, computed = rng.choice(vids), rng.randint(1, 40)
+            assert line.report(v, computed) == model.report(v, computed), step
+        elif r < 0.91:
+            line = Line.load(line.dump(), 300)
+        assert line.sweep(now, 20.0, 8.0, 50) == model.sweep(now, 20.0, 8.0, 50), step
+        assert len(line) == len(model), step
+        assert (line.last, line.serving, line.called(), line.head_urgency()) == \
+            (model.last, model.serving, model.called(), model.head_urgency()), step
+        assert line.waiting() == model.waiting(), step
+        for v in rng.sample(vids, min(5, len(vids))):
+            assert line.ahead(v) == model.ahead(v), (step, v)
+            assert line.is_spent(v, now, 50) == model.is_spent(v, now, 50), (step, v)
+            e, m = line.entry(v), model.entry(v)
+            assert (e is None) == (m is None), (step, v)
+            if e is not None:
+                assert (e.number, e.urgency, e.called_at, e.polled) == \
+                    (m.number, m.urgency, m.called_at, m.polled), (step, v)
+                assert line.urgent_ahead(e) == model.urgent_ahead(m), (step, v)
+                computed = rng.randint(1, 40)
+                assert line.report(v, computed) == model.report(v, computed), (step, v)
+    assert sorted(line.by_vid) == sorted(model.by_vid)
+
+
+def _same_line(got: Line, want: Line) -> None:
+    assert (got.last, got.serving, got.called(), got.waiting()) == \
+        (want.last, want.serving, want.called(), want.waiting())
+    assert {v: (e.number, e.called_at, e.last_seen, e.polled, e.shown)
+            for v, e in got.by_vid.items()} == \
+        {v: (e.number, e.called_at, e.last_seen, e.polled, e.shown)
+         for v, e in want.by_vid.items()}
+    assert {v: got.ahead(v) for v in got.by_vid} == {v: want.ahead(v) for v in want.by_vid}
+    assert got.spent == want.spent and got.admissions == want.admissions
+
+
+def test_workers_replaying_the_log_keep_one_line_through_wraps_and_snapshots():
+    # A small segment: the ring wraps many times and snapshots are stored;
+    # a worker that stays away for long, and one that starts late, catch up
+    # from the snapshot. Every copy is the line one store applying every
+    # batch in the same order has.
+    segment = line_segment(64 << 10)
+    stores = [ShmLineStore(segment) for _ in range(3)]
+    model = LocalLineStore()
+    rng = random.Random(5)
+    now = T0
+    for step in range(4000):
+        now += rng.random() * 0.05
+        # Store 2 sleeps through steps 1000..3000 (falls behind the ring).
+        who = rng.choice([0, 1] if 1000 <= step < 3000 else [0, 1, 2])
+        ops: list[tuple] = []
+        for _ in range(rng.randint(1, 3)):
+            r = rng.random()
+            v = b"v%d" % rng.randint(0, 400)
+            if r < 0.4:
+                ops.append(("draw", v, rng.choice([0, 10])))
+            elif r < 0.6:
+                ops.append(("seen", v))
+            elif r < 0.7:
+                ops.append(("call_next", rng.randint(0, 5)))
+            elif r < 0.8:
+                ops.append(("leave", v))
+            elif r < 0.9:
+                ops.append(("spend", v))
+            else:
+                ops.append(("queue", f"w{who}", {10.0: rng.randint(0, 3)}, 2))
+        school = rng.choice(["a", "b"])
+        got: dict[str, list] = {}
+        want: dict[str, list] = {}
+        stores[who].exchange({school: ops}, now, got)
+        model.exchange({school: ops}, now, want)
+        assert got == want, step
+    head = stores[0]._head()
+    assert head[3] > 0 and head[8] == 1  # the ring wrapped; a snapshot was stored
+    late = ShmLineStore(segment)
+    for store in [*stores, late]:
+        lines = store.exchange({}, now)
+        for school in ("a", "b"):
+            _same_line(lines[school], model.lines[school])

@@ -21,10 +21,12 @@ from gateway.config import ConfigError, parse_config
 from gateway.server.telemetry import (
     Aggregate,
     GatewayCollector,
+    LineState,
     SchoolState,
     Snapshot,
     UpstreamState,
     WaitingPageRate,
+    school_status,
 )
 
 SCHOOL = """
@@ -130,6 +132,48 @@ def test_the_sum_keeps_a_gone_workers_counts_and_drops_its_gauges():
     assert value(s, "schoolgate_upstream_up", upstream="127.0.0.1:9000") == 1
     assert value(s, "schoolgate_worker_exits_total") == 1
     assert value(s, "schoolgate_workers") == 2
+
+
+def test_the_shared_line_is_taken_once_from_the_freshest_worker_never_summed():
+    # Two workers' copies of one shared line: the later one stands for it
+    # (a sum would count every waiting visitor twice).
+    def with_line(pid: int, synced_at: float, waiting: int, called: int) -> Snapshot:
+        s = snap(pid, 1, 0)
+        s.schools[0].queued = {"interactive": 0}
+        s.schools[0].estimated_wait = 0.0
+        s.schools[0].line = LineState(
+            synced_at=synced_at, waiting={"interactive": waiting}, called=called,
+            now_serving=40 + called, last_ticket=40 + called + waiting,
+            estimated_wait=waiting / 2.0, admission_rate=2.0, shared=True)
+        return s
+
+    agg = Aggregate()
+    agg.update(1, with_line(100, 1000.5, 7, 2))
+    agg.update(2, with_line(101, 1000.0, 9, 1))  # an older copy
+    s = samples(agg)
+    assert value(s, "schoolgate_school_waiting", school="a", **{"class": "interactive"}) == 7
+    assert value(s, "schoolgate_school_called", school="a") == 2
+    assert value(s, "schoolgate_school_now_serving", school="a") == 42
+    assert value(s, "schoolgate_school_last_ticket", school="a") == 49
+    assert value(s, "schoolgate_school_line_wait_seconds", school="a") == 3.5
+    # The workers' own queues are empty; a newcomer still waits the line.
+    assert value(s, "schoolgate_school_queued", school="a") == 0
+    assert value(s, "schoolgate_school_estimated_wait_seconds", school="a") == 3.5
+    cfg = parse_config(SCHOOL.encode(), "gateway.toml")
+    status = school_status(cfg, agg, WaitingPageRate())["schools"][0]
+    assert (status["waiting"], status["called"], status["now_serving"],
+            status["last_ticket"], status["estimated_wait"]) == \
+        ({"interactive": 7}, 2, 42, 49, 3.5)
+    # The fresher worker gone: the other's copy is the line now.
+    agg.gone(1)
+    s = samples(agg)
+    assert value(s, "schoolgate_school_waiting", school="a") == 9
+    # A snapshot without a line (admission off) adds nobody waiting.
+    agg = Aggregate()
+    agg.update(1, snap(100, 1, 0))
+    s = samples(agg)
+    assert value(s, "schoolgate_school_waiting", school="a") == 0
+    assert value(s, "schoolgate_school_called", school="a") == 0
 
 
 def test_waiting_pages_per_minute_from_the_last_minute():
