@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 from gateway import exitcodes
 from gateway.config import Config, ConfigError, config_warnings, load_config
@@ -106,59 +107,56 @@ def preload() -> None:
     gc.freeze()
 
 
-def _spawn(config_path: str, cfg: Config, index: int,
-           stats: socket.socket | None = None) -> int:
-    """Fork worker `index`; `stats` is the admin process's snapshot socket
-    (the worker connects to its address), or None."""
+def _fork(what: str, main: Callable[[], int]) -> int:
+    """Fork a child that runs `main` and exits with its code; returns the
+    child's pid. The child restores default signal handling before its
+    event loop installs its own, and dies with this process."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
-    # Child: restore default signal handling before the event loop installs its own.
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent(parent)
+        code = main()
+    except BaseException:
+        log.exception("%s crashed", what)
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _spawn(config_path: str, cfg: Config, index: int,
+           stats: socket.socket | None = None) -> int:
+    """Fork worker `index`; `stats` is the admin process's snapshot socket
+    (the worker connects to its address), or None."""
+    def main() -> int:
         # Until the worker's loop handles it, a logrotate's SIGUSR1 must not
         # kill a starting worker (its default action).
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        _die_with_parent(parent)
         stats_addr = None
         if stats is not None:
             stats_addr = stats.getsockname()
             stats.close()  # the admin process's to accept on, not ours
         from gateway.server.worker import worker_main
 
-        code = worker_main(config_path, cfg, index, stats_addr)
-    except BaseException:
-        log.exception("worker %d crashed", index)
-    finally:
-        logging.shutdown()
-        os._exit(code)
+        return worker_main(config_path, cfg, index, stats_addr)
+
+    return _fork(f"worker {index}", main)
 
 
 def _spawn_admin(config_path: str, cfg: Config, stats: socket.socket) -> int:
     """Fork the admin process, which accepts the workers' snapshots on
     `stats` and serves admin_listen."""
-    parent = os.getpid()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        _die_with_parent(parent)
+    def main() -> int:
         from gateway.server.admin import admin_main
 
-        code = admin_main(config_path, cfg, stats)
-    except BaseException:
-        log.exception("admin process crashed")
-    finally:
-        logging.shutdown()
-        os._exit(code)
+        return admin_main(config_path, cfg, stats)
+
+    return _fork("admin process", main)
 
 
 def run(config_path: str) -> int:
