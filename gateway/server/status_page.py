@@ -78,8 +78,8 @@ function draw(data) {
                   : "limits: not shared (one worker enforces each limit whole)")
     : sh.store === "redis"
       ? "limits: shared through Redis with every instance naming it ("
-        + sh.participants + " participant(s) seen); each limit shown is the fleet's,"
-        + " \"here\" is this instance's current part"
+        + sh.participants + " participant(s) seen); each limit shown is the fleet's"
+        + " (here: this instance's current part)"
       : "limits: shared between this instance's " + sh.workers
         + " workers through shared memory";
   document.getElementById("fallback").textContent = sh != null && sh.fallback
