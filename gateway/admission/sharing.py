@@ -38,8 +38,10 @@ the ledger gave to the previous round and posts the next round's report; it
 never waits for the ledger. While the ledger does not answer (Redis slow or
 down: no answer for `stale_after` seconds) it *fails static*: every limit
 falls back to this participant's part of it when divided by the
-participants seen in the last answer, logged once and counted
-(`fallback`, `fallbacks`). After an answer again, leases are rebuilt from
+participants seen in the last answer, logged once per outage (one line
+when falling back, one when the ledger answers again; the rounds that fail
+in between are only counted: `errors`) and counted (`fallback`,
+`fallbacks`). After an answer again, leases are rebuilt from
 what each participant currently enforces; a ledger that lost its state
 (Redis restarted empty) grants nobody more than that fallback part for
 `grace` seconds, until every live participant has reported again, so no
@@ -431,6 +433,7 @@ class SharedAllotment:
         self.fallback = False
         self.fallbacks = 0
         self.errors = 0
+        self.last_error: BaseException | None = None  # of the last failed round
         self.rounds = 0
         self.participants = self.peers
         self.controller: AdmissionController | None = None
@@ -755,9 +758,13 @@ class SharedAllotment:
     def _on_answer(self, answer: tuple[Report, Any], now: float) -> None:
         report, result = answer
         if isinstance(result, BaseException):
+            # Counted (the metric schoolgate_shared_limits_errors_total),
+            # not logged one by one: an outage is logged once, when this
+            # participant falls back (with the last error) and when it
+            # recovers, whatever number of rounds fail in between.
             self.errors += 1
-            if self.errors == 1 or not self.fallback:
-                log.warning("shared limits: ledger round failed: %s", result)
+            self.last_error = result
+            log.debug("shared limits: ledger round failed: %r", result)
             # Tokens given back in a failed round were lost with it: the
             # ledger's bucket refills them anyway.
             return
@@ -812,9 +819,10 @@ class SharedAllotment:
         self.fallback = True
         self.fallbacks += 1
         self._epoch += 1
-        log.warning("shared limits: the ledger has not answered for %.1f s; each limit "
+        err = self.last_error
+        log.warning("shared limits: the ledger has not answered for %.1f s%s; each limit "
                     "falls back to 1/%d of it here until it does", self.stale_after,
-                    self._seen())
+                    f" (last error: {err!r})" if err is not None else "", self._seen())
         self._apply_fallback(now)
 
     def _apply_fallback(self, now: float) -> None:
@@ -825,6 +833,7 @@ class SharedAllotment:
 
     def _leave_fallback(self, now: float) -> None:
         self.fallback = False
+        self.last_error = None
         log.warning("shared limits: the ledger answers again; leases rebuilt")
         c = self.controller
         assert c is not None

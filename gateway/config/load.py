@@ -33,6 +33,7 @@ import math
 import os
 import re
 import ssl
+import stat
 import tomllib
 import types
 import typing
@@ -406,6 +407,11 @@ def _check(cfg: Config, base: Path) -> Config:
     schools = _check_schools(cfg.schools, pools, base)
     classes = _check_classes(cfg.classes)
     adm = cfg.admission
+    if adm.secret_file is not None:
+        if adm.secret:
+            raise _Invalid("admission.secret_file", "set secret or secret_file, not both")
+        path, secret = read_secret_file("admission.secret_file", adm.secret_file, base)
+        adm = replace(adm, secret=secret, secret_file=path)
     if adm.min_retry > adm.max_retry:
         raise _Invalid("admission.min_retry", f"is above max_retry ({adm.max_retry})")
     if adm.secret and len(adm.secret.encode()) < 16:
@@ -425,7 +431,39 @@ def _check(cfg: Config, base: Path) -> Config:
         raise _Invalid("redis.lease_ttl", f"must be more than twice sync_interval "
                        f"({cfg.redis.sync_interval}): a lease is renewed every round")
     log = _check_log(cfg.log, base)
-    return replace(cfg, server=server, schools=schools, classes=classes, log=log)
+    return replace(cfg, server=server, schools=schools, classes=classes, log=log,
+                   admission=adm)
+
+
+def read_secret_file(at: str, name: str, base: Path) -> tuple[str, str]:
+    """(the absolute path, the secret) of a `*_file` key: the file's text,
+    UTF-8, trailing whitespace (the editor's newline) dropped. Refused with
+    `at` as the key path: a file that cannot be read, is empty, or that
+    every user may read (mode o+r: the point of a secret file is that the
+    config may be world-readable and the secret not; chmod 600 or 640, or
+    systemd's LoadCredential=, which makes it 0400)."""
+    path = base / os.path.expanduser(name)
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read(64 * 1024 + 1)
+    except OSError as exc:
+        raise _Invalid(at, f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise _Invalid(at, f"{str(path)!r} is not a regular file")
+    if mode & stat.S_IROTH:
+        raise _Invalid(at, f"{str(path)!r} is readable by every user (mode "
+                       f"{stat.S_IMODE(mode):04o}): chmod o-r it, or hand it over with "
+                       "systemd's LoadCredential=")
+    if len(data) > 64 * 1024:
+        raise _Invalid(at, f"{str(path)!r} is over 64 KiB: not a secret")
+    try:
+        text = data.decode("utf-8").rstrip()
+    except UnicodeDecodeError:
+        raise _Invalid(at, f"{str(path)!r} is not UTF-8 text") from None
+    if not text:
+        raise _Invalid(at, f"{str(path)!r} is empty")
+    return str(path), text
 
 
 def _check_log(log: Log, base: Path) -> Log:
@@ -471,6 +509,13 @@ def is_loopback(host: str) -> bool:
 
 def _check_server(server: Server, base: Path) -> Server:
     listen = _hostport("server.listen", server.listen)
+    if server.admin_token_file is not None:
+        if server.admin_token is not None:
+            raise _Invalid("server.admin_token_file",
+                           "set admin_token or admin_token_file, not both")
+        path, token = read_secret_file("server.admin_token_file",
+                                       server.admin_token_file, base)
+        server = replace(server, admin_token=token, admin_token_file=path)
     admin = server.admin_listen
     if admin is not None:
         if _PORT_RE.fullmatch(admin.removeprefix(":")):

@@ -36,6 +36,13 @@ class Server(_Section):
     # Bearer token the admin listener asks for on everything but /healthz
     # when bound to a non-loopback address (Authorization: Bearer <token>).
     admin_token: str | None = None
+    # Or a file holding it (read at start and at every reload; relative to
+    # the config's folder; trailing whitespace dropped): so the config can
+    # be world-readable (systemd's DynamicUser) while the token is not. The
+    # file must not be readable by every user; under systemd, hand it over
+    # with LoadCredential= (deploy/schoolgate.service). After loading,
+    # admin_token holds its content.
+    admin_token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     backlog: PositiveInt = 2048
@@ -198,9 +205,16 @@ class Admission(_Section):
     max_queue: PositiveInt = 1000
     # Seconds a waiting request ages one priority step (so bulk still moves).
     aging: PositiveFloat = 30.0
-    # HMAC key for waiting-room tickets; generated per process when empty
-    # (tickets then do not survive restarts or span instances).
+    # HMAC key for waiting-room tickets (at least 16 bytes). When empty:
+    # with [redis] url, the key every instance keeps in Redis (made by the
+    # first to start), so tickets span instances; without, one random key
+    # per gateway, made by the supervisor before it forks (all its workers
+    # share it; tickets survive reloads, not restarts).
     secret: str = ""
+    # Or a file holding it, like server.admin_token_file (read at start and
+    # at every reload, not readable by every user); after loading, secret
+    # holds its content.
+    secret_file: str | None = None
     # Seconds a ticket keeps its place after its last renewal (renewed only
     # while the visitor waits; used up by the request that gets in).
     ticket_ttl: PositiveFloat = 600.0

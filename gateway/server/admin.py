@@ -78,7 +78,7 @@ class AdminServer:
     def __init__(self, config_path: str, cfg: Config) -> None:
         self.config_path = config_path
         self.cfg = cfg
-        self.agg = Aggregate()
+        self.agg = Aggregate(cfg)  # the configured limits come from cfg
         self.rate = WaitingPageRate()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(self.agg))  # type: ignore[arg-type]
@@ -153,6 +153,10 @@ class AdminServer:
             return
         self.agg.reloads["success"] += 1
         self.agg.generation += 1
+        self.agg.cfg = self.cfg
+        # A new admin_token (or admin_token_file's content) applies at once;
+        # the address stays (the listener is not rebound).
+        self.token = (self.cfg.server.admin_token or "").encode()
 
     def drain(self) -> None:
         """SIGTERM: /healthz says draining; the process ends once the workers

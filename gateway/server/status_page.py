@@ -4,9 +4,12 @@ allows nothing else), which fetches /status.json every second and redraws
 the figures without reloading. Names from the config are set as text
 (textContent), never as markup.
 
-Per school: requests in flight against the limit, the queue by class,
+Per school: requests in flight against the configured limit (with this
+instance's current part of it when limits are shared), the queue by class,
 waiting pages per minute, admissions per second, the estimated wait, and
-each upstream's health.
+each upstream's health. Above the table: whether the limits are shared
+(Redis, shared memory, or not) and whether this instance is failing static
+(Redis not answering).
 """
 
 STATUS_PAGE = b"""<!doctype html>
@@ -19,7 +22,9 @@ STATUS_PAGE = b"""<!doctype html>
 body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d2430; background: #f6f7f9; }
 h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
 #summary { color: #5a6475; margin-bottom: 1rem; }
-#error { color: #a4161a; font-weight: 600; }
+#error, #fallback { color: #a4161a; font-weight: 600; }
+#sharing { color: #5a6475; margin-bottom: 1rem; }
+.lease { color: #5a6475; font-size: .8rem; }
 table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 1px 2px #0002; }
 th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid #e4e7ec;
          vertical-align: top; }
@@ -38,6 +43,8 @@ td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
 <body>
 <h1>schoolgate</h1>
 <div id="summary">loading&hellip;</div>
+<div id="sharing"></div>
+<div id="fallback"></div>
 <div id="error"></div>
 <table>
 <thead><tr><th>School</th><th>In flight / limit</th><th>Queue by class</th>
@@ -65,6 +72,21 @@ function draw(data) {
   document.getElementById("summary").textContent =
     data.workers + " of " + data.configured_workers + " worker(s) reporting, configuration "
     + data.generation + ", updated " + when;
+  const sh = data.shared;
+  document.getElementById("sharing").textContent = sh == null
+    ? (data.redis ? "limits: shared through Redis, no worker reporting yet"
+                  : "limits: not shared (one worker enforces each limit whole)")
+    : sh.store === "redis"
+      ? "limits: shared through Redis with every instance naming it ("
+        + sh.participants + " participant(s) seen); each limit shown is the fleet's"
+        + " (here: this instance's current part)"
+      : "limits: shared between this instance's " + sh.workers
+        + " workers through shared memory";
+  document.getElementById("fallback").textContent = sh != null && sh.fallback
+    ? "fallback: " + sh.fallback + " of " + sh.workers + " worker(s) failing static"
+      + " (the shared store is not answering: each limit falls back to its part"
+      + " divided by the participants last seen)"
+    : "";
   const body = document.getElementById("schools");
   const rows = [];
   for (const s of data.schools) {
@@ -82,6 +104,12 @@ function draw(data) {
       if (share >= 0.9) fill.className = "hot";
       bar.appendChild(fill);
       fl.appendChild(bar);
+    }
+    if (sh != null && sh.store === "redis" && s.inflight_allotment != null) {
+      const lease = document.createElement("div");
+      lease.className = "lease";
+      lease.textContent = "here: " + s.inflight_allotment;
+      fl.appendChild(lease);
     }
     const q = Object.entries(s.queued).map(([k, n]) => k + ": " + n).join(", ");
     cell(tr, q || "empty", "num queued");

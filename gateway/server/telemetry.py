@@ -76,9 +76,10 @@ class LineState(msgspec.Struct, array_like=True):
 
 
 class SchoolState(msgspec.Struct, array_like=True):
-    """One school at one worker: gauges against the worker's allotment of
-    the limits (None: no limit), per-class queues, counters since the
-    worker started."""
+    """One school at one worker: gauges, the worker's allotment of each
+    limit (its lease when limits are shared: it moves with demand, so it is
+    never the configured limit; None: no limit), per-class queues, counters
+    since the worker started."""
 
     name: str
     inflight: int
@@ -93,6 +94,27 @@ class SchoolState(msgspec.Struct, array_like=True):
     admission_rate: float     # admissions per second, measured
     estimated_wait: float     # seconds a request arriving now would wait
     line: LineState | None = None  # the school's waiting line
+
+
+class PoolState(msgspec.Struct, array_like=True):
+    """One pool at one worker: requests in flight over its member schools
+    and the worker's allotment of the pool's max_inflight."""
+
+    name: str
+    inflight: int
+    allotment: int
+
+
+class SharedState(msgspec.Struct, array_like=True):
+    """The worker's shared-limits participant (gateway.admission.sharing
+    SharedAllotment): where the leases are kept and whether it is failing
+    static."""
+
+    store: str                # "redis" (across instances) or "memory" (this instance's workers)
+    fallback: bool            # failing static now: the ledger has not answered
+    fallbacks: int            # times it started to (since the worker started)
+    errors: int               # ledger rounds that failed
+    participants: int         # participants seen in the last answer, this one included
 
 
 class UpstreamState(msgspec.Struct, array_like=True):
@@ -122,6 +144,8 @@ class Snapshot(msgspec.Struct, array_like=True):
     schools: list[SchoolState]
     upstreams: list[UpstreamState]
     spools: list[int]         # request bodies, bytes, files; responses, bytes, files
+    pools: list[PoolState] = []
+    shared: SharedState | None = None  # None: limits not shared (one worker)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -154,6 +178,18 @@ def snapshot(worker: Worker, answers: int = 0) -> Snapshot:
             estimated_wait=controller.queue_eta(i, queued + 1, now) if queued else 0.0,
             line=line,
         ))
+    pools = []
+    for p, pool in enumerate(app.cfg.pools):
+        pu = controller.pool_usage(p, now)
+        pools.append(PoolState(name=pool.name, inflight=pu["inflight"],
+                               allotment=pu["max_inflight"]))
+    task = worker.allotment
+    shared = None
+    if task is not None:
+        from gateway.shared.ledger import RedisLedger
+        shared = SharedState(store="redis" if isinstance(task.ledger, RedisLedger) else "memory",
+                             fallback=task.fallback, fallbacks=task.fallbacks,
+                             errors=task.errors, participants=task.participants)
     mono = time.monotonic()
     upstreams = [UpstreamState(addr=addr, up=bool(s.available(mono)), inflight=s.inflight,
                                connect_failures=s.connect_failures, retries=s.retries,
@@ -170,6 +206,7 @@ def snapshot(worker: Worker, answers: int = 0) -> Snapshot:
         pages=exported["pages"], schools=schools, upstreams=upstreams,
         spools=[STATS.bodies, STATS.bytes, STATS.files,
                 RESPONSE_STATS.bodies, RESPONSE_STATS.bytes, RESPONSE_STATS.files],
+        pools=pools, shared=shared,
     )
 
 
@@ -270,6 +307,9 @@ def counters(snap: Snapshot) -> dict[Key, float | list[float]]:
         for klass, n in s.rejected.items():
             out[("rejected", s.name, klass)] = n
         out[("cancelled", s.name)] = s.cancelled
+    if snap.shared is not None:
+        out[("shared_fallbacks",)] = snap.shared.fallbacks
+        out[("shared_errors",)] = snap.shared.errors
     for u in snap.upstreams:
         out[("connect_failures", u.addr)] = u.connect_failures
         out[("retries", u.addr)] = u.retries
@@ -291,9 +331,12 @@ def _add(into: dict[Key, float | list[float]], more: dict[Key, float | list[floa
 
 class Aggregate:
     """The sum over the gateway's workers, live and gone (see the module's
-    docstring); the admin process's counts of reloads."""
+    docstring); the admin process's counts of reloads. `cfg`: the config
+    the admin process loaded (it reloads on SIGHUP, as the workers do): the
+    configured limits come from it, never from the workers' allotments."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg
         self.live: dict[int, Snapshot] = {}   # connection id -> last snapshot
         self.base: dict[Key, float | list[float]] = {}
         self.workers_gone = 0
@@ -317,26 +360,49 @@ class Aggregate:
             _add(out, counters(snap))
         return out
 
+    def limits(self, school: str) -> dict[str, int | None]:
+        """The school's configured limits (None: none, or no config known):
+        max_inflight, max_connections, max_queue ([admission] max_queue,
+        per school)."""
+        cfg = self.cfg
+        found = None if cfg is None else next(
+            (s for s in cfg.schools if s.name == school), None)
+        if found is None or cfg is None:
+            return {"max_inflight": None, "max_connections": None, "max_queue": None}
+        return {"max_inflight": found.max_inflight or None,
+                "max_connections": found.max_connections or None,
+                "max_queue": cfg.admission.max_queue}
+
     def schools(self) -> dict[str, dict]:
-        """Per school, summed over live workers: inflight, limits (the sum of
-        the workers' allotments; None: unlimited), queued by class (the
-        workers' own queues), admission rate, estimated wait (the longest of
-        the workers', or of the line's). The waiting line is one for all
-        workers: taken from the freshest worker's copy (never summed):
-        waiting by class, called, now_serving, last_ticket, line_wait
-        (seconds a newcomer would wait in it, None: nothing measured)."""
+        """Per school, summed over live workers: inflight, connections, the
+        configured limits (max_inflight, max_connections, max_queue, from
+        `cfg`; None: unlimited), this instance's allotment of each
+        (inflight_allotment, connections_allotment, queue_allotment: the sum
+        of its workers' leases, which move with demand when limits are
+        shared, so with Redis another instance holds the rest; None:
+        unlimited), queued by class (the workers' own queues), admission
+        rate, estimated wait (the longest of the workers', or of the
+        line's). The waiting line is one for all workers: taken from the
+        freshest worker's copy (never summed): waiting by class, called,
+        now_serving, last_ticket, line_wait (seconds a newcomer would wait
+        in it, None: nothing measured)."""
         out: dict[str, dict] = {}
         lines: dict[str, LineState] = {}
         for snap in self.live.values():
             for s in snap.schools:
-                d = out.setdefault(s.name, {
-                    "inflight": 0, "max_inflight": 0, "connections": 0,
-                    "max_connections": 0, "max_queue": 0, "queued": {},
-                    "admission_rate": 0.0, "estimated_wait": 0.0})
+                d = out.get(s.name)
+                if d is None:
+                    d = out[s.name] = {
+                        "inflight": 0, "connections": 0, **self.limits(s.name),
+                        "inflight_allotment": 0, "connections_allotment": 0,
+                        "queue_allotment": 0, "queued": {},
+                        "admission_rate": 0.0, "estimated_wait": 0.0}
                 for key in ("inflight", "connections"):
                     d[key] += getattr(s, key)
-                for key in ("max_inflight", "max_connections", "max_queue"):
-                    value = getattr(s, key)
+                for key, limit in (("inflight_allotment", "max_inflight"),
+                                   ("connections_allotment", "max_connections"),
+                                   ("queue_allotment", "max_queue")):
+                    value = getattr(s, limit)
                     d[key] = None if value is None or d[key] is None else d[key] + value
                 for klass, n in s.queued.items():
                     d["queued"][klass] = d["queued"].get(klass, 0) + n
@@ -357,6 +423,36 @@ class Aggregate:
                 # A newcomer joins the line's end while tickets wait.
                 d["estimated_wait"] = max(d["estimated_wait"], line.estimated_wait)
         return out
+
+    def pools(self) -> dict[str, dict]:
+        """Per pool of the config: inflight (over live workers), max_inflight
+        (configured), allotment (this instance's part: the sum of its
+        workers' leases)."""
+        out: dict[str, dict] = {}
+        if self.cfg is not None:
+            for pool in self.cfg.pools:
+                out[pool.name] = {"inflight": 0, "max_inflight": pool.max_inflight,
+                                  "allotment": 0}
+        for snap in self.live.values():
+            for p in snap.pools:
+                d = out.get(p.name)
+                if d is not None:
+                    d["inflight"] += p.inflight
+                    d["allotment"] += p.allotment
+        return out
+
+    def shared(self) -> dict | None:
+        """The shared limits over live workers (None: not shared): store
+        ("redis" or "memory"), fallback (workers failing static now),
+        workers (those sharing), participants (the most any worker saw in
+        its last answer: all workers of all instances)."""
+        states = [snap.shared for snap in self.live.values() if snap.shared is not None]
+        if not states:
+            return None
+        return {"store": "redis" if any(s.store == "redis" for s in states) else "memory",
+                "fallback": sum(1 for s in states if s.fallback),
+                "workers": len(states),
+                "participants": max(s.participants for s in states)}
 
     def upstreams(self) -> dict[str, dict]:
         """Per upstream over live workers: up (every worker that uses it
@@ -449,12 +545,19 @@ class GatewayCollector:
                       "rejected")
         yield counter("schoolgate_school_cancelled", "Queued requests whose client left.",
                       ["school"], "cancelled")
+        lease = ("this instance's current part of it (the sum of its workers' leases; "
+                 "they move with demand when limits are shared through Redis or shared "
+                 "memory, the other instances hold the rest; absent: no limit).")
         for key, text in (
-                ("inflight", "Admitted requests not yet finished."),
-                ("max_inflight", "Limit of requests in flight (max_inflight; absent: none)."),
+                ("inflight", "Admitted requests not yet finished (at this instance)."),
+                ("max_inflight", "Configured limit of requests in flight (max_inflight, "
+                 "for the whole fleet when shared; absent: none)."),
+                ("inflight_allotment", "Of max_inflight, " + lease),
                 ("connections", "Client connections counted against the school."),
-                ("max_connections", "Limit of client connections (absent: none)."),
-                ("max_queue", "Limit of queued requests (absent: none)."),
+                ("max_connections", "Configured limit of client connections (absent: none)."),
+                ("connections_allotment", "Of max_connections, " + lease),
+                ("max_queue", "Configured limit of queued requests ([admission] max_queue)."),
+                ("queue_allotment", "Of max_queue, " + lease),
                 ("admission_rate", "Measured admissions per second."),
                 ("estimated_wait", "Seconds a request arriving now would wait for a slot.")):
             name = "schoolgate_school_" + key + ("_seconds" if key == "estimated_wait" else "")
@@ -493,6 +596,44 @@ class GatewayCollector:
             for school, d in sorted(schools.items()):
                 if d[key] is not None:
                     fam.add_metric([school], d[key])
+            yield fam
+
+        pools = agg.pools()
+        for key, name, text in (
+                ("inflight", "schoolgate_pool_inflight",
+                 "Admitted requests of the pool's schools not yet finished (this instance)."),
+                ("max_inflight", "schoolgate_pool_max_inflight",
+                 "Configured limit of the pool's requests in flight."),
+                ("allotment", "schoolgate_pool_inflight_allotment",
+                 "Of the pool's max_inflight, " + lease)):
+            fam = GaugeMetricFamily(name, text, labels=["pool"])
+            for pool, d in sorted(pools.items()):
+                fam.add_metric([pool], d[key])
+            yield fam
+        shared = agg.shared()
+        fam = GaugeMetricFamily("schoolgate_shared_limits",
+                                "1 for the store the limits are shared through: redis "
+                                "(every instance naming it) or memory (this instance's "
+                                "workers); absent: not shared (one worker).",
+                                labels=["store"])
+        if shared is not None:
+            fam.add_metric([shared["store"]], 1)
+        yield fam
+        yield _gauge("schoolgate_shared_limits_fallback",
+                     "Workers failing static now (the ledger, Redis, has not answered: each "
+                     "limit falls back to its part divided by the participants last seen); "
+                     "0: none.", shared["fallback"] if shared else 0)
+        yield _gauge("schoolgate_shared_limits_participants",
+                     "Participants (workers of every instance) seen in the last answer of "
+                     "the ledger.", shared["participants"] if shared else 0)
+        for kind, name, text in (
+                ("shared_fallbacks", "schoolgate_shared_limits_fallbacks",
+                 "Times a worker started to fail static (once per outage per worker)."),
+                ("shared_errors", "schoolgate_shared_limits_errors",
+                 "Rounds of the shared-limits ledger that failed (Redis down, slow, "
+                 "refused).")):
+            fam = CounterMetricFamily(name, text)
+            fam.add_metric([], totals.get((kind,), 0))
             yield fam
 
         ups = agg.upstreams()
@@ -589,9 +730,16 @@ def school_status(cfg: Config, agg: Aggregate, rate: WaitingPageRate) -> dict:
             "name": school.name,
             "title": school.title or school.name,
             "inflight": d["inflight"] if d else 0,
-            "max_inflight": d["max_inflight"] if d else (school.max_inflight or None),
+            # The configured limits (the fleet's, when shared) and this
+            # instance's current part of each.
+            "max_inflight": school.max_inflight or None,
+            "inflight_allotment": d["inflight_allotment"] if d else None,
+            "connections": d["connections"] if d else 0,
+            "max_connections": school.max_connections or None,
+            "connections_allotment": d["connections_allotment"] if d else None,
             "queued": d["queued"] if d else {},
-            "max_queue": d["max_queue"] if d else None,
+            "max_queue": cfg.admission.max_queue,
+            "queue_allotment": d["queue_allotment"] if d else None,
             # The shared waiting line (one for all workers and instances).
             "waiting": d["waiting"] if d else {},
             "called": d["called"] if d else 0,
@@ -604,5 +752,10 @@ def school_status(cfg: Config, agg: Aggregate, rate: WaitingPageRate) -> dict:
                            "inflight": ups.get(addr, {}).get("inflight", 0)}
                           for addr in school.upstreams],
         })
+    pools = [{"name": name, **d} for name, d in agg.pools().items()]
     return {"time": time.time(), "workers": len(agg.live), "configured_workers":
-            cfg.server.workers, "generation": agg.generation, "schools": schools}
+            cfg.server.workers, "generation": agg.generation,
+            # None: limits not shared (one worker); else the store, workers
+            # failing static now, participants seen.
+            "shared": agg.shared(), "redis": bool(cfg.redis.url),
+            "schools": schools, "pools": pools}

@@ -274,21 +274,28 @@ class RedisLedger:
         by_scope: dict[str, list[int]] = {}
         for i, op in enumerate(report.ops):
             by_scope.setdefault(op.scope, []).append(i)
-        pipe = self.client.pipeline(transaction=False)
-        for sc, indices in by_scope.items():
-            keys: list[str] = []
-            args: list[Any] = [report.me, report.ttl, report.grace]
-            for i in indices:
-                op = report.ops[i]
-                keys.append(scoped_key(self.prefix, sc, op.name))
-                if isinstance(op, SlotOp):
-                    args += ["s", op.limit, op.want, op.allot, op.inuse, op.cap, op.spec]
-                elif isinstance(op, ClientOp):
-                    args += ["c", repr(op.window), len(op.keys), *op.keys]
-                else:
-                    args += ["t", repr(op.rate), repr(op.burst), op.take, repr(op.give)]
-            await self._script(keys=keys, args=args, client=pipe)
-        replies = await pipe.execute() if by_scope else []
+        if not by_scope:
+            return []
+        # `async with`: the pipeline gives its connection back to the pool
+        # whichever way the round ends (refused, reset, cancelled by the
+        # timeout). Without it a round failing in load_scripts' SCRIPT
+        # EXISTS kept the connection, and the pipeline's __del__ reported
+        # "Unclosed Pipeline client" through the loop's exception handler.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sc, indices in by_scope.items():
+                keys: list[str] = []
+                args: list[Any] = [report.me, report.ttl, report.grace]
+                for i in indices:
+                    op = report.ops[i]
+                    keys.append(scoped_key(self.prefix, sc, op.name))
+                    if isinstance(op, SlotOp):
+                        args += ["s", op.limit, op.want, op.allot, op.inuse, op.cap, op.spec]
+                    elif isinstance(op, ClientOp):
+                        args += ["c", repr(op.window), len(op.keys), *op.keys]
+                    else:
+                        args += ["t", repr(op.rate), repr(op.burst), op.take, repr(op.give)]
+                await self._script(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
         answers: list[SlotAnswer | TokenAnswer | ClientAnswer | None] = [None] * len(report.ops)
         for (_, indices), reply in zip(by_scope.items(), replies, strict=True):
             for i, item in zip(indices, reply, strict=True):

@@ -172,3 +172,62 @@ def test_readme_deployment_config_and_paths_are_the_ones_shipped():
     assert "systemctl reload schoolgate" in section
     assert "journalctl -u schoolgate" in section
     assert "/etc/schoolgate/gateway.toml" in unit_service()["ExecStart"][0]
+
+
+def test_unit_credentials_match_the_config_keys_that_read_them(tmp_path):
+    # The unit's commented LoadCredential= lines, as an override enables
+    # them: each one verifies, and the config keys the comments name read
+    # /run/credentials/schoolgate.service/<name> as the gateway would
+    # (files of the same name, mode 0400 as systemd makes them).
+    text = UNIT.read_text()
+    creds = dict(line.removeprefix("#LoadCredential=").split(":", 1)
+                 for line in text.splitlines() if line.startswith("#LoadCredential="))
+    assert set(creds) == {"tls.key", "admin_token", "ticket_secret"}
+    run = "/run/credentials/schoolgate.service/"
+    for key, name in [("tls_key", "tls.key"), ("admin_token_file", "admin_token"),
+                      ("secret_file", "ticket_secret")]:
+        assert f'{key} =\n# "{run}{name}"' in text or f'{key} = "{run}{name}"' in text, key
+        assert f"{run}{name}" in EXAMPLE.read_text() or name == "tls.key", name
+    cred_dir = tmp_path / "credentials"
+    cred_dir.mkdir()
+    for name, value in [("admin_token", "0123456789abcdef-token\n"),
+                        ("ticket_secret", "t" * 32 + "\n")]:
+        (cred_dir / name).write_text(value)
+        (cred_dir / name).chmod(0o400)
+    config = f"""
+[server]
+listen = "127.0.0.1:{free_port()}"
+admin_listen = "0.0.0.0:{free_port()}"
+admin_token_file = "{cred_dir}/admin_token"
+
+[admission]
+secret_file = "{cred_dir}/ticket_secret"
+
+[[schools]]
+name = "a"
+hosts = ["a.example"]
+upstreams = ["127.0.0.1:9000"]
+"""
+    cfg = parse_config(config.encode(), "gateway.toml")
+    assert cfg.server.admin_token == "0123456789abcdef-token"
+    assert cfg.admission.secret == "t" * 32
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("needs systemd-analyze (Debian package systemd)")
+    binary = tmp_path / "schoolgate"
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    enabled = text.replace(INSTALLED, str(binary))
+    for name in creds:
+        source = tmp_path / name
+        source.write_text("x" * 32)
+        source.chmod(0o600)
+        enabled = enabled.replace(f"#LoadCredential={name}:{creds[name]}",
+                                  f"LoadCredential={name}:{source}")
+    unit = tmp_path / "schoolgate.service"
+    unit.write_text(enabled)
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in (result.stdout + result.stderr).splitlines()
+            if "schoolgate" in line] == []

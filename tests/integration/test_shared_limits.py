@@ -14,7 +14,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.admission.sharing import Report, SlotOp, TokenOp, claim, gcra
 from gateway.shared.ledger import RedisLedger
@@ -111,8 +113,9 @@ def school(name: str, up: Counting, **kw) -> dict:
 
 def start_gateway(procs, tmp_path: Path, name: str, schools: list, *, workers: int = 2,
                   redis_url: str = "", pools: list | None = None,
-                  classes: list | None = None) -> Gateway:
-    config = {"server": {"listen": f"127.0.0.1:{free_port()}", "workers": workers},
+                  classes: list | None = None, admin: bool = False) -> Gateway:
+    config = {"server": {"listen": f"127.0.0.1:{free_port()}", "workers": workers,
+                         **({"admin_listen": f"127.0.0.1:{free_port()}"} if admin else {})},
               "redis": {"url": redis_url, "lease_ttl": 2.0},
               "classes": classes or [{"name": "web", "max_wait": 30.0}],
               "schools": schools}
@@ -525,3 +528,134 @@ def test_the_lua_presence_round_is_the_python_one(redis_server):
     # The rounds ran microseconds apart: nobody's 30 s window ran out.
     py = [presence(table, me, 0.0, keys, 30.0) for me, keys in steps]
     assert lua == py == [[1, 1], [2], [3, 1], [3, 1, 2]]
+
+
+# -- what the admin listener shows of shared limits --------------------------------
+
+
+def scrape(gw: Gateway) -> dict[str, float]:
+    """/metrics as "name{label=value,...}" -> value (prometheus_client's parser)."""
+    resp = httpx.get(gw.admin_url + "/metrics", timeout=5)
+    assert resp.status_code == 200
+    return {s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(resp.text) for s in fam.samples}
+
+
+def status(gw: Gateway) -> dict:
+    resp = httpx.get(gw.admin_url + "/status.json", timeout=5)
+    assert resp.status_code == 200
+    return resp.json()
+
+
+def wait_for(check, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
+
+
+def test_two_workers_show_the_configured_limit_and_the_memory_store(
+        procs, tmp_path, counting):
+    schools = [school("a", counting, max_inflight=4)]
+    gw = start_gateway(procs, tmp_path, "gw", schools, admin=True)
+    load = Load([(gw.port, "a.test")], 8)
+    try:
+        assert wait_for(lambda: scrape(gw).get("schoolgate_workers") == 2)
+        time.sleep(1.0)
+        m = scrape(gw)
+        st = status(gw)
+    finally:
+        load.finish()
+    assert m["schoolgate_school_max_inflight{school=a}"] == 4
+    assert m["schoolgate_school_max_queue{school=a}"] == 1000
+    assert 0 <= m["schoolgate_school_inflight_allotment{school=a}"] <= 4
+    assert m["schoolgate_shared_limits{store=memory}"] == 1
+    assert m["schoolgate_shared_limits_fallback"] == 0
+    a = st["schools"][0]
+    assert (a["max_inflight"], a["max_queue"]) == (4, 1000)
+    assert st["shared"]["store"] == "memory" and st["shared"]["workers"] == 2
+
+
+def test_two_instances_show_the_configured_limit_and_their_own_lease(
+        procs, tmp_path, counting, redis_server):
+    # The newcomer's case: A full, B idle, max_inflight = 4 shared through
+    # Redis. B showed "0 / 0" and A "4 / 2"; both must show the limit, 4.
+    schools = [school("a", counting, max_inflight=4)]
+    gws = [start_gateway(procs, tmp_path, f"gw{i}", schools, redis_url=redis_server.url,
+                         admin=True) for i in range(2)]
+    load = Load([(gws[0].port, "a.test")], 8)
+    try:
+        for gw in gws:
+            assert wait_for(lambda gw=gw: scrape(gw).get(
+                "schoolgate_shared_limits_participants") == 4)
+        time.sleep(1.5)  # a few rounds: the leases follow A's demand
+        found = [scrape(gw) for gw in gws]
+        states = [status(gw) for gw in gws]
+    finally:
+        load.finish()
+    for m, st in zip(found, states, strict=True):
+        assert m["schoolgate_school_max_inflight{school=a}"] == 4
+        assert m["schoolgate_school_max_queue{school=a}"] == 1000
+        assert m["schoolgate_shared_limits{store=redis}"] == 1
+        assert m["schoolgate_shared_limits_fallback"] == 0
+        a = st["schools"][0]
+        assert (a["max_inflight"], a["max_queue"]) == (4, 1000)
+        assert st["shared"]["store"] == "redis" and st["redis"] is True
+    # The leases: never more than the limit between them, and the busy
+    # instance holds more than the idle one.
+    allots = [m["schoolgate_school_inflight_allotment{school=a}"] for m in found]
+    assert sum(allots) <= 4 and allots[0] > allots[1], allots
+    queues = [m["schoolgate_school_queue_allotment{school=a}"] for m in found]
+    assert sum(queues) <= 1000, queues
+
+
+def test_a_redis_outage_is_logged_once_per_worker_and_shown_as_a_metric(
+        procs, tmp_path, counting, redis_server):
+    # Redis stopped (SIGSTOP: rounds time out) and later killed and started
+    # again empty (rounds refused) under load: each worker says once that
+    # it falls back and once that the ledger answers again, per outage; the
+    # failed rounds are counted, not logged; no pipeline is left unclosed
+    # ("ERROR ... Unclosed Pipeline client").
+    schools = [school("a", counting, max_inflight=4)]
+    gws = [start_gateway(procs, tmp_path, f"gw{i}", schools, redis_url=redis_server.url,
+                         admin=True) for i in range(2)]
+    load = Load([(gw.port, "a.test") for gw in gws], 4)
+    try:
+        time.sleep(1.0)
+        redis_server.signal(signal.SIGSTOP)
+        try:
+            assert wait_for(lambda: scrape(gws[0])["schoolgate_shared_limits_fallback"] == 2)
+            m = scrape(gws[0])
+            assert "fallback" in status(gws[0])["shared"] and \
+                status(gws[0])["shared"]["fallback"] == 2
+            time.sleep(2.0)
+        finally:
+            redis_server.signal(signal.SIGCONT)
+        assert wait_for(lambda: scrape(gws[0])["schoolgate_shared_limits_fallback"] == 0)
+        redis_server.stop(sig=signal.SIGKILL)
+        assert wait_for(lambda: scrape(gws[0])["schoolgate_shared_limits_fallback"] == 2)
+        time.sleep(2.0)
+        redis_server.start()  # same port, nothing kept
+        assert wait_for(lambda: scrape(gws[0])["schoolgate_shared_limits_fallback"] == 0)
+        time.sleep(0.5)
+        after = scrape(gws[0])
+    finally:
+        codes = load.finish()
+    assert set(codes) == {200}, load.bodies
+    assert m["schoolgate_shared_limits_fallbacks_total"] >= 2
+    assert after["schoolgate_shared_limits_fallbacks_total"] >= 4  # two outages, two workers
+    assert after["schoolgate_shared_limits_errors_total"] > 0
+    for gw in gws:
+        log = gw.log()
+        assert "Unclosed" not in log, log[-3000:]
+        assert "round failed" not in log
+        assert " ERROR " not in log, [line for line in log.splitlines() if " ERROR " in line]
+        pids = set(re.findall(r" (\d+) INFO schoolgate\.worker: worker \d+ serving", log))
+        assert len(pids) == 2
+        for pid in pids:
+            down = len(re.findall(rf" {pid} WARNING schoolgate\.sharing: .*falls back", log))
+            up = len(re.findall(rf" {pid} WARNING schoolgate\.sharing: .*answers again", log))
+            # Two outages: a line each way for each, none in between.
+            assert down == up == 2, (pid, down, up)

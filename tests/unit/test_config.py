@@ -573,3 +573,70 @@ def test_temp_dir_must_be_a_directory_and_becomes_absolute(tmp_path):
     exc = error('[server]\ntemp_dir = "nope"\n' + SCHOOL, base_dir=str(tmp_path))
     assert (exc.key_path, exc.message) == (
         "server.temp_dir", f"no such directory: {str(tmp_path / 'nope')!r}")
+
+
+# -- secrets kept in files of their own (admin_token_file, secret_file) ------------
+
+SECRET_CONFIG = """
+[server]
+admin_listen = "0.0.0.0:9100"
+admin_token_file = "token"
+
+[admission]
+secret_file = "/ABS/ticket"
+
+[[schools]]
+name = "a"
+hosts = ["a.example"]
+upstreams = ["127.0.0.1:9000"]
+"""
+
+
+def secret_files(tmp_path, token="0123456789abcdef-token\n", secret="s" * 32 + "\n",
+                 mode=0o600) -> Path:
+    (tmp_path / "token").write_text(token)
+    (tmp_path / "ticket").write_text(secret)
+    for name in ("token", "ticket"):
+        (tmp_path / name).chmod(mode)
+    path = tmp_path / "gateway.toml"
+    path.write_text(SECRET_CONFIG.replace("/ABS", str(tmp_path)))
+    path.chmod(0o644)  # the config itself world-readable, as DynamicUser needs
+    return path
+
+
+def test_secrets_are_read_from_their_files_at_load_and_again_at_reload(tmp_path):
+    path = secret_files(tmp_path)
+    cfg = load_config(path)
+    # The trailing newline an editor adds is not part of the secret.
+    assert cfg.server.admin_token == "0123456789abcdef-token"
+    assert cfg.server.admin_token_file == str(tmp_path / "token")  # relative to the config
+    assert cfg.admission.secret == "s" * 32
+    # A reload (SIGHUP) reads the files again: a new token applies.
+    (tmp_path / "token").write_text("fedcba9876543210-new")
+    assert load_config(path).server.admin_token == "fedcba9876543210-new"
+
+
+@pytest.mark.parametrize("change, key, message", [
+    ({"mode": 0o644}, "server.admin_token_file", "readable by every user"),
+    ({"token": ""}, "server.admin_token_file", "is empty"),
+    ({"token": "short\n"}, "server.admin_token", "at least 16 bytes"),
+    ({"secret": "short"}, "admission.secret", "at least 16 bytes"),
+])
+def test_a_bad_secret_file_is_refused_with_its_key(tmp_path, change, key, message):
+    path = secret_files(tmp_path, **change)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key_path == key and message in str(err.value), str(err.value)
+
+
+def test_a_missing_secret_file_and_both_forms_are_refused(tmp_path):
+    path = secret_files(tmp_path)
+    (tmp_path / "ticket").unlink()
+    with pytest.raises(ConfigError, match=r"admission\.secret_file.*cannot read"):
+        load_config(path)
+    path = secret_files(tmp_path)
+    path.write_text(path.read_text().replace('admin_token_file = "token"',
+                                             'admin_token_file = "token"\n'
+                                             'admin_token = "0123456789abcdef"'))
+    with pytest.raises(ConfigError, match=r"server\.admin_token_file.*not both"):
+        load_config(path)

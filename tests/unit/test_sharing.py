@@ -289,6 +289,57 @@ def test_a_silent_ledger_means_fail_static_with_the_last_participant_count():
     assert t in admitted
 
 
+def test_an_outage_is_logged_once_and_its_failed_rounds_counted(caplog):
+    # A ledger whose every round fails at once (Redis refusing connections)
+    # for 3 s, then answers again through a LocalLedger: one warning when
+    # falling back, one when recovered; the 30 failed rounds in between are
+    # only counted (the README's "logged once").
+    region = Region.create({"ledger": 1 << 16})
+    local = LocalLedger(region.segment("ledger"), Clock())
+
+    class Flaky:
+        down = True
+        pending = False
+        report = None
+
+        def post(self, report):
+            if self.down:
+                self.report, self.pending = report, True
+            else:
+                local.post(report)
+                self.pending = local.pending
+
+        def take_answer(self):
+            if self.down:
+                report, self.report, self.pending = self.report, None, False
+                return None if report is None else (report, ConnectionError("refused"))
+            answer = local.take_answer()
+            self.pending = local.pending
+            return answer
+
+    ledger = Flaky()
+    cfg = config([school("a", max_inflight=8)], workers=2)
+    task = SharedAllotment(ledger, "x", peers=2, interval=0.1)
+    c = AdmissionController(cfg, NOW, task)
+    caplog.set_level("DEBUG", logger="schoolgate.sharing")
+    t = NOW
+    for _ in range(30):
+        t += 0.1
+        c.poll(t)
+    assert task.fallback and task.fallbacks == 1
+    assert task.errors >= 30
+    ledger.down = False
+    for _ in range(5):
+        t += 0.1
+        c.poll(t)
+    assert not task.fallback
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert "falls back" in warnings[0] and "refused" in warnings[0]
+    assert "answers again" in warnings[1]
+    region.close()
+
+
 # -- class shares, client buckets, queue and connection bounds fleet-wide ---------
 
 

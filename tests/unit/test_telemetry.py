@@ -22,7 +22,9 @@ from gateway.server.telemetry import (
     Aggregate,
     GatewayCollector,
     LineState,
+    PoolState,
     SchoolState,
+    SharedState,
     Snapshot,
     UpstreamState,
     WaitingPageRate,
@@ -115,7 +117,9 @@ def test_the_sum_keeps_a_gone_workers_counts_and_drops_its_gauges():
     assert value(s, "schoolgate_request_duration_seconds_bucket", school="a", le="+Inf") == 12
     assert value(s, "schoolgate_request_duration_seconds_sum", school="a") == 1.0
     assert value(s, "schoolgate_school_inflight", school="a") == 3
-    assert value(s, "schoolgate_school_max_inflight", school="a") == 8
+    # The workers' allotments add up; the configured limit is not theirs
+    # to say (test_the_limit_shown_is_the_configured_one_not_the_lease).
+    assert value(s, "schoolgate_school_inflight_allotment", school="a") == 8
     assert value(s, "schoolgate_school_queued", school="a", **{"class": "interactive"}) == 4
     assert value(s, "schoolgate_school_estimated_wait_seconds", school="a") == 3.0
     assert value(s, "schoolgate_upstream_up", upstream="127.0.0.1:9000") == 0
@@ -132,6 +136,95 @@ def test_the_sum_keeps_a_gone_workers_counts_and_drops_its_gauges():
     assert value(s, "schoolgate_upstream_up", upstream="127.0.0.1:9000") == 1
     assert value(s, "schoolgate_worker_exits_total") == 1
     assert value(s, "schoolgate_workers") == 2
+
+
+LIMITS = """
+[admission]
+max_queue = 1000
+
+[[pools]]
+name = "p"
+max_inflight = 6
+
+[[schools]]
+name = "a"
+hosts = ["a.example.org"]
+upstreams = ["127.0.0.1:9000"]
+max_inflight = 4
+max_connections = 50
+pool = "p"
+"""
+
+
+def leased(pid: int, inflight: int, allot: int, queue: int, fallback: bool = False,
+           store: str = "redis") -> Snapshot:
+    s = snap(pid, 1, inflight)
+    st = s.schools[0]
+    st.max_inflight, st.max_connections, st.max_queue = allot, 10, queue
+    s.pools = [PoolState(name="p", inflight=inflight, allotment=allot + 1)]
+    s.shared = SharedState(store=store, fallback=fallback, fallbacks=2 if fallback else 1,
+                           errors=7 if fallback else 0, participants=4)
+    return s
+
+
+def test_the_limit_shown_is_the_configured_one_not_the_lease():
+    # The newcomer's two instances of two workers sharing max_inflight = 4
+    # through Redis: A (full) holds all four slots, 2 per worker; B holds
+    # none. Both show the limit 4 (B showed "0 / 0", A "4 / 2", and
+    # max_queue about 500 of 1000), and each its own lease apart.
+    cfg = parse_config(LIMITS.encode(), "gateway.toml")
+    a, b = Aggregate(cfg), Aggregate(cfg)
+    a.update(1, leased(100, 2, 2, 250))
+    a.update(2, leased(101, 2, 2, 250))
+    b.update(1, leased(200, 0, 0, 250, fallback=True))
+    b.update(2, leased(201, 0, 0, 250))
+    for agg, allot, inflight in ((a, 4, 4), (b, 0, 0)):
+        s = samples(agg)
+        assert value(s, "schoolgate_school_max_inflight", school="a") == 4
+        assert value(s, "schoolgate_school_inflight_allotment", school="a") == allot
+        assert value(s, "schoolgate_school_inflight", school="a") == inflight
+        assert value(s, "schoolgate_school_max_connections", school="a") == 50
+        assert value(s, "schoolgate_school_connections_allotment", school="a") == 20
+        assert value(s, "schoolgate_school_max_queue", school="a") == 1000
+        assert value(s, "schoolgate_school_queue_allotment", school="a") == 500
+        assert value(s, "schoolgate_pool_max_inflight", pool="p") == 6
+        assert value(s, "schoolgate_pool_inflight_allotment", pool="p") == allot + 2
+        assert value(s, "schoolgate_shared_limits", store="redis") == 1
+        assert value(s, "schoolgate_shared_limits_participants") == 4
+        status = school_status(cfg, agg, WaitingPageRate())
+        sa = status["schools"][0]
+        assert (sa["inflight"], sa["max_inflight"], sa["inflight_allotment"]) == \
+            (inflight, 4, allot)
+        assert (sa["max_queue"], sa["queue_allotment"]) == (1000, 500)
+        assert status["pools"] == [{"name": "p", "inflight": inflight, "max_inflight": 6,
+                                    "allotment": allot + 2}]
+        assert status["shared"]["store"] == "redis"
+    # B's first worker is failing static: said as a gauge, counted.
+    s = samples(b)
+    assert value(s, "schoolgate_shared_limits_fallback") == 1
+    assert value(s, "schoolgate_shared_limits_fallbacks_total") == 3
+    assert value(s, "schoolgate_shared_limits_errors_total") == 7
+    assert school_status(cfg, b, WaitingPageRate())["shared"]["fallback"] == 1
+    assert value(samples(a), "schoolgate_shared_limits_fallback") == 0
+    # A worker that exits keeps its counts in the totals.
+    b.gone(1)
+    s = samples(b)
+    assert value(s, "schoolgate_shared_limits_fallbacks_total") == 3
+    assert value(s, "schoolgate_shared_limits_fallback") == 0
+    # A reload that changes the limit shows the new one at once.
+    b.cfg = parse_config(LIMITS.replace("max_inflight = 4", "max_inflight = 9").encode(),
+                         "gateway.toml")
+    assert value(samples(b), "schoolgate_school_max_inflight", school="a") == 9
+
+
+def test_without_shared_limits_nothing_says_shared():
+    cfg = parse_config(LIMITS.encode(), "gateway.toml")
+    agg = Aggregate(cfg)
+    agg.update(1, snap(100, 1, 1))
+    s = samples(agg)
+    assert not [k for k in s if k[0] == "schoolgate_shared_limits"]
+    assert value(s, "schoolgate_shared_limits_fallback") == 0
+    assert school_status(cfg, agg, WaitingPageRate())["shared"] is None
 
 
 def test_the_shared_line_is_taken_once_from_the_freshest_worker_never_summed():
