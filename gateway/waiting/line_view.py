@@ -6,8 +6,11 @@ school's line as of the last sync, with this worker's own changes since
 (draw, seen, call, leave, shown) applied to it at once and queued for the
 store. A sync sends the queued changes, this worker's admissions since the
 last sync and its own queue (from `collect`), and takes the store's line
-as the new cache (changes made while a Redis exchange was under way are
-applied again on top).
+as the new cache. With Redis the cached line is the store's replayed copy
+(RedisLineStore), which only the log changes: a change made here is queued
+and answered provisionally (`provisional`: a draw not yet confirmed shows
+at the end of the line as known here; a call is never provisional), and
+shows in the line once a sync has confirmed it.
 
 When syncs run:
 - the local store and shared memory: every change at once, inline (memory
