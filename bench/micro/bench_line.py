@@ -5,6 +5,10 @@ indexed.
 - `test_line_*` [impl]: the Line itself (gateway/waiting/line.py, "indexed")
   beside the brute-force model it is checked against (tests/unit/
   line_model.py, "scan": every question a scan, as the line was).
+- `test_redis_sync` [impl]: one worker's sync with Redis, "log"
+  (RedisLineStore: one record appended, those since replayed) beside
+  "reload" (the whole line read and decoded on every sync, as before the
+  log); needs `redis-server` on PATH.
 - `test_shm_*` [store]: the change as a worker makes it, through the
   instance's shared-memory store: "log" (ShmLineStore: replays the records
   written since, appends one) beside "whole" (decodes the school's whole
@@ -187,3 +191,70 @@ def test_shm_expire(benchmark, store, waiting):
         s.exchange({"s": [("record", 0)]}, now + GO_GRACE + 1.5)
 
     benchmark(expire)
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+REDIS_IMPLS = pytest.mark.parametrize("impl", ["log", "reload"])
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    import shutil
+    import subprocess
+
+    from tests.support.clients import wait_until
+    from tests.support.procs import free_port, port_open
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: port_open(port), 10.0)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@SIZES
+@REDIS_IMPLS
+def test_redis_sync(benchmark, redis_url, impl, waiting):
+    """One worker's sync with Redis (its queue report, a poll) while
+    `waiting` visitors wait: "log" (RedisLineStore: appends one record,
+    replays those since its last sync) beside "reload" (the same store
+    made to read the whole line each time, as every sync did before the
+    log: O(line) on the wire and in decoding)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from gateway.waiting.line_store import RedisLineStore, line_keys
+
+    loop = asyncio.new_event_loop()
+    client = aioredis.Redis.from_url(redis_url)
+    school = f"bench-{impl}-{waiting}"
+    store = RedisLineStore(client, "bench:", rules=FOREVER)
+    filler = [("draw", b"w%07d" % i, 10.0) for i in range(waiting)]
+    for i in range(0, waiting, 1000):
+        loop.run_until_complete(store.aexchange({school: filler[i:i + 1000]}, T0))
+    # The snapshot a late worker (or "reload") starts from.
+    line = store.replicas[school]
+    loop.run_until_complete(store.snap_script(
+        keys=line_keys("bench:", school),
+        args=[line.epoch, line.next, msgspec.msgpack.encode(line.line.dump()), 3600]))
+
+    def sync():
+        if impl == "reload":
+            store.reset()
+        ops = [("queue", "w1", {10.0: 1}, 0), ("seen", b"w%07d" % (waiting // 2))]
+        loop.run_until_complete(store.aexchange({school: ops}, T0))
+
+    try:
+        benchmark(sync)
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()

@@ -478,7 +478,9 @@ class Admission:
         else:
             line, keep = self.line.line(name), self.line.rules.keep
             at = self.line.now()
-            if line.is_spent(vid, at, keep) or line.spent_full(at, keep):
+            # (len, not spent_full: the line may be a store's copy, which
+            # only its log changes.)
+            if line.is_spent(vid, at, keep) or len(line.spent) >= line.capacity:
                 return None
         return vid, ticket.arrived_at
 
@@ -619,6 +621,10 @@ class Admission:
             return "go", 0, 0.0, POLL_MIN
         line = self.line.line(name)
         entry = line.entry(vid)
+        if entry is None:
+            pending = self.line.provisional(name, vid)
+            if pending is not None:
+                return self._provisional_status(school, vid, arrived, now, line, pending)
         if entry is None or entry.called_at:
             return "go", 0, 0.0, POLL_MIN
         controller = self.controller
@@ -646,13 +652,43 @@ class Admission:
         ahead += line.queued_ahead(entry.urgency, at, exclude=self.line.worker)
         position = line.report(vid, ahead + rank + 1)
         self.line.change(name, ("shown", vid, entry.shown, entry.urgent_ahead))
-        # The visitors called and not back yet get in first too.
+        return self._wait_answer(idx, line, position, at, now)
+
+    def _wait_answer(self, idx: int, line: Line, position: int, at: float,
+                     now: float) -> tuple[str, int, float, int]:
+        """("wait", position, eta, poll) for a visitor shown `position`: the
+        visitors called and not back yet get in first too; the estimate is
+        over the fleet's admission rate (Line.rate, on the store's clock
+        `at`), the local queue's while none is measured."""
         due = position + line.called()
         eta = line.eta(due, at)
         if eta is None:
-            eta = controller.queue_eta(idx, due, now)
+            eta = self.controller.queue_eta(idx, due, now)
         poll = max(POLL_MIN, min(POLL_MAX, int(eta / 4)))
         return "wait", position, max(float(poll), eta + poll / 2), poll
+
+    def _provisional_status(self, school: SchoolRuntime, vid: bytes, arrived: float,
+                            now: float, line: Line,
+                            pending: tuple[float, int, int, int]) -> tuple[str, int, float, int]:
+        """_line_status of a visitor whose draw no Redis sync has confirmed
+        yet (LineView.provisional): at the end of the line as known here.
+        The position shown is remembered with the draw (a "shown" change),
+        so the confirmed line never shows more (Line.report)."""
+        name, idx = school.name, school.index
+        urgency, rank, shown, urgent = pending
+        controller = self.controller
+        klass = next((k for k, c in enumerate(controller.classes)
+                      if c.priority == urgency), None)
+        ahead = controller.queued(idx) if klass is None else \
+            controller.ahead(idx, klass, arrived + 0.001)
+        at = self.line.now()
+        ahead += line.queued_ahead(urgency, at, exclude=self.line.worker)
+        position = ahead + rank + 1
+        urgent_now = sum(n for u, n in line.waiting().items() if u > urgency)
+        if shown:
+            position = min(position, shown + max(0, urgent_now - urgent))
+        self.line.change(name, ("shown", vid, position, urgent_now))
+        return self._wait_answer(idx, line, position, at, now)
 
     def _queued_by_urgency(self, idx: int, now: float) -> dict[float, int]:
         """This worker's queued requests of one school, by urgency."""

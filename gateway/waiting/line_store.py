@@ -30,8 +30,8 @@ the workers of one instance refuse a replay exactly).
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import struct
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.shared.redis import key
-from gateway.waiting.line import DEFAULT_RULES, REPORT_TTL, STALE, WINDOW, Line, Rules, apply
+from gateway.waiting.line import DEFAULT_RULES, Line, Rules, apply
 
 if TYPE_CHECKING:
     from gateway.config.schema import Redis
@@ -289,255 +289,242 @@ class ShmLineStore:
 
 # -- Redis ----------------------------------------------------------------------------------
 
-# KEYS: meta (last, serving, since), entries (vid hex -> fields),
-# admissions (second -> count), queues (worker -> [at, [[urgency, n]...],
-# free]),
-# spent (sorted set: vid hex scored by when it was spent), busy (busy
-# second -> 1).
-# ARGV: ops (JSON), capacity, grace, go_grace, window, report_ttl, expire,
-# keep, since, stale.
-# The rules are those of gateway.waiting.line (sweep, then the ops in order);
-# returns the line as JSON: [last, serving, since, entries, admissions,
-# queues, now, spent (those spent after ARGV since: [[vid, at]...]), busy].
-LINE_SCRIPT = r"""
-if redis.replicate_commands then pcall(redis.replicate_commands) end
+# A school's line in Redis is an operation log, as in the shared memory
+# segment: KEYS meta (hash: head = the next record's number, epoch = when
+# the log began, Redis time, snap = the snapshot's record number, claim =
+# when a worker was asked for a snapshot), log (list: one record per
+# exchange, "<Redis time>|<msgpack [grace, go_grace, keep, ops]>", numbered
+# tail..head-1 where tail = head - LLEN), snap (string: msgpack Line.dump()
+# of the line after every record before `snap`).
+# ARGV: since (the caller's next record number, -1: none), epoch (the
+# caller's, "" if none), payload ("" : nothing to append), threshold
+# (records after the snapshot before one is asked for), log_max (records
+# kept at most, whatever the snapshot), expire (seconds).
+# Returns {epoch, own record number (-1: none appended), first record
+# number returned, snapshot ("" : replay from the first record on a line
+# known to the caller), 1 if the caller should store a snapshot, lost (1:
+# records were trimmed before any snapshot covered them), records...}.
+LOG_SCRIPT = r"""
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local m, e, a, q = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local ops = cjson.decode(ARGV[1])
-local capacity, grace, go_grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local window, report_ttl, expire = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local keep, spent_since, stale = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local sp, bz = KEYS[5], KEYS[6]
-redis.call('ZREMRANGEBYSCORE', sp, '-inf', string.format('%.17g', now - keep))
-local function parse(s)
-  local f = {}
-  for w in string.gmatch(s, '%S+') do f[#f + 1] = tonumber(w) end
-  return f
+local now = string.format('%d.%06d', tonumber(t[1]), tonumber(t[2]))
+local m, lg, sn = KEYS[1], KEYS[2], KEYS[3]
+local since, known, payload = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local threshold, log_max, expire = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local head = tonumber(redis.call('HGET', m, 'head'))
+local epoch = redis.call('HGET', m, 'epoch')
+if not head or not epoch then
+  -- A new line, or one Redis lost: a new epoch, so no worker replays onto a
+  -- copy of the old one.
+  redis.call('DEL', lg, sn)
+  head, epoch = 0, now
+  redis.call('HSET', m, 'head', 0, 'epoch', epoch, 'snap', -1, 'claim', 0)
 end
-local function fmt(f)
-  return string.format('%d %.17g %.17g %.17g %d %d %d', f[1], f[2], f[3], f[4], f[5], f[6],
-                       f[7] or 0)
+local own = -1
+if payload ~= '' then
+  redis.call('RPUSH', lg, now .. '|' .. payload)
+  own = head
+  head = head + 1
+  redis.call('HSET', m, 'head', head)
 end
-local since = tonumber(redis.call('HGET', m, 'since'))
-if not since then
-  since = now
-  redis.call('HSET', m, 'since', string.format('%.17g', now))
+local len = redis.call('LLEN', lg)
+local lost = 0
+if len > log_max then
+  redis.call('LTRIM', lg, len - log_max, -1)
+  len = log_max
 end
-local serving = tonumber(redis.call('HGET', m, 'serving')) or 0
-local entries, count = {}, 0
-local all = redis.call('HGETALL', e)
-for i = 1, #all, 2 do
-  local f = parse(all[i + 1])
-  if (f[4] > 0 and now - f[4] > go_grace) or (f[4] == 0 and now - f[3] > grace) then
-    redis.call('HDEL', e, all[i])
-  else
-    entries[all[i]] = f
-    count = count + 1
+local tail = head - len
+local snap_at = tonumber(redis.call('HGET', m, 'snap')) or -1
+if snap_at < tail and tail > 0 then lost = 1 end
+local snap = ''
+if epoch ~= known or since < tail or since > head then
+  since = tail
+  if snap_at >= 0 then
+    local s = redis.call('GET', sn)
+    if s then
+      snap = s
+      if snap_at > tail then since = snap_at end
+    end
   end
 end
-for _, op in ipairs(ops) do
-  local kind, vid = op[1], op[2]
-  local f = entries[vid]
-  if kind == 'draw' then
-    if f then
-      f[3] = now
-      if f[4] > 0 then f[4] = now end
-      redis.call('HSET', e, vid, fmt(f))
-    elseif count < capacity then
-      local n = redis.call('HINCRBY', m, 'last', 1)
-      f = {n, tonumber(op[3]), now, 0, 0, 0, 0}
-      entries[vid] = f
-      count = count + 1
-      redis.call('HSET', e, vid, fmt(f))
-    end
-  elseif kind == 'seen' then
-    if f then f[3] = now; f[7] = 1; redis.call('HSET', e, vid, fmt(f)) end
-  elseif kind == 'call' then
-    if f and f[4] == 0 then
-      f[4] = now
-      f[3] = now
-      if f[1] > serving then
-        serving = f[1]
-        redis.call('HSET', m, 'serving', serving)
-      end
-      redis.call('HSET', e, vid, fmt(f))
-    end
-  elseif kind == 'leave' then
-    if f then
-      entries[vid] = nil
-      count = count - 1
-      redis.call('HDEL', e, vid)
-    end
-  elseif kind == 'shown' then
-    if f then f[5] = op[3]; f[6] = op[4]; redis.call('HSET', e, vid, fmt(f)) end
-  elseif kind == 'spend' then
-    if not redis.call('ZSCORE', sp, vid) and redis.call('ZCARD', sp) < capacity then
-      redis.call('ZADD', sp, string.format('%.17g', now), vid)
-    end
-  elseif kind == 'unspend' then
-    redis.call('ZREM', sp, vid)
-  elseif kind == 'record' then
-    if op[2] > 0 then redis.call('HINCRBY', a, math.floor(now), op[2]) end
-  elseif kind == 'call_next' then
-    local called, waiting = 0, {}
-    for v, g in pairs(entries) do
-      if g[4] > 0 then called = called + 1
-      elseif (g[7] or 0) > 0 or now - g[3] <= stale then waiting[#waiting + 1] = {v, g} end
-    end
-    table.sort(waiting, function(x, y)
-      if x[2][2] ~= y[2][2] then return x[2][2] > y[2][2] end
-      return x[2][1] < y[2][1]
-    end)
-    local i = 1
-    while called < tonumber(op[2]) and i <= #waiting do
-      local v, g = waiting[i][1], waiting[i][2]
-      g[4] = now
-      g[3] = now
-      if g[1] > serving then
-        serving = g[1]
-        redis.call('HSET', m, 'serving', serving)
-      end
-      redis.call('HSET', e, v, fmt(g))
-      called = called + 1
-      i = i + 1
-    end
-  elseif kind == 'queue' then
-    redis.call('HSET', q, op[2], cjson.encode({now, op[3], op[4] or 0}))
-    local queued = false
-    for _, un in ipairs(op[3]) do if un[2] > 0 then queued = true end end
-    if queued or count > 0 then redis.call('HSET', bz, math.floor(now), 1) end
+local want = 0
+if own >= 0 and head - math.max(snap_at, 0) >= threshold then
+  local claim = tonumber(redis.call('HGET', m, 'claim')) or 0
+  if tonumber(now) - claim > 5 then
+    redis.call('HSET', m, 'claim', now)
+    want = 1
   end
 end
-local oldest = math.floor(now - window)
-local adm, admissions = redis.call('HGETALL', a), {}
-for i = 1, #adm, 2 do
-  local s = tonumber(adm[i])
-  if s < oldest then redis.call('HDEL', a, adm[i])
-  else admissions[#admissions + 1] = {s, tonumber(adm[i + 1])} end
+local out = {epoch, own, since, snap, want, lost}
+if since < head then
+  local recs = redis.call('LRANGE', lg, since - tail, -1)
+  for i = 1, #recs do out[#out + 1] = recs[i] end
 end
-local bs, busy = redis.call('HKEYS', bz), {}
-for i = 1, #bs do
-  local s = tonumber(bs[i])
-  if s < oldest then redis.call('HDEL', bz, bs[i]) else busy[#busy + 1] = s end
-end
-local qs, queues = redis.call('HGETALL', q), {}
-for i = 1, #qs, 2 do
-  local v = cjson.decode(qs[i + 1])
-  if now - v[1] > report_ttl then redis.call('HDEL', q, qs[i])
-  else queues[#queues + 1] = {qs[i], v[1], v[2], v[3] or 0} end
-end
-local list = {}
-for vid, f in pairs(entries) do
-  list[#list + 1] = {vid, f[1], f[2], f[3], f[4], f[5], f[6], f[7] or 0}
-end
-local spent, sl = {}, redis.call('ZRANGEBYSCORE', sp, '(' .. string.format('%.17g', spent_since),
-                                  '+inf', 'WITHSCORES')
-for i = 1, #sl, 2 do spent[#spent + 1] = {sl[i], sl[i + 1]} end
-for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, math.max(expire, math.ceil(keep))) end
-local last = tonumber(redis.call('HGET', m, 'last')) or 0
-return cjson.encode({last, serving, string.format('%.17g', since), list, admissions, queues,
-                     string.format('%.17g', now), spent, busy})
+for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, expire) end
+return out
 """
 
+# KEYS as LOG_SCRIPT; ARGV: epoch, the snapshot's record number, the
+# snapshot, expire. Stores it if it is newer than the one kept (and the log
+# is still that epoch's), then drops the records before the previous
+# snapshot (a worker a little behind replays; only one that fell further
+# behind loads the snapshot). Returns 1 if stored.
+SNAP_SCRIPT = r"""
+local m, lg, sn = KEYS[1], KEYS[2], KEYS[3]
+local epoch, at = ARGV[1], tonumber(ARGV[2])
+if redis.call('HGET', m, 'epoch') ~= epoch then return 0 end
+local head = tonumber(redis.call('HGET', m, 'head')) or 0
+local prev = tonumber(redis.call('HGET', m, 'snap')) or -1
+if at <= prev or at > head then return 0 end
+redis.call('SET', sn, ARGV[3])
+redis.call('HSET', m, 'snap', at, 'claim', 0)
+local tail = head - redis.call('LLEN', lg)
+if prev > tail then redis.call('LTRIM', lg, prev - tail, -1) end
+for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, tonumber(ARGV[4])) end
+return 1
+"""
 
-LINE_PARTS = ("meta", "entries", "admissions", "queues", "spent", "busy")
+LINE_PARTS = ("meta", "log", "snap")
+# Records after the snapshot before a new one is asked for (at least; the
+# line's length if larger, so a snapshot's O(line) cost is spread over as
+# many records), and the most records kept whatever the snapshot.
+SNAP_EVERY = 1_000
+LOG_MAX = 200_000
 
 
 def line_keys(prefix: str, school: str) -> list[str]:
-    """The six keys of a school's line (meta, entries, admissions, queues,
-    spent, busy): ``<prefix>{school:<name>}:line:<part>``, in the school's
-    hash-tag scope (gateway.shared.redis.key), beside its shared limits."""
+    """The keys of a school's line (meta, log, snap):
+    ``<prefix>{school:<name>}:line:<part>``, in the school's hash-tag scope
+    (gateway.shared.redis.key), beside its shared limits."""
     return [key(prefix, school, "line:" + part) for part in LINE_PARTS]
 
 
-def encode_ops(ops: list[tuple]) -> str:
-    """A batch as the script's JSON: visitor ids in hex."""
-    out = []
-    for op in ops:
-        kind = op[0]
-        if kind in ("draw", "seen", "call", "leave", "shown", "spend", "unspend"):
-            out.append([kind, op[1].hex(), *op[2:]])
-        elif kind == "queue":
-            out.append([kind, op[1], [[u, n] for u, n in op[2].items()],
-                        op[3] if len(op) > 3 else 0])
-        else:
-            out.append(list(op))
-    return json.dumps(out)
+class _Replica:
+    """One school's line as this worker has replayed it from the log."""
 
+    __slots__ = ("epoch", "line", "next")
 
-def decode_line(text: bytes | str, capacity: int = 100_000) -> tuple[Line, float]:
-    """The script's answer as (Line, Redis time); the line's `spent` holds
-    the spends the answer carried (those since the exchange's `since`)."""
-    last, serving, since, entries, admissions, queues, now, *rest = json.loads(text)
-
-    def items(x: Any) -> list:  # cjson writes an empty array as {}
-        return x if isinstance(x, list) else []
-
-    data = [last, serving, float(since),
-            [[bytes.fromhex(v), *rest_] for v, *rest_ in items(entries)],
-            items(admissions),
-            [[w, at, items(qq), *rest_] for w, at, qq, *rest_ in items(queues)],
-            [[bytes.fromhex(v), float(at)] for v, at in items(rest[0] if rest else [])],
-            items(rest[1] if len(rest) > 1 else [])]
-    return Line.load(data, capacity), float(now)
-
-
-def script_args(ops: list[tuple], capacity: int, rules: Rules = DEFAULT_RULES,
-                since: float = 0.0) -> list[Any]:
-    """ARGV of LINE_SCRIPT; `since`: the Redis time after which spends are
-    returned (0: all still kept)."""
-    return [encode_ops(ops), capacity, rules.grace, rules.go_grace, WINDOW, REPORT_TTL,
-            REDIS_EXPIRE, rules.keep, since, STALE]
+    def __init__(self, capacity: int) -> None:
+        self.epoch = b""
+        self.next = -1  # the next record's number (-1: nothing read yet)
+        self.line = Line(capacity)
 
 
 class RedisLineStore:
-    """The lines of every instance naming the same Redis (async: `aexchange`).
+    """The lines of every instance naming the same Redis (async: `aexchange`),
+    as an operation log per school that every worker replays (as
+    ShmLineStore does in shared memory).
 
-    `client` is a redis.asyncio.Redis. Each exchange runs the script once per
-    school, pipelined, and returns the lines and the offset of Redis's clock
-    from `now` (so the worker measures rates on Redis's time). The spends a
-    school's answers carried are kept here (`spent`, until `rules.keep` has
-    passed) and handed on with each line.
+    `client` is a redis.asyncio.Redis. An exchange runs LOG_SCRIPT once per
+    school, pipelined: the script appends this worker's batch as one record
+    stamped with Redis's clock (TIME: instances' clocks do not matter) and
+    answers the records written since this worker's last exchange, its own
+    among them. Replaying them in their order, by the rules of
+    gateway.waiting.line, every worker's copy is the same line, and the
+    answers of its own batch (the numbers drawn, the spends, call_next) are
+    exact: the log's order decides, under Redis's single thread, who came
+    first. Cost per exchange: O(records since the last + own ops) in Redis,
+    on the wire and here, never O(line); a worker that starts late or fell
+    behind the kept records loads the snapshot (O(line)), which one worker
+    at a time is asked to store once max(SNAP_EVERY, line length) records
+    have followed the last one.
+
+    The lines handed out are this store's copies: callers read them and
+    must not change them (LineView keeps its provisional changes apart).
     """
 
     shared = True
 
     def __init__(self, client: Any, prefix: str, capacity: int = 100_000,
-                 rules: Rules = DEFAULT_RULES) -> None:
+                 rules: Rules = DEFAULT_RULES, log_max: int = LOG_MAX,
+                 snap_every: int = SNAP_EVERY) -> None:
         self.client = client
         self.prefix = prefix
         self.capacity = capacity
         self.rules = rules
-        self.script = client.register_script(LINE_SCRIPT)
-        # School -> the Redis time of its last answer, and the spends known.
-        self.synced: dict[str, float] = {}
-        self.spent: dict[str, dict[bytes, float]] = {}
+        self.log_max = log_max
+        self.snap_every = snap_every
+        self.script = client.register_script(LOG_SCRIPT)
+        self.snap_script = client.register_script(SNAP_SCRIPT)
+        self.replicas: dict[str, _Replica] = {}
+        self._warned = False
 
-    async def aexchange(self, batches: dict[str, list[tuple]],
-                        now: float) -> tuple[dict[str, Line], float]:
-        pipe = self.client.pipeline(transaction=False)
+    def reset(self) -> None:
+        """Forget the copies (they were changed outside the log, e.g. as the
+        fallback line): the next exchange loads the snapshot."""
+        self.replicas = {}
+
+    def _replica(self, school: str) -> _Replica:
+        rep = self.replicas.get(school)
+        if rep is None:
+            rep = self.replicas[school] = _Replica(self.capacity)
+        return rep
+
+    async def aexchange(self, batches: dict[str, list[tuple]], now: float,
+                        results: dict[str, list[Any]] | None = None,
+                        ) -> tuple[dict[str, Line], float]:
+        """Append each school's batch and replay; returns ({school: Line},
+        Redis's clock minus `now`); `results` (if given) receives each
+        school's op results (exact, as the log ordered them). Raises what
+        redis-py raises (the pipeline is closed either way)."""
+        rules = self.rules
         schools = list(batches)
-        for school in schools:
-            # Queued on the pipeline (EVALSHA, loaded again if Redis lost it).
-            # A second's overlap: a spend made as the last answer was read.
-            since = max(self.synced.get(school, 0.0) - 1.0, 0.0)
-            await self.script(keys=line_keys(self.prefix, school),
-                              args=script_args(batches[school], self.capacity, self.rules,
-                                               since), client=pipe)
-        answers = await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for school in schools:
+                rep = self._replica(school)
+                ops = batches[school]
+                payload = _ENCODE.encode([rules.grace, rules.go_grace, rules.keep, ops]) \
+                    if ops else b""
+                # Queued on the pipeline (EVALSHA, loaded again if Redis lost it).
+                await self.script(keys=line_keys(self.prefix, school),
+                                  args=[rep.next, rep.epoch, payload,
+                                        max(self.snap_every, len(rep.line)), self.log_max,
+                                        max(REDIS_EXPIRE, math.ceil(rules.keep))],
+                                  client=pipe)
+            answers = await pipe.execute()
         out: dict[str, Line] = {}
         offset = 0.0
-        for school, text in zip(schools, answers, strict=True):
-            line, redis_now = decode_line(text, self.capacity)
-            known = self.spent.setdefault(school, {})
-            known.update(line.spent)
-            for vid in [v for v, at in known.items() if redis_now - at >= self.rules.keep]:
-                del known[vid]
-            line.spent = known
-            self.synced[school] = redis_now
-            out[school] = line
-            offset = redis_now - now
+        snaps = []
+        for school, answer in zip(schools, answers, strict=True):
+            epoch, own, first, snap, want, lost, *records = answer
+            own, first = int(own), int(first)
+            rep = self._replica(school)
+            if bytes(epoch) != rep.epoch or first != rep.next:
+                # New here, behind the kept records, or a new log: start
+                # from the snapshot (or the line's beginning).
+                rep.line = Line.load(_DECODE.decode(snap), self.capacity) if snap \
+                    else Line(self.capacity)
+                rep.epoch = bytes(epoch)
+                if int(lost) and not self._warned:
+                    self._warned = True
+                    log.warning("the shared waiting line of %s lost records no snapshot "
+                                "covered (more than %d): this worker starts from what is left",
+                                school, self.log_max)
+            seq = first
+            redis_now = None
+            for rec in records:
+                stamp, _, payload = bytes(rec).partition(b"|")
+                at = float(stamp)
+                grace, go_grace, keep, ops = _DECODE.decode(payload)
+                answers_ = apply(rep.line, [tuple(op) for op in ops], at,
+                                 Rules(grace, go_grace, keep))
+                if seq == own:
+                    redis_now = at
+                    if results is not None:
+                        results[school] = answers_
+                seq += 1
+            rep.next = seq
+            if own < 0 and results is not None:
+                results[school] = []
+            if redis_now is not None:
+                offset = redis_now - now
+            if int(want):
+                snaps.append((school, rep))
+            out[school] = rep.line
+        for school, rep in snaps:
+            # O(line), once per max(SNAP_EVERY, line length) records.
+            await self.snap_script(keys=line_keys(self.prefix, school),
+                                   args=[rep.epoch, rep.next, _ENCODE.encode(rep.line.dump()),
+                                         max(REDIS_EXPIRE, math.ceil(rules.keep))])
         return out, offset
 
 
@@ -560,12 +547,11 @@ def fleet_secret(cfg: Redis, timeout: float = 2.0) -> bytes | None:
 
 
 __all__ = [
-    "LINE_SCRIPT",
+    "LOG_SCRIPT",
+    "SNAP_SCRIPT",
     "LocalLineStore",
     "RedisLineStore",
     "ShmLineStore",
-    "decode_line",
     "fleet_secret",
     "line_keys",
-    "script_args",
 ]

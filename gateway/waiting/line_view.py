@@ -6,8 +6,11 @@ school's line as of the last sync, with this worker's own changes since
 (draw, seen, call, leave, shown) applied to it at once and queued for the
 store. A sync sends the queued changes, this worker's admissions since the
 last sync and its own queue (from `collect`), and takes the store's line
-as the new cache (changes made while a Redis exchange was under way are
-applied again on top).
+as the new cache. With Redis the cached line is the store's replayed copy
+(RedisLineStore), which only the log changes: a change made here is queued
+and answered provisionally (`provisional`: a draw not yet confirmed shows
+at the end of the line as known here; a call is never provisional), and
+shows in the line once a sync has confirmed it.
 
 When syncs run:
 - the local store and shared memory: every change at once, inline (memory
@@ -33,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.waiting.line import DEFAULT_RULES, Line, Rules, apply
+from gateway.waiting.line import DEFAULT_RULES, Line, Rules
 from gateway.waiting.line_store import LocalLineStore
 
 log = logging.getLogger("schoolgate.line")
@@ -70,6 +73,12 @@ class LineView:
         # line (the admin process takes that one: gateway/server/telemetry.py).
         self.synced_at = 0.0
         self._pending: dict[str, list[tuple]] = {}
+        # Redis: draws and spends made here that no sync has confirmed yet
+        # (school -> vid -> [urgency, shown, urgent_ahead]; school -> vids).
+        self._drawn: dict[str, dict[bytes, list]] = {}
+        self._spends: dict[str, set[bytes]] = {}
+        # Those of the exchange under way.
+        self._sent: tuple[dict[str, dict[bytes, list]], dict[str, set[bytes]]] = ({}, {})
         # Ops sent in the exchange under way (Redis), applied again to its answer.
         self._inflight: dict[str, list[tuple]] | None = None
         self._offset = 0.0  # the store's clock minus ours
@@ -117,9 +126,11 @@ class LineView:
         return line
 
     def change(self, school: str, op: tuple) -> Any:
-        """Apply one change to the cache now and queue it for the store;
-        returns what the cached line answered (a draw: the number, which a
-        shared store may still renumber)."""
+        """Apply one change now (local and shared-memory stores: the store's
+        answer is the answer), or queue it for Redis and answer
+        provisionally (`_provisional`): the cached line is the store's
+        replayed copy and is never changed here, so every copy stays the
+        same line; the change shows in it once a sync has confirmed it."""
         now = self.now()
         store = self._fallback or (self.store if self._inline else None)
         if store is not None:
@@ -129,10 +140,73 @@ class LineView:
             self.lines.update(store.exchange({school: [op]}, now, results))
             self.synced_at = self.clock()
             return results[school][-1]
-        [result] = apply(self.line(school), [op], now, self.rules)
+        result = self._provisional(school, op, now)
         self._pending.setdefault(school, []).append(op)
         self._sync_soon()
         return result
+
+    def _provisional(self, school: str, op: tuple, now: float) -> Any:
+        """What the store will most likely answer `op` (Redis; confirmed or
+        corrected by the next sync, which the shell reads from then on)."""
+        line = self.line(school)
+        kind = op[0]
+        drawn = self._drawn.setdefault(school, {})
+        sent = self._sent[0].get(school, {})
+        if kind == "draw":
+            entry = line.entry(op[1])
+            if entry is not None:
+                return entry.number
+            if op[1] in sent:
+                return line.last + list(sent).index(op[1]) + 1
+            if op[1] in drawn:
+                return line.last + len(sent) + list(drawn).index(op[1]) + 1
+            if len(line) + len(sent) + len(drawn) >= line.capacity:
+                return 0
+            drawn[op[1]] = [float(op[2]), 0, 0]
+            return line.last + len(sent) + len(drawn)
+        if kind == "seen":
+            return op[1] in line.by_vid or op[1] in drawn or op[1] in sent
+        if kind == "spend":
+            spent = self._spends.setdefault(school, set())
+            keep = self.rules.keep
+            if op[1] in spent or op[1] in self._sent[1].get(school, ()) or \
+                    line.is_spent(op[1], now, keep) or len(line.spent) >= line.capacity:
+                return False
+            spent.add(op[1])
+            return True
+        if kind == "unspend":
+            self._spends.get(school, set()).discard(op[1])
+            return True
+        if kind == "leave":
+            return drawn.pop(op[1], None) is not None or op[1] in line.by_vid
+        if kind == "call":
+            entry = line.entry(op[1])
+            return entry is not None and not entry.called_at
+        if kind == "shown":
+            for d in (drawn, sent):
+                if op[1] in d:
+                    d[op[1]][1:] = [op[2], op[3]]
+        return 0 if kind == "call_next" else None
+
+    def provisional(self, school: str, vid: bytes) -> tuple[float, int, int, int] | None:
+        """A visitor who drew here and whose draw no sync has confirmed yet
+        (Redis): (urgency, waiting tickets ahead as far as known: those of
+        the cached line at its urgency or above, and the earlier draws made
+        here, position last shown (0: none), urgent tickets ahead then);
+        None otherwise. The store may still put others ahead (their draws
+        came first): the shell shows no more than this position anyway
+        (Line.report keeps the minimum shown)."""
+        drawn = {**self._sent[0].get(school, {}), **self._drawn.get(school, {})}
+        if vid not in drawn:
+            return None
+        urgency, shown, urgent = drawn[vid]
+        line = self.line(school)
+        ahead = sum(n for u, n in line.waiting().items() if u >= urgency)
+        for v, (u, *_) in drawn.items():
+            if v == vid:
+                break
+            ahead += u >= urgency
+        return urgency, ahead, shown, urgent
 
     # -- syncing -------------------------------------------------------------------------
 
@@ -216,35 +290,51 @@ class LineView:
         """One exchange with Redis; on failure, switch to the local line."""
         batches = self._batches()
         self._inflight = batches
+        # What this exchange confirms; draws and spends made while it is
+        # under way stay provisional until the next.
+        self._sent = (self._drawn, self._spends)
+        self._drawn, self._spends = {}, {}
         try:
             lines, offset = await asyncio.wait_for(
                 self.store.aexchange(batches, self.clock()), self.timeout)
         except Exception as err:
             self._inflight = None
             self._degrade(batches, err)
+            self._sent = ({}, {})
             return
         self._inflight = None
+        self._sent = ({}, {})
         self._offset = offset
         self._take(lines)
         self.synced_at = self.clock()
 
     def _take(self, lines: dict[str, Line]) -> None:
-        now = self.now()
-        for school, line in lines.items():
-            # Changes made here while the exchange was under way.
-            apply(line, list(self._pending.get(school, ())), now, self.rules)
-            self.lines[school] = line
+        self.lines.update(lines)
 
     def _degrade(self, batches: dict[str, list[tuple]], err: BaseException) -> None:
         log.warning("the shared waiting line is unreachable (%s): each worker keeps a local "
                     "line until it is back", err or type(err).__name__)
         local = LocalLineStore(getattr(self.store, "capacity", 100_000), self.rules)
+        # The store's copies become the local lines: it forgets them (and
+        # loads the shared line afresh when Redis is back).
         local.lines = self.lines
+        reset = getattr(self.store, "reset", None)
+        if reset is not None:
+            reset()
         self._offset = 0.0
         self._fallback = local
         self._retry_at = self.clock() + RETRY
-        # What the failed exchange carried stays applied to the cache, which
-        # is now the line; only the measurements matter to the store.
+        # The changes made here that no sync confirmed (those the failed
+        # exchange carried, and those made meanwhile) now apply to the
+        # local line; the measurements are the next syncs' business.
+        changes: dict[str, list[tuple]] = {}
+        for source in (batches, self._pending):
+            for school, ops in source.items():
+                changes.setdefault(school, []).extend(
+                    op for op in ops if op[0] not in ("record", "queue", "call_next"))
+        self._pending = {}
+        self._drawn, self._spends = {}, {}
+        local.exchange(changes, self.clock())
         for ops in batches.values():
             del ops[:]
 
