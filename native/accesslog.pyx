@@ -42,6 +42,17 @@ cdef inline double _random() noexcept:
     return <double>((_rng * <uint64_t>0x2545F4914F6CDD1D) >> 11) / 9007199254740992.0
 
 
+cdef bint wanted(int status, int decision) noexcept:
+    """Whether record() could keep a line of this status and decision: False
+    only when the access log is off and the line is not one the warnings
+    need. exchange.pyx asks first, so that with the log off (the common
+    production setting for a busy site) an ordinary exchange builds none
+    of the line's fields: no clock read, no strings, no tuple."""
+    if _enabled:
+        return True
+    return decision == D_REFUSED or (decision == D_LOCAL and status >= 500)
+
+
 cdef bint record(double when, object school, object klass, bytes method, bytes path,
                  int status, int decision, double queue_ms, object reason,
                  object upstream, double upstream_ms, long long bytes_in,
@@ -52,10 +63,9 @@ cdef bint record(double when, object school, object klass, bytes method, bytes p
     global _dropped
     cdef bint plain = status < 400 and (decision == D_ADMITTED or decision == D_QUEUED
                                         or decision == D_LOCAL)
-    if not _enabled:
-        if decision != D_REFUSED and not (decision == D_LOCAL and status >= 500):
-            return False
-    elif plain and _sample < 1.0 and _random() >= _sample:
+    if not wanted(status, decision):
+        return False
+    elif _enabled and plain and _sample < 1.0 and _random() >= _sample:
         return False
     if len(_entries) >= _capacity:
         _dropped += 1

@@ -306,7 +306,9 @@ cdef class ClientProtocol(ClientLink):
     # -- httptools callbacks ------------------------------------------------
     def on_message_begin(self):
         self.phase = C_HEAD
-        self.since = monotonic()
+        # httptools calls back only from inside data_received, which read
+        # the clock into `touched` for this very read.
+        self.since = self.touched
         self._url = b""
         self._headers = []
         self._n_headers = 0
@@ -399,7 +401,7 @@ cdef class ClientProtocol(ClientLink):
             # (Not when a gateway answer already ended the connection while
             # this message was being parsed: nothing more is read then.)
             self.phase = C_IDLE
-            self.since = monotonic()
+            self.since = self.touched  # (this read's time, as in on_message_begin)
         if ex is not None:
             ex.on_request_end()
 

@@ -18,7 +18,7 @@ from gateway._native.serialize import serialize_request_head as _serialize_reque
 from gateway._native.serialize import serialize_response_head as _serialize_response_head
 
 from gateway._native.accesslog cimport D_ADMITTED, D_QUEUED, D_WAITING, D_429, D_LOCAL
-from gateway._native.accesslog cimport keep_query, record
+from gateway._native.accesslog cimport keep_query, record, wanted
 from gateway._native.context cimport AdmissionCore, Context, may_carry_cookie, wall_clock
 from gateway._native.head cimport RequestHead, ResponseHead
 from gateway._native.scheduler cimport Ticket
@@ -418,12 +418,14 @@ cdef class Exchange(ExchangeLink):
     cdef _connect(self, UpstreamServer exclude, bint fresh=False):
         cdef Balancer balancer = self.school.balancer
         cdef UpstreamServer server = balancer.pick(exclude)
+        cdef double now
         self.server = server
         self.attempts += 1
         if not fresh:
-            conn = server.take_idle(monotonic())
+            now = monotonic()  # for the pool's check and the request's send
+            conn = server.take_idle(now)
             if conn is not None:
-                self._attach(conn)
+                self._attach(conn, now)
                 return
         _asyncio.get_running_loop().create_task(self._dial(server))
 
@@ -448,9 +450,9 @@ cdef class Exchange(ExchangeLink):
             # The client went away while we dialed; keep the fresh connection.
             server.release(conn, monotonic())
             return
-        self._attach(conn)
+        self._attach(conn, monotonic())
 
-    cdef _attach(self, UpstreamConnection conn):
+    cdef _attach(self, UpstreamConnection conn, double now):
         cdef ClientLink client = self.client
         cdef RequestHead head = self.head
         cdef list parts
@@ -458,7 +460,7 @@ cdef class Exchange(ExchangeLink):
         conn.exchange = self
         self.server.inflight += 1
         self.state = S_SENT
-        self.sent_at = self.touched = monotonic()
+        self.sent_at = self.touched = now
         if client.upstream_held:
             conn.pause_reading()  # the client's output is full
         spool = self.spool
@@ -517,7 +519,9 @@ cdef class Exchange(ExchangeLink):
         cdef bint keep, chunked
         self.state = S_RESPONDING
         self.status = status
-        self.touched = monotonic()
+        # (Called only from inside the upstream's data_received: its read_at
+        # is now.)
+        self.touched = (<UpstreamConnection>up).read_at
         cdef Context ctx = client.ctx
         keep = self.keep_alive and self.request_done and not ctx.draining
         if self.is_head or status == 204 or status == 304 or head.content_length >= 0:
@@ -542,7 +546,8 @@ cdef class Exchange(ExchangeLink):
 
     cpdef on_response_body(self, bytes data):
         cdef bytes size
-        self.touched = monotonic()
+        # (Called only from inside the upstream's data_received.)
+        self.touched = self.upstream.read_at
         if not data:
             return  # framed as a chunk, an empty piece would end the body
         if self.out_chunked:
@@ -556,17 +561,18 @@ cdef class Exchange(ExchangeLink):
     cpdef on_response_end(self, object up, bint reusable):
         cdef UpstreamConnection conn = <UpstreamConnection>up
         cdef UpstreamServer server = self.server
+        cdef double now = monotonic()
         server.inflight -= 1
         server.record_success()
         self.upstream = None
         if reusable and self.request_done and not self.is_connect:
-            server.release(conn, monotonic())
+            server.release(conn, now)
         else:
             conn.close()
         if self.out_chunked:
             self.bytes_out += 5
             self.client.cork(LAST_CHUNK)
-        self._finish()
+        self._finish(now)
 
     cpdef on_upstream_lost(self, object up, object exc):
         cdef UpstreamConnection conn = <UpstreamConnection>up
@@ -754,12 +760,13 @@ cdef class Exchange(ExchangeLink):
             self.status = (local[9] - 48) * 100 + (local[10] - 48) * 10 + (local[11] - 48)
         self.bytes_out += len(local)
         self.client.write(local)
-        self._finish()
+        self._finish(monotonic())
 
-    cdef _finish(self):
-        self._log(self.status)
+    cdef _finish(self, double now):
+        """The exchange ended at `now` (monotonic)."""
+        self._log(self.status, now)
         self.state = S_DONE
-        self._count(self.status)
+        self._count(self.status, now)
         if self.spool is not None:
             self._drop_spool()
         if self.ticket is not None:
@@ -769,15 +776,16 @@ cdef class Exchange(ExchangeLink):
 
 
 
-    cdef _log(self, int status):
+    cdef _log(self, int status, double now=0.0):
         """Record this exchange's access-log line (once): its end, as far
-        as the log is concerned. A refusal that cut a half-read request
-        short is named by that request's school, class and target."""
+        as the log is concerned (`now`, monotonic; 0: read the clock). A
+        refusal that cut a half-read request short is named by that
+        request's school, class and target."""
         cdef Exchange src = self.replaces if self.replaces is not None else self
         cdef RequestHead head = src.head
         cdef UpstreamServer server = self.server
         cdef int decision = self.decision
-        cdef double now, up_ms = -1.0
+        cdef double up_ms = -1.0
         cdef long long size_in = src.bytes_in
         cdef bytes path = None, method = None
         cdef Py_ssize_t k
@@ -789,7 +797,10 @@ cdef class Exchange(ExchangeLink):
             decision = D_QUEUED if self.queued else D_ADMITTED
         elif decision == D_WAITING and status == 429:
             decision = D_429
-        now = monotonic()
+        if not wanted(status, decision):
+            return  # the log is off: none of the line's fields is built
+        if now == 0.0:
+            now = monotonic()
         if head is not None:
             method = head.method
             path = head.target if keep_query() or not head.path else head.path
@@ -814,14 +825,16 @@ cdef class Exchange(ExchangeLink):
                self.queue_time * 1000.0, self.reason, upstream, up_ms, size_in,
                self.bytes_out, (now - self.began) * 1000.0)
 
-    cdef _count(self, int status):
+    cdef _count(self, int status, double now=0.0):
         """Add this exchange to the worker's counters, once (native/stats.pyx):
-        school and class by current index, status, seconds since its head
-        was read, and its wait for a slot."""
+        school and class by current index, status, seconds from its head
+        to `now` (monotonic; 0: read the clock), and its wait for a slot."""
         cdef Stats stats = self.client.ctx.core.stats
         school = self.school
         if self.counted:
             return
         self.counted = True
+        if now == 0.0:
+            now = monotonic()
         stats.record(-1 if school is None else school.index, self.klass, status,
-                     monotonic() - self.began, self.queue_wait)
+                     now - self.began, self.queue_wait)

@@ -12,6 +12,11 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from gateway._native.head cimport ResponseHead
 
 
+cdef extern from "string.h":
+    # GNU (Python.h defines _GNU_SOURCE).
+    void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
+
+
 cdef bytes _CRLFCRLF = b"\r\n\r\n"
 
 
@@ -22,11 +27,16 @@ cdef Py_ssize_t head_end(bytes tail, bytes data, Py_ssize_t pos) except -2:
     earlier reads, so that a CRLFCRLF split across reads is found. Both the
     client and the upstream side feed llhttp a head on its own with it."""
     cdef Py_ssize_t end
+    cdef const char* start
+    cdef const char* found
     if tail:
         end = (tail + data[pos:]).find(_CRLFCRLF)
         return end + 4 - len(tail) if end >= 0 else -1
-    end = data.find(_CRLFCRLF, pos)
-    return end + 4 - pos if end >= 0 else -1
+    # memmem, not bytes.find: this runs on every read of both sides, and
+    # the method call parses its arguments as a Python call would.
+    start = PyBytes_AS_STRING(data) + pos
+    found = <const char*>memmem(start, <size_t>(PyBytes_GET_SIZE(data) - pos), b"\r\n\r\n", 4)
+    return found - start + 4 if found != NULL else -1
 
 
 cdef Py_ssize_t skip_empty_lines(bytes data, Py_ssize_t pos, bint* pending_cr) except -2:

@@ -57,6 +57,10 @@ UNPROVEN_IDLE = _UNPROVEN_IDLE
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpResponseParser = _httptools.HttpResponseParser
+# The pool's deque methods, looked up once: called through the descriptor,
+# a push or pop per request skips the by-name method lookup.
+cdef object _deque_pop = _deque.pop
+cdef object _deque_append = _deque.append
 
 
 cdef class UpstreamConnection:
@@ -73,6 +77,7 @@ cdef class UpstreamConnection:
         self.idle_since = 0.0
         self.requests = 0
         self.error = None
+        self.read_at = 0.0
         self._chunks = None
         self._reset()
 
@@ -128,6 +133,7 @@ cdef class UpstreamConnection:
         if self.tunnel:
             ex.on_tunnel_upstream_data(data)
             return
+        self.read_at = monotonic()
         client = ex.client
         # Each turn feeds llhttp one piece that ends where this side's own
         # framing says a head or body ends, so that (1) the raw bytes of a
@@ -545,7 +551,7 @@ cdef class UpstreamServer:
                 # the upstream or upstream_idle closes them: when that
                 # happens is what keeps the estimate current.
                 return None
-            idle.pop()
+            _deque_pop(idle)
             return conn
         return None
 
@@ -571,7 +577,7 @@ cdef class UpstreamServer:
         conn.requests += 1
         conn.idle_since = now
         conn.resume_reading()
-        idle.append(conn)
+        _deque_append(idle, conn)
 
     cpdef bint forget(self, UpstreamConnection conn):
         self.total.discard(conn)

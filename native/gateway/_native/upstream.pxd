@@ -15,6 +15,9 @@ cdef class UpstreamConnection:
     cdef public double idle_since
     cdef public Py_ssize_t requests
     cdef public object error
+    # monotonic time of the read being handled (set by data_received, so the
+    # exchange's on_response_head/on_response_body need no clock of their own)
+    cdef double read_at
     cdef int _phase                   # R_HEAD, R_BODY or R_DONE
     cdef list _headers
     cdef bytes _reason
