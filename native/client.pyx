@@ -336,10 +336,15 @@ cdef class ClientProtocol(ClientLink):
         if self._hdr_bytes > ctx.max_header_bytes:
             self._fail(_HeadError(431, "request header block too large"))
         self._raw_head = 0
+        # The version from the request line's bytes when they are at hand
+        # (see link.version_at), else from the parser.
+        version = request_line_version(self._line)
         self._line = None
         p = self.parser
+        if version is None:
+            version = p.get_http_version()
         try:
-            head = _parse_request_head(p.get_method(), self._url, p.get_http_version(),
+            head = _parse_request_head(p.get_method(), self._url, version,
                                       self._headers, ctx.reject_underscore)
         except _HeadError as err:
             self._fail(err)

@@ -12,6 +12,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from gateway._native.head cimport ResponseHead
 
 
+from libc.string cimport memchr, memcmp
+
+
 cdef extern from "string.h":
     # GNU (Python.h defines _GNU_SOURCE).
     void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
@@ -37,6 +40,50 @@ cdef Py_ssize_t head_end(bytes tail, bytes data, Py_ssize_t pos) except -2:
     start = PyBytes_AS_STRING(data) + pos
     found = <const char*>memmem(start, <size_t>(PyBytes_GET_SIZE(data) - pos), b"\r\n\r\n", 4)
     return found - start + 4 if found != NULL else -1
+
+
+cdef str _V11 = "1.1"
+cdef str _V10 = "1.0"
+
+
+cdef str version_at(bytes data, Py_ssize_t pos, Py_ssize_t end):
+    """"1.1" or "1.0" when data[pos:pos + 8] (within `end`) is HTTP/1.1 or
+    HTTP/1.0, else None (not there, or another version).
+
+    The version of a head llhttp has accepted, read where it must be (a
+    status line starts with it; a request line ends with it), as the string
+    httptools' get_http_version() would give: that method formats it with
+    str.format on every head, the largest single cost of reading one. A
+    None sends the caller to get_http_version()."""
+    cdef const char* p
+    if pos < 0 or pos + 8 > end or end > PyBytes_GET_SIZE(data):
+        return None
+    p = PyBytes_AS_STRING(data) + pos
+    if memcmp(p, b"HTTP/1.", 7) != 0:
+        return None
+    if p[7] == b'1':
+        return _V11
+    if p[7] == b'0':
+        return _V10
+    return None
+
+
+cdef str request_line_version(bytes line):
+    """The version ("1.1", "1.0" or None: see version_at) that ends the
+    request line `line` starts with, if its LF is in `line`."""
+    cdef const char* p
+    cdef const char* lf
+    cdef Py_ssize_t end
+    if line is None:
+        return None
+    p = PyBytes_AS_STRING(line)
+    lf = <const char*>memchr(p, 10, <size_t>PyBytes_GET_SIZE(line))
+    if lf == NULL:
+        return None
+    end = lf - p
+    if end > 0 and p[end - 1] == 13:
+        end -= 1
+    return version_at(line, end - 8, end)
 
 
 cdef Py_ssize_t skip_empty_lines(bytes data, Py_ssize_t pos, bint* pending_cr) except -2:

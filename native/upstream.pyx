@@ -22,6 +22,7 @@ from gateway._native.head import parse_response_head as _parse_response_head
 
 from gateway._native.head cimport ResponseHead
 from gateway._native.link cimport ClientLink, ExchangeLink, head_end, monotonic, skip_empty_lines
+from gateway._native.link cimport version_at
 
 from gateway.proxy.chunks import ChunkError as _ChunkError
 from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
@@ -102,6 +103,7 @@ cdef class UpstreamConnection:
         # Inside a 1xx (or the 101 before the tunnel): its message end is not
         # the end of the exchange.
         self._interim = False
+        self._version_hint = None
 
     # -- asyncio protocol -------------------------------------------------
     def connection_made(self, transport):
@@ -157,6 +159,10 @@ cdef class UpstreamConnection:
                 continue
             cut = n - pos
             if phase == R_HEAD:
+                if self._raw_head == 0:
+                    # The exchange's first head starts here (empty lines
+                    # skipped above), with its status line's version.
+                    self._version_hint = version_at(data, pos, n)
                 tail = self._tail
                 end = head_end(tail, data, pos)
                 if end >= 0:
@@ -318,7 +324,14 @@ cdef class UpstreamConnection:
         ex = self.exchange
         if ex is None:
             return
-        head = _parse_response_head(p.get_status_code(), reason, p.get_http_version(), headers)
+        version = self._version_hint
+        if version is None:
+            version = p.get_http_version()
+        else:
+            # Only the first head of an exchange starts where it was read;
+            # a final head after a 1xx asks the parser.
+            self._version_hint = None
+        head = _parse_response_head(p.get_status_code(), reason, version, headers)
         status = head.status
         if status < 200:
             self._interim = True

@@ -33,6 +33,9 @@ cdef class UpstreamConnection:
     cdef bint _until_close
     cdef bint _head_only
     cdef bint _interim
+    # The version of the head being read, from the first bytes of its status
+    # line (link.version_at); None: ask the parser.
+    cdef str _version_hint
 
     cpdef write(self, bytes data)
     cpdef writelines(self, list parts)
