@@ -59,6 +59,11 @@ LINGER_SECONDS = 2.0
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpRequestParser = _httptools.HttpRequestParser
+# The parser's methods called per request, looked up once: called through
+# these, a call skips the by-name method lookup. Only ever on an object of
+# exactly that type (an unbound Cython method does not check its `self`).
+cdef object _feed_data = _httptools.HttpRequestParser.feed_data
+cdef object _get_method = _httptools.HttpRequestParser.get_method
 
 # What a connection does once its response spool has drained (_drain_then):
 # an ending asked for while the spool still held bytes waits for them.
@@ -224,7 +229,10 @@ cdef class ClientProtocol(ClientLink):
             if parser is None:
                 parser = self.parser = HttpRequestParser(self)
             try:
-                parser.feed_data(piece)
+                if type(parser) is HttpRequestParser:
+                    _feed_data(parser, piece)
+                else:
+                    parser.feed_data(piece)
             except HttpParserUpgrade as upg:
                 data = piece[upg.args[0]:] + data
                 if not self._upgrade(data):
@@ -344,7 +352,9 @@ cdef class ClientProtocol(ClientLink):
         if version is None:
             version = p.get_http_version()
         try:
-            head = _parse_request_head(p.get_method(), self._url, version,
+            head = _parse_request_head(
+                _get_method(p) if type(p) is HttpRequestParser else p.get_method(),
+                self._url, version,
                                       self._headers, ctx.reject_underscore)
         except _HeadError as err:
             self._fail(err)
@@ -420,7 +430,7 @@ cdef class ClientProtocol(ClientLink):
             return
         t = self.transport
         if t is not None:
-            t.write(data)
+            transport_write(t, data)
 
     cpdef writelines(self, list parts):
         if self.out:
@@ -431,7 +441,7 @@ cdef class ClientProtocol(ClientLink):
             return
         t = self.transport
         if t is not None:
-            t.writelines(parts)
+            transport_writelines(t, parts)
 
     cpdef cork(self, bytes data):
         if self.out is None:
@@ -465,9 +475,9 @@ cdef class ClientProtocol(ClientLink):
             t = self.transport
             if t is not None:
                 if len(out) == 1:
-                    t.write(out[0])
+                    transport_write(t, out[0])
                 else:
-                    t.writelines(out)
+                    transport_writelines(t, out)
 
     cpdef write_eof(self):
         self.flush()

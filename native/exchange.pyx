@@ -29,6 +29,14 @@ from gateway._native.upstream cimport Balancer, UpstreamConnection, UpstreamServ
 from gateway.proxy.spool import PIECE as _PIECE
 from gateway.proxy.spool import BodySpool as _BodySpool
 from gateway._native.scheduler import ADMITTED as _ADMITTED_STATE
+from gateway._native.scheduler import Scheduler as _Scheduler
+
+# The Scheduler's per-request methods, looked up once: called through these,
+# a call skips the by-name lookup. Only on an object of exactly that type (an
+# unbound Cython method does not check its `self`; see _admit).
+cdef object _sched_request = _Scheduler.request
+cdef object _sched_release = _Scheduler.release
+cdef object _sched_next_deadline = _Scheduler.next_deadline
 
 # The waiting-room ticket cookie's name (gateway.proxy.admission.COOKIE).
 cdef bytes _COOKIE = b"schoolgate_ticket"
@@ -335,6 +343,9 @@ cdef class Exchange(ExchangeLink):
         if may_carry_cookie(self.head.headers, _COOKIE):
             core.shell.admit(self)
             return
+        if type(core.scheduler) is not _Scheduler:
+            core.shell.admit(self)
+            return
         controller = core.controller
         now = wall_clock()
         due = controller.shares_due
@@ -342,7 +353,7 @@ cdef class Exchange(ExchangeLink):
             core.shell.admit(self)  # the class shares change first
             return
         controller.now = now
-        t = core.scheduler.request(self.school.index, self.klass, self.client.client_key,
+        t = _sched_request(core.scheduler, self.school.index, self.klass, self.client.client_key,
                                    now, None, None)
         if t.state == _ADMITTED:
             self.ticket = t
@@ -361,17 +372,18 @@ cdef class Exchange(ExchangeLink):
         cdef double now
         controller = core.controller
         shell = core.shell
-        if t.state != _ADMITTED or controller.shares_due is not None:
+        if t.state != _ADMITTED or controller.shares_due is not None \
+                or type(core.scheduler) is not _Scheduler:
             shell.release(self)
             return
         self.ticket = None
         now = wall_clock()
         controller.now = now
-        admitted = core.scheduler.release(t, now, False)
+        admitted = _sched_release(core.scheduler, t, now, False)
         if admitted:
             shell.released(admitted)
             return
-        due = core.scheduler.next_deadline()
+        due = _sched_next_deadline(core.scheduler)
         if shell._timer is None:
             if due is not None:
                 shell.released(admitted)

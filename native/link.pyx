@@ -22,6 +22,34 @@ cdef extern from "string.h":
 
 cdef bytes _CRLFCRLF = b"\r\n\r\n"
 
+# uvloop's TCP transport methods, looked up once. Called through these on a
+# TCPTransport (every plain-TCP client and upstream), a write skips the
+# by-name method lookup Python does for `transport.write(...)`; any other
+# transport (TLS, a test's mock) is called by name as before.
+try:
+    from uvloop.loop import TCPTransport as _TCPTransport
+except ImportError:  # pragma: no cover - uvloop is a dependency
+    _TCPTransport = None
+cdef object _TCP = _TCPTransport
+cdef object _tcp_write = _TCPTransport.write if _TCPTransport is not None else None
+cdef object _tcp_writelines = _TCPTransport.writelines if _TCPTransport is not None else None
+
+
+cdef transport_write(object transport, object data):
+    """transport.write(data)."""
+    if _TCP is not None and type(transport) is _TCP:
+        _tcp_write(transport, data)
+    else:
+        transport.write(data)
+
+
+cdef transport_writelines(object transport, object parts):
+    """transport.writelines(parts)."""
+    if _TCP is not None and type(transport) is _TCP:
+        _tcp_writelines(transport, parts)
+    else:
+        transport.writelines(parts)
+
 
 cdef Py_ssize_t head_end(bytes tail, bytes data, Py_ssize_t pos) except -2:
     """Where a head that continues in `data` at `pos` ends: the offset just

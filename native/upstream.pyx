@@ -22,7 +22,7 @@ from gateway._native.head import parse_response_head as _parse_response_head
 
 from gateway._native.head cimport ResponseHead
 from gateway._native.link cimport ClientLink, ExchangeLink, head_end, monotonic, skip_empty_lines
-from gateway._native.link cimport version_at
+from gateway._native.link cimport transport_write, transport_writelines, version_at
 
 from gateway.proxy.chunks import ChunkError as _ChunkError
 from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
@@ -58,6 +58,20 @@ UNPROVEN_IDLE = _UNPROVEN_IDLE
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpResponseParser = _httptools.HttpResponseParser
+# The parser's methods called per response, looked up once: called through
+# these, a call skips the by-name method lookup. Only ever on an object of
+# exactly that type (an unbound Cython method does not check its `self`):
+# every parser here is one this module made; anything else is called by name.
+cdef object _feed_data = _httptools.HttpResponseParser.feed_data
+cdef object _get_status_code = _httptools.HttpResponseParser.get_status_code
+cdef object _should_keep_alive = _httptools.HttpResponseParser.should_keep_alive
+
+
+cdef inline _feed(object parser, object data):
+    if type(parser) is HttpResponseParser:
+        _feed_data(parser, data)
+    else:
+        parser.feed_data(data)
 # The pool's deque methods, looked up once: called through the descriptor,
 # a push or pop per request skips the by-name method lookup.
 cdef object _deque_pop = _deque.pop
@@ -196,12 +210,12 @@ cdef class UpstreamConnection:
                 break
             try:
                 if cut == n:
-                    self.parser.feed_data(data)
+                    _feed(self.parser, data)
                 else:
                     # A view: no copy of a body that follows its head.
                     if view is None:
                         view = memoryview(data)
-                    self.parser.feed_data(view[pos:pos + cut])
+                    _feed(self.parser, view[pos:pos + cut])
             except HttpParserUpgrade as upg:
                 if self.exchange is ex:
                     ex.on_upstream_upgraded(data[pos + <Py_ssize_t>upg.args[0]:])
@@ -331,7 +345,8 @@ cdef class UpstreamConnection:
             # Only the first head of an exchange starts where it was read;
             # a final head after a 1xx asks the parser.
             self._version_hint = None
-        head = _parse_response_head(p.get_status_code(), reason, version, headers)
+        head = _parse_response_head(
+            _get_status_code(p) if type(p) is HttpResponseParser else p.get_status_code(), reason, version, headers)
         status = head.status
         if status < 200:
             self._interim = True
@@ -379,7 +394,9 @@ cdef class UpstreamConnection:
         if self._phase != R_BODY:
             return  # a HEAD answer already ended at its head
         self._until_close = False
-        self._reusable = self.parser.should_keep_alive()
+        p = self.parser
+        self._reusable = (_should_keep_alive(p) if type(p) is HttpResponseParser
+                          else p.should_keep_alive())
         self._phase = R_DONE
 
     # -- internals ----------------------------------------------------------
@@ -410,10 +427,10 @@ cdef class UpstreamConnection:
             ex.on_upstream_lost(self, err)
 
     cpdef write(self, bytes data):
-        self.transport.write(data)
+        transport_write(self.transport, data)
 
     cpdef writelines(self, list parts):
-        self.transport.writelines(parts)
+        transport_writelines(self.transport, parts)
 
     cpdef write_eof(self):
         t = self.transport
