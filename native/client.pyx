@@ -124,7 +124,7 @@ cdef class ClientProtocol(ClientLink):
         self.school = -1
         self.trusted_peer = False
         self._url = b""
-        self._headers = []
+        self._headers = None  # made by on_message_begin
         self._n_headers = 0
         self._raw_head = 0
         self._hdr_bytes = 0
@@ -334,7 +334,9 @@ cdef class ClientProtocol(ClientLink):
         self._hdr_bytes += len(name) + len(value) + 4
         if n > self.ctx.max_headers:
             self._fail(_HeadError(431, "too many request headers"))
-        self._headers.append((name, value))
+        if self.phase == C_HEAD:
+            # (Trailer fields of a chunked body are counted, not kept.)
+            self._headers.append((name, value))
 
     def on_headers_complete(self):
         cdef RequestHead head
@@ -358,7 +360,7 @@ cdef class ClientProtocol(ClientLink):
                                       self._headers, ctx.reject_underscore)
         except _HeadError as err:
             self._fail(err)
-        self._headers = []
+        self._headers = None  # handed over; on_message_begin makes the next
         if max_body and head.content_length > max_body:
             self._fail(_HeadError(413, "request body too large"))
         self._body_left = max_body or -1

@@ -84,7 +84,9 @@ cdef class Exchange(ExchangeLink):
         self.state = S_WAITING
         self.upstream = None
         self.server = None
-        self.body_buf = []
+        # Body bytes that came before an upstream was attached: made with the
+        # first of them (most requests have none).
+        self.body_buf = None
         self.body_buffered = 0
         self.request_done = False
         self.keep_alive = head.keep_alive if head is not None else False
@@ -172,7 +174,10 @@ cdef class Exchange(ExchangeLink):
             return
         # Not started yet (pipelined), or queued with its body unread: what
         # the client sent anyway waits here, in order, bounded by max_buffer.
-        self.body_buf.append(data)
+        if self.body_buf is None:
+            self.body_buf = [data]
+        else:
+            self.body_buf.append(data)
         self.body_buffered += len(data)
         if self.body_buffered > self.client.ctx.max_buffer:
             self.client.pause_reading_for(P_BUFFER)
@@ -227,7 +232,7 @@ cdef class Exchange(ExchangeLink):
             except OSError:
                 self._spool_failed()
                 return
-            self.body_buf = []
+            self.body_buf = None
             self.body_buffered = 0
         client.resume_reading_for(P_BUFFER)
         if self.head.expect_continue and not self.continue_sent:
@@ -483,7 +488,13 @@ cdef class Exchange(ExchangeLink):
             length = spool.size
         chunked = head.chunked and length < 0
         self.up_chunked = chunked
-        parts = [_serialize_request_head(head, client.client_ip, client.proto, client.ctx.via, length)]
+        out = _serialize_request_head(head, client.client_ip, client.proto, client.ctx.via, length)
+        if not self.body_buf and not (chunked and self.request_done and spool is None):
+            # The common case, a head alone: no list to gather.
+            conn.write(out)
+            parts = None
+        else:
+            parts = [out]
         if self.body_buf:
             if chunked:
                 for piece in self.body_buf:
@@ -492,12 +503,13 @@ cdef class Exchange(ExchangeLink):
                     parts.append(CRLF)
             else:
                 parts.extend(self.body_buf)
-            self.body_buf = []
+            self.body_buf = None
             self.body_buffered = 0
             client.resume_reading_for(P_BUFFER)
-        if chunked and self.request_done and spool is None:
-            parts.append(LAST_CHUNK)
-        conn.writelines(parts)
+        if parts is not None:
+            if chunked and self.request_done and spool is None:
+                parts.append(LAST_CHUNK)
+            conn.writelines(parts)
         if spool is not None:
             self._pump()
         elif head.expect_continue and not self.request_done and not self.continue_sent:

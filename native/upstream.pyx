@@ -67,6 +67,11 @@ cdef object _get_status_code = _httptools.HttpResponseParser.get_status_code
 cdef object _should_keep_alive = _httptools.HttpResponseParser.should_keep_alive
 
 
+# Pieces of a read up to this size are fed to llhttp as bytes slices, larger
+# ones as memoryview slices (data_received).
+cdef Py_ssize_t _COPY_MAX = 2048
+
+
 cdef inline _feed(object parser, object data):
     if type(parser) is HttpResponseParser:
         _feed_data(parser, data)
@@ -100,7 +105,7 @@ cdef class UpstreamConnection:
         """Ready for the next exchange's response."""
         self._phase = R_HEAD
         self._pending_cr = False
-        self._headers = []
+        self._headers = None  # made by on_message_begin
         self._reason = b""
         self._n_headers = 0
         self._hdr_bytes = 0
@@ -211,8 +216,12 @@ cdef class UpstreamConnection:
             try:
                 if cut == n:
                     _feed(self.parser, data)
+                elif cut <= _COPY_MAX:
+                    # A head, or a small body after its head: a copy costs
+                    # less than a view (two objects, then one per slice).
+                    _feed(self.parser, data[pos:pos + cut])
                 else:
-                    # A view: no copy of a body that follows its head.
+                    # A view: no copy of a large body that follows its head.
                     if view is None:
                         view = memoryview(data)
                     _feed(self.parser, view[pos:pos + cut])
@@ -331,7 +340,9 @@ cdef class UpstreamConnection:
         p = self.parser
         headers = self._headers
         reason = self._reason
-        self._headers = []
+        # Handed over: the next head's on_message_begin makes a new list
+        # (on_header adds to it only while a head is read).
+        self._headers = None
         self._reason = b""
         self._n_headers = 0
         self._hdr_bytes = 0
