@@ -243,7 +243,7 @@ class AccessLog:
         self._own_fd = False
         self._atomic = True  # one write per flush keeps lines whole (a regular file)
         self._encoder = msgspec.json.Encoder()
-        self._stamp = _Clock()
+        self._stamp = _native.Clock()
         self.written = 0  # lines written so far (tests, metrics)
         self.configure(cfg)
 
@@ -303,8 +303,9 @@ class AccessLog:
                              "[log] buffer = %d in %gs", dropped, self.cfg.buffer, FLUSH_INTERVAL)
         if not entries:
             return
-        stamp = self._stamp
-        lines = [to_line(entry, stamp) for entry in entries]
+        # (to_line for each, natively: the Python loop cost more per line
+        # than proxying a small request.)
+        lines = _native.to_lines(entries, Line, DECISIONS, self._stamp)
         for line in lines:
             if line.decision == "refused":
                 warnings.warning(("refused", line.status, line.reason),
