@@ -59,6 +59,11 @@ LINGER_SECONDS = 2.0
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpRequestParser = _httptools.HttpRequestParser
+# The parser's methods called per request, looked up once: called through
+# these, a call skips the by-name method lookup. Only ever on an object of
+# exactly that type (an unbound Cython method does not check its `self`).
+cdef object _feed_data = _httptools.HttpRequestParser.feed_data
+cdef object _get_method = _httptools.HttpRequestParser.get_method
 
 # What a connection does once its response spool has drained (_drain_then):
 # an ending asked for while the spool still held bytes waits for them.
@@ -119,7 +124,7 @@ cdef class ClientProtocol(ClientLink):
         self.school = -1
         self.trusted_peer = False
         self._url = b""
-        self._headers = []
+        self._headers = None  # made by on_message_begin
         self._n_headers = 0
         self._raw_head = 0
         self._hdr_bytes = 0
@@ -224,7 +229,10 @@ cdef class ClientProtocol(ClientLink):
             if parser is None:
                 parser = self.parser = HttpRequestParser(self)
             try:
-                parser.feed_data(piece)
+                if type(parser) is HttpRequestParser:
+                    _feed_data(parser, piece)
+                else:
+                    parser.feed_data(piece)
             except HttpParserUpgrade as upg:
                 data = piece[upg.args[0]:] + data
                 if not self._upgrade(data):
@@ -306,7 +314,9 @@ cdef class ClientProtocol(ClientLink):
     # -- httptools callbacks ------------------------------------------------
     def on_message_begin(self):
         self.phase = C_HEAD
-        self.since = monotonic()
+        # httptools calls back only from inside data_received, which read
+        # the clock into `touched` for this very read.
+        self.since = self.touched
         self._url = b""
         self._headers = []
         self._n_headers = 0
@@ -324,7 +334,9 @@ cdef class ClientProtocol(ClientLink):
         self._hdr_bytes += len(name) + len(value) + 4
         if n > self.ctx.max_headers:
             self._fail(_HeadError(431, "too many request headers"))
-        self._headers.append((name, value))
+        if self.phase == C_HEAD:
+            # (Trailer fields of a chunked body are counted, not kept.)
+            self._headers.append((name, value))
 
     def on_headers_complete(self):
         cdef RequestHead head
@@ -334,14 +346,21 @@ cdef class ClientProtocol(ClientLink):
         if self._hdr_bytes > ctx.max_header_bytes:
             self._fail(_HeadError(431, "request header block too large"))
         self._raw_head = 0
+        # The version from the request line's bytes when they are at hand
+        # (see link.version_at), else from the parser.
+        version = request_line_version(self._line)
         self._line = None
         p = self.parser
+        if version is None:
+            version = p.get_http_version()
         try:
-            head = _parse_request_head(p.get_method(), self._url, p.get_http_version(),
+            head = _parse_request_head(
+                _get_method(p) if type(p) is HttpRequestParser else p.get_method(),
+                self._url, version,
                                       self._headers, ctx.reject_underscore)
         except _HeadError as err:
             self._fail(err)
-        self._headers = []
+        self._headers = None  # handed over; on_message_begin makes the next
         if max_body and head.content_length > max_body:
             self._fail(_HeadError(413, "request body too large"))
         self._body_left = max_body or -1
@@ -399,7 +418,7 @@ cdef class ClientProtocol(ClientLink):
             # (Not when a gateway answer already ended the connection while
             # this message was being parsed: nothing more is read then.)
             self.phase = C_IDLE
-            self.since = monotonic()
+            self.since = self.touched  # (this read's time, as in on_message_begin)
         if ex is not None:
             ex.on_request_end()
 
@@ -413,7 +432,7 @@ cdef class ClientProtocol(ClientLink):
             return
         t = self.transport
         if t is not None:
-            t.write(data)
+            transport_write(t, data)
 
     cpdef writelines(self, list parts):
         if self.out:
@@ -424,7 +443,7 @@ cdef class ClientProtocol(ClientLink):
             return
         t = self.transport
         if t is not None:
-            t.writelines(parts)
+            transport_writelines(t, parts)
 
     cpdef cork(self, bytes data):
         if self.out is None:
@@ -458,9 +477,9 @@ cdef class ClientProtocol(ClientLink):
             t = self.transport
             if t is not None:
                 if len(out) == 1:
-                    t.write(out[0])
+                    transport_write(t, out[0])
                 else:
-                    t.writelines(out)
+                    transport_writelines(t, out)
 
     cpdef write_eof(self):
         self.flush()

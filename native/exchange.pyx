@@ -18,7 +18,7 @@ from gateway._native.serialize import serialize_request_head as _serialize_reque
 from gateway._native.serialize import serialize_response_head as _serialize_response_head
 
 from gateway._native.accesslog cimport D_ADMITTED, D_QUEUED, D_WAITING, D_429, D_LOCAL
-from gateway._native.accesslog cimport keep_query, record
+from gateway._native.accesslog cimport keep_query, record, wanted
 from gateway._native.context cimport AdmissionCore, Context, may_carry_cookie, wall_clock
 from gateway._native.head cimport RequestHead, ResponseHead
 from gateway._native.scheduler cimport Ticket
@@ -29,6 +29,14 @@ from gateway._native.upstream cimport Balancer, UpstreamConnection, UpstreamServ
 from gateway.proxy.spool import PIECE as _PIECE
 from gateway.proxy.spool import BodySpool as _BodySpool
 from gateway._native.scheduler import ADMITTED as _ADMITTED_STATE
+from gateway._native.scheduler import Scheduler as _Scheduler
+
+# The Scheduler's per-request methods, looked up once: called through these,
+# a call skips the by-name lookup. Only on an object of exactly that type (an
+# unbound Cython method does not check its `self`; see _admit).
+cdef object _sched_request = _Scheduler.request
+cdef object _sched_release = _Scheduler.release
+cdef object _sched_next_deadline = _Scheduler.next_deadline
 
 # The waiting-room ticket cookie's name (gateway.proxy.admission.COOKIE).
 cdef bytes _COOKIE = b"schoolgate_ticket"
@@ -76,7 +84,9 @@ cdef class Exchange(ExchangeLink):
         self.state = S_WAITING
         self.upstream = None
         self.server = None
-        self.body_buf = []
+        # Body bytes that came before an upstream was attached: made with the
+        # first of them (most requests have none).
+        self.body_buf = None
         self.body_buffered = 0
         self.request_done = False
         self.keep_alive = head.keep_alive if head is not None else False
@@ -164,7 +174,10 @@ cdef class Exchange(ExchangeLink):
             return
         # Not started yet (pipelined), or queued with its body unread: what
         # the client sent anyway waits here, in order, bounded by max_buffer.
-        self.body_buf.append(data)
+        if self.body_buf is None:
+            self.body_buf = [data]
+        else:
+            self.body_buf.append(data)
         self.body_buffered += len(data)
         if self.body_buffered > self.client.ctx.max_buffer:
             self.client.pause_reading_for(P_BUFFER)
@@ -219,7 +232,7 @@ cdef class Exchange(ExchangeLink):
             except OSError:
                 self._spool_failed()
                 return
-            self.body_buf = []
+            self.body_buf = None
             self.body_buffered = 0
         client.resume_reading_for(P_BUFFER)
         if self.head.expect_continue and not self.continue_sent:
@@ -335,6 +348,9 @@ cdef class Exchange(ExchangeLink):
         if may_carry_cookie(self.head.headers, _COOKIE):
             core.shell.admit(self)
             return
+        if type(core.scheduler) is not _Scheduler:
+            core.shell.admit(self)
+            return
         controller = core.controller
         now = wall_clock()
         due = controller.shares_due
@@ -342,7 +358,7 @@ cdef class Exchange(ExchangeLink):
             core.shell.admit(self)  # the class shares change first
             return
         controller.now = now
-        t = core.scheduler.request(self.school.index, self.klass, self.client.client_key,
+        t = _sched_request(core.scheduler, self.school.index, self.klass, self.client.client_key,
                                    now, None, None)
         if t.state == _ADMITTED:
             self.ticket = t
@@ -361,17 +377,18 @@ cdef class Exchange(ExchangeLink):
         cdef double now
         controller = core.controller
         shell = core.shell
-        if t.state != _ADMITTED or controller.shares_due is not None:
+        if t.state != _ADMITTED or controller.shares_due is not None \
+                or type(core.scheduler) is not _Scheduler:
             shell.release(self)
             return
         self.ticket = None
         now = wall_clock()
         controller.now = now
-        admitted = core.scheduler.release(t, now, False)
+        admitted = _sched_release(core.scheduler, t, now, False)
         if admitted:
             shell.released(admitted)
             return
-        due = core.scheduler.next_deadline()
+        due = _sched_next_deadline(core.scheduler)
         if shell._timer is None:
             if due is not None:
                 shell.released(admitted)
@@ -418,12 +435,14 @@ cdef class Exchange(ExchangeLink):
     cdef _connect(self, UpstreamServer exclude, bint fresh=False):
         cdef Balancer balancer = self.school.balancer
         cdef UpstreamServer server = balancer.pick(exclude)
+        cdef double now
         self.server = server
         self.attempts += 1
         if not fresh:
-            conn = server.take_idle(monotonic())
+            now = monotonic()  # for the pool's check and the request's send
+            conn = server.take_idle(now)
             if conn is not None:
-                self._attach(conn)
+                self._attach(conn, now)
                 return
         _asyncio.get_running_loop().create_task(self._dial(server))
 
@@ -448,9 +467,9 @@ cdef class Exchange(ExchangeLink):
             # The client went away while we dialed; keep the fresh connection.
             server.release(conn, monotonic())
             return
-        self._attach(conn)
+        self._attach(conn, monotonic())
 
-    cdef _attach(self, UpstreamConnection conn):
+    cdef _attach(self, UpstreamConnection conn, double now):
         cdef ClientLink client = self.client
         cdef RequestHead head = self.head
         cdef list parts
@@ -458,7 +477,7 @@ cdef class Exchange(ExchangeLink):
         conn.exchange = self
         self.server.inflight += 1
         self.state = S_SENT
-        self.sent_at = self.touched = monotonic()
+        self.sent_at = self.touched = now
         if client.upstream_held:
             conn.pause_reading()  # the client's output is full
         spool = self.spool
@@ -469,7 +488,13 @@ cdef class Exchange(ExchangeLink):
             length = spool.size
         chunked = head.chunked and length < 0
         self.up_chunked = chunked
-        parts = [_serialize_request_head(head, client.client_ip, client.proto, client.ctx.via, length)]
+        out = _serialize_request_head(head, client.client_ip, client.proto, client.ctx.via, length)
+        if not self.body_buf and not (chunked and self.request_done and spool is None):
+            # The common case, a head alone: no list to gather.
+            conn.write(out)
+            parts = None
+        else:
+            parts = [out]
         if self.body_buf:
             if chunked:
                 for piece in self.body_buf:
@@ -478,12 +503,13 @@ cdef class Exchange(ExchangeLink):
                     parts.append(CRLF)
             else:
                 parts.extend(self.body_buf)
-            self.body_buf = []
+            self.body_buf = None
             self.body_buffered = 0
             client.resume_reading_for(P_BUFFER)
-        if chunked and self.request_done and spool is None:
-            parts.append(LAST_CHUNK)
-        conn.writelines(parts)
+        if parts is not None:
+            if chunked and self.request_done and spool is None:
+                parts.append(LAST_CHUNK)
+            conn.writelines(parts)
         if spool is not None:
             self._pump()
         elif head.expect_continue and not self.request_done and not self.continue_sent:
@@ -517,7 +543,9 @@ cdef class Exchange(ExchangeLink):
         cdef bint keep, chunked
         self.state = S_RESPONDING
         self.status = status
-        self.touched = monotonic()
+        # (Called only from inside the upstream's data_received: its read_at
+        # is now.)
+        self.touched = (<UpstreamConnection>up).read_at
         cdef Context ctx = client.ctx
         keep = self.keep_alive and self.request_done and not ctx.draining
         if self.is_head or status == 204 or status == 304 or head.content_length >= 0:
@@ -542,7 +570,8 @@ cdef class Exchange(ExchangeLink):
 
     cpdef on_response_body(self, bytes data):
         cdef bytes size
-        self.touched = monotonic()
+        # (Called only from inside the upstream's data_received.)
+        self.touched = self.upstream.read_at
         if not data:
             return  # framed as a chunk, an empty piece would end the body
         if self.out_chunked:
@@ -556,17 +585,18 @@ cdef class Exchange(ExchangeLink):
     cpdef on_response_end(self, object up, bint reusable):
         cdef UpstreamConnection conn = <UpstreamConnection>up
         cdef UpstreamServer server = self.server
+        cdef double now = monotonic()
         server.inflight -= 1
         server.record_success()
         self.upstream = None
         if reusable and self.request_done and not self.is_connect:
-            server.release(conn, monotonic())
+            server.release(conn, now)
         else:
             conn.close()
         if self.out_chunked:
             self.bytes_out += 5
             self.client.cork(LAST_CHUNK)
-        self._finish()
+        self._finish(now)
 
     cpdef on_upstream_lost(self, object up, object exc):
         cdef UpstreamConnection conn = <UpstreamConnection>up
@@ -754,12 +784,13 @@ cdef class Exchange(ExchangeLink):
             self.status = (local[9] - 48) * 100 + (local[10] - 48) * 10 + (local[11] - 48)
         self.bytes_out += len(local)
         self.client.write(local)
-        self._finish()
+        self._finish(monotonic())
 
-    cdef _finish(self):
-        self._log(self.status)
+    cdef _finish(self, double now):
+        """The exchange ended at `now` (monotonic)."""
+        self._log(self.status, now)
         self.state = S_DONE
-        self._count(self.status)
+        self._count(self.status, now)
         if self.spool is not None:
             self._drop_spool()
         if self.ticket is not None:
@@ -769,15 +800,16 @@ cdef class Exchange(ExchangeLink):
 
 
 
-    cdef _log(self, int status):
+    cdef _log(self, int status, double now=0.0):
         """Record this exchange's access-log line (once): its end, as far
-        as the log is concerned. A refusal that cut a half-read request
-        short is named by that request's school, class and target."""
+        as the log is concerned (`now`, monotonic; 0: read the clock). A
+        refusal that cut a half-read request short is named by that
+        request's school, class and target."""
         cdef Exchange src = self.replaces if self.replaces is not None else self
         cdef RequestHead head = src.head
         cdef UpstreamServer server = self.server
         cdef int decision = self.decision
-        cdef double now, up_ms = -1.0
+        cdef double up_ms = -1.0
         cdef long long size_in = src.bytes_in
         cdef bytes path = None, method = None
         cdef Py_ssize_t k
@@ -789,7 +821,10 @@ cdef class Exchange(ExchangeLink):
             decision = D_QUEUED if self.queued else D_ADMITTED
         elif decision == D_WAITING and status == 429:
             decision = D_429
-        now = monotonic()
+        if not wanted(status, decision):
+            return  # the log is off: none of the line's fields is built
+        if now == 0.0:
+            now = monotonic()
         if head is not None:
             method = head.method
             path = head.target if keep_query() or not head.path else head.path
@@ -814,14 +849,16 @@ cdef class Exchange(ExchangeLink):
                self.queue_time * 1000.0, self.reason, upstream, up_ms, size_in,
                self.bytes_out, (now - self.began) * 1000.0)
 
-    cdef _count(self, int status):
+    cdef _count(self, int status, double now=0.0):
         """Add this exchange to the worker's counters, once (native/stats.pyx):
-        school and class by current index, status, seconds since its head
-        was read, and its wait for a slot."""
+        school and class by current index, status, seconds from its head
+        to `now` (monotonic; 0: read the clock), and its wait for a slot."""
         cdef Stats stats = self.client.ctx.core.stats
         school = self.school
         if self.counted:
             return
         self.counted = True
+        if now == 0.0:
+            now = monotonic()
         stats.record(-1 if school is None else school.index, self.klass, status,
-                     monotonic() - self.began, self.queue_wait)
+                     now - self.began, self.queue_wait)

@@ -22,6 +22,7 @@ from gateway._native.head import parse_response_head as _parse_response_head
 
 from gateway._native.head cimport ResponseHead
 from gateway._native.link cimport ClientLink, ExchangeLink, head_end, monotonic, skip_empty_lines
+from gateway._native.link cimport transport_write, transport_writelines, version_at
 
 from gateway.proxy.chunks import ChunkError as _ChunkError
 from gateway.proxy.chunks import ChunkedFraming as _ChunkedFraming
@@ -57,6 +58,29 @@ UNPROVEN_IDLE = _UNPROVEN_IDLE
 cdef object HttpParserUpgrade = _httptools.HttpParserUpgrade
 cdef object HttpParserError = _httptools.HttpParserError
 cdef object HttpResponseParser = _httptools.HttpResponseParser
+# The parser's methods called per response, looked up once: called through
+# these, a call skips the by-name method lookup. Only ever on an object of
+# exactly that type (an unbound Cython method does not check its `self`):
+# every parser here is one this module made; anything else is called by name.
+cdef object _feed_data = _httptools.HttpResponseParser.feed_data
+cdef object _get_status_code = _httptools.HttpResponseParser.get_status_code
+cdef object _should_keep_alive = _httptools.HttpResponseParser.should_keep_alive
+
+
+# Pieces of a read up to this size are fed to llhttp as bytes slices, larger
+# ones as memoryview slices (data_received).
+cdef Py_ssize_t _COPY_MAX = 2048
+
+
+cdef inline _feed(object parser, object data):
+    if type(parser) is HttpResponseParser:
+        _feed_data(parser, data)
+    else:
+        parser.feed_data(data)
+# The pool's deque methods, looked up once: called through the descriptor,
+# a push or pop per request skips the by-name method lookup.
+cdef object _deque_pop = _deque.pop
+cdef object _deque_append = _deque.append
 
 
 cdef class UpstreamConnection:
@@ -73,6 +97,7 @@ cdef class UpstreamConnection:
         self.idle_since = 0.0
         self.requests = 0
         self.error = None
+        self.read_at = 0.0
         self._chunks = None
         self._reset()
 
@@ -80,7 +105,7 @@ cdef class UpstreamConnection:
         """Ready for the next exchange's response."""
         self._phase = R_HEAD
         self._pending_cr = False
-        self._headers = []
+        self._headers = None  # made by on_message_begin
         self._reason = b""
         self._n_headers = 0
         self._hdr_bytes = 0
@@ -97,6 +122,7 @@ cdef class UpstreamConnection:
         # Inside a 1xx (or the 101 before the tunnel): its message end is not
         # the end of the exchange.
         self._interim = False
+        self._version_hint = None
 
     # -- asyncio protocol -------------------------------------------------
     def connection_made(self, transport):
@@ -128,6 +154,7 @@ cdef class UpstreamConnection:
         if self.tunnel:
             ex.on_tunnel_upstream_data(data)
             return
+        self.read_at = monotonic()
         client = ex.client
         # Each turn feeds llhttp one piece that ends where this side's own
         # framing says a head or body ends, so that (1) the raw bytes of a
@@ -151,6 +178,10 @@ cdef class UpstreamConnection:
                 continue
             cut = n - pos
             if phase == R_HEAD:
+                if self._raw_head == 0:
+                    # The exchange's first head starts here (empty lines
+                    # skipped above), with its status line's version.
+                    self._version_hint = version_at(data, pos, n)
                 tail = self._tail
                 end = head_end(tail, data, pos)
                 if end >= 0:
@@ -184,12 +215,16 @@ cdef class UpstreamConnection:
                 break
             try:
                 if cut == n:
-                    self.parser.feed_data(data)
+                    _feed(self.parser, data)
+                elif cut <= _COPY_MAX:
+                    # A head, or a small body after its head: a copy costs
+                    # less than a view (two objects, then one per slice).
+                    _feed(self.parser, data[pos:pos + cut])
                 else:
-                    # A view: no copy of a body that follows its head.
+                    # A view: no copy of a large body that follows its head.
                     if view is None:
                         view = memoryview(data)
-                    self.parser.feed_data(view[pos:pos + cut])
+                    _feed(self.parser, view[pos:pos + cut])
             except HttpParserUpgrade as upg:
                 if self.exchange is ex:
                     ex.on_upstream_upgraded(data[pos + <Py_ssize_t>upg.args[0]:])
@@ -305,14 +340,24 @@ cdef class UpstreamConnection:
         p = self.parser
         headers = self._headers
         reason = self._reason
-        self._headers = []
+        # Handed over: the next head's on_message_begin makes a new list
+        # (on_header adds to it only while a head is read).
+        self._headers = None
         self._reason = b""
         self._n_headers = 0
         self._hdr_bytes = 0
         ex = self.exchange
         if ex is None:
             return
-        head = _parse_response_head(p.get_status_code(), reason, p.get_http_version(), headers)
+        version = self._version_hint
+        if version is None:
+            version = p.get_http_version()
+        else:
+            # Only the first head of an exchange starts where it was read;
+            # a final head after a 1xx asks the parser.
+            self._version_hint = None
+        head = _parse_response_head(
+            _get_status_code(p) if type(p) is HttpResponseParser else p.get_status_code(), reason, version, headers)
         status = head.status
         if status < 200:
             self._interim = True
@@ -360,7 +405,9 @@ cdef class UpstreamConnection:
         if self._phase != R_BODY:
             return  # a HEAD answer already ended at its head
         self._until_close = False
-        self._reusable = self.parser.should_keep_alive()
+        p = self.parser
+        self._reusable = (_should_keep_alive(p) if type(p) is HttpResponseParser
+                          else p.should_keep_alive())
         self._phase = R_DONE
 
     # -- internals ----------------------------------------------------------
@@ -391,10 +438,10 @@ cdef class UpstreamConnection:
             ex.on_upstream_lost(self, err)
 
     cpdef write(self, bytes data):
-        self.transport.write(data)
+        transport_write(self.transport, data)
 
     cpdef writelines(self, list parts):
-        self.transport.writelines(parts)
+        transport_writelines(self.transport, parts)
 
     cpdef write_eof(self):
         t = self.transport
@@ -545,7 +592,7 @@ cdef class UpstreamServer:
                 # the upstream or upstream_idle closes them: when that
                 # happens is what keeps the estimate current.
                 return None
-            idle.pop()
+            _deque_pop(idle)
             return conn
         return None
 
@@ -571,7 +618,7 @@ cdef class UpstreamServer:
         conn.requests += 1
         conn.idle_since = now
         conn.resume_reading()
-        idle.append(conn)
+        _deque_append(idle, conn)
 
     cpdef bint forget(self, UpstreamConnection conn):
         self.total.discard(conn)

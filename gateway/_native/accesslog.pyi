@@ -12,6 +12,8 @@ reason (str | None), upstream ("host:port" | None), upstream_ms (float,
 -1: none), bytes_in (int), bytes_out (int), duration_ms (float).
 """
 
+from collections.abc import Callable
+
 ADMITTED: int
 """Forwarded, admitted at once."""
 QUEUED: int
@@ -46,3 +48,20 @@ def add(when: float, school: str | None, klass: str | None, method: bytes | None
         bytes_in: int = 0, bytes_out: int = 0, duration_ms: float = 0.0) -> bool:
     """Record a line as an exchange does (sampling and the bound apply);
     True if it was kept."""
+
+class Clock:
+    """RFC 3339 UTC times with milliseconds ("2026-11-30T08:00:01.500Z") from
+    Unix seconds; the part up to the second is formatted once per second
+    (the same text as gateway.server.logs._Clock)."""
+
+    def __init__(self) -> None: ...
+    def __call__(self, when: float) -> str: ...
+
+def to_lines(entries: list[tuple], line_type: type, decisions: dict[int, str],
+             stamp: Callable[[float], str]) -> list:
+    """gateway.server.logs.to_line for each of `entries` (take()'s tuples):
+    `line_type` built positionally in the field order of
+    gateway.server.logs.Line (time, status, decision, queue_ms, bytes_in,
+    bytes_out, duration_ms, school, class, method, path, reason, upstream,
+    upstream_ms), times from `stamp` (natively when it is a Clock), values
+    rounded to 0.1 with Python's round, upstream_ms None when negative."""

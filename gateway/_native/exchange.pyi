@@ -46,7 +46,7 @@ class Exchange(ExchangeLink):
     state: int
     upstream: UpstreamConnection | None
     server: UpstreamServer | None
-    body_buf: list[bytes]
+    body_buf: list[bytes] | None
     body_buffered: int
     request_done: bool
     keep_alive: bool

@@ -458,3 +458,42 @@ def test_a_reopen_that_fails_keeps_the_file_open_before(tmp_path, recorder):
     old = [json.loads(x)["path"] for x in (moved / "access.log").read_text().splitlines()]
     new = [json.loads(x)["path"] for x in (logs_dir / "access.log").read_text().splitlines()]
     assert (old, new) == (["/one", "/two"], ["/three"])
+
+
+# -------------------------------------------------------------- native lines
+# The writer builds its lines with accesslog.to_lines and stamps them with
+# accesslog.Clock; each must give exactly what to_line and _Clock give.
+
+NATIVE_ENTRIES = [
+    (T0, "nord", "interactive", b"GET", b"/p", 200, accesslog.ADMITTED, 0.0, None,
+     "10.0.0.5:80", 0.4123, 40, 180, 0.812),
+    (T0 + 0.0004, None, None, None, None, 499, accesslog.QUEUED, 812.45, "gone", None,
+     -1.0, 0, 0, 1e6 + 0.05),
+    (T0 + 0.9999, "süd", "bulk", b"POST", b"/caf\xc3\xa9\xff", 503, accesslog.WAITING,
+     0.25, None, None, -1.0, 1 << 40, 7, 0.35),
+    (T0 + 1.0, "x", None, b"PATCH", b"/", 429, accesslog.TOO_MANY, 2.5, "over", "h:1",
+     0.0, 1, 2, 0.15),
+    (0.0, None, None, b"\x80", b"", 400, accesslog.REFUSED, -0.05, "bad", None, -0.5, 3, 4,
+     0.0),
+    (T0 + 3600.25, "y", "c", b"GET", None, 502, 99, 1e-7, None, "u:2", 123456.789, 5, 6,
+     7.05),
+]
+
+
+def test_native_lines_equal_to_line():
+    from gateway.server.logs import DECISIONS, Line
+    for stamp_type in (_Clock, accesslog.Clock):
+        native = accesslog.to_lines(list(NATIVE_ENTRIES), Line, DECISIONS, stamp_type())
+        reference = [to_line(e, _Clock()) for e in NATIVE_ENTRIES]
+        assert native == reference
+    # any callable stamp
+    native = accesslog.to_lines(list(NATIVE_ENTRIES), Line, DECISIONS, lambda t: "T")
+    assert [line.time for line in native] == ["T"] * len(NATIVE_ENTRIES)
+
+
+def test_native_clock_equals_python_clock():
+    native, python = accesslog.Clock(), _Clock()
+    for when in (T0, T0 + 0.0004, T0 + 0.9999, T0 + 1.0, T0 + 59.001, 0.0, 0.5, 1.999,
+                 T0 + 86400 * 400 + 0.123, T0 - 1.5):
+        assert native(when) == python(when), when
+    assert accesslog.Clock()(T0) == "2026-11-30T08:00:01.500Z"

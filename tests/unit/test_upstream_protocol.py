@@ -435,3 +435,85 @@ def test_a_keep_alive_value_lasts_only_until_the_next_response(later):
     assert s.reuse_limit() == UNPROVEN_IDLE
     s.learn_keep_alive(b"timeout=5")
     assert s.reuse_limit() == pytest.approx(5 * (1 - REUSE_MARGIN_SHARE))
+
+
+# -- the HTTP version of each head ------------------------------------------------
+# The version is read from the head's own bytes where they are at hand (the
+# first bytes of the exchange's first status line, the end of a request
+# line) and from the parser otherwise: a final head after a 1xx, a request
+# line split across reads. Every way must give the version llhttp read.
+
+VERSIONS = {
+    # (response, pooled afterwards): an HTTP/1.0 answer without keep-alive
+    # ends its connection; an HTTP/1.1 one keeps it.
+    "1.1": (OK, True),
+    "1.0": (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+    "1.0-keep-alive": (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+                       True),
+    "1.1-after-1.1-103": (b"HTTP/1.1 103 Early Hints\r\n\r\n" + OK, True),
+    "1.0-after-1.1-103": (b"HTTP/1.1 103 Early Hints\r\n\r\n"
+                          b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+    "after-empty-lines": (b"\r\n\r\nHTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+}
+
+
+@pytest.mark.parametrize("case", VERSIONS)
+@pytest.mark.parametrize("split", [None, 1, 4, 7, 8, 9, 12])
+def test_upstream_head_version_decides_reuse(case, split):
+    answer, reused = VERSIONS[case]
+    s = Setup()
+    client = s.client(GET)
+    if split is None:
+        feed(s.conn, answer, bytewise=False)
+    else:
+        feed(s.conn, answer[:split], bytewise=False)
+        feed(s.conn, answer[split:], bytewise=False)
+    status, _, body = head_of(client.written)
+    assert (status, body) == (200, b"ok")
+    assert s.pooled is reused
+
+
+def test_upstream_unsupported_version_is_refused_however_it_arrives():
+    """HTTP/1.2 is no response the gateway reads: the request is answered
+    with the unavailable page (503), the connection not reused."""
+    for split in (None, 3, 8):
+        s = Setup()
+        client = s.client(POST)  # (a GET would be retried on a new connection)
+        answer = b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        if split is None:
+            feed(s.conn, answer, bytewise=False)
+        else:
+            feed(s.conn, answer[:split], bytewise=False)
+            feed(s.conn, answer[split:], bytewise=False)
+        assert head_of(client.written)[0] == 503, split
+        assert not s.pooled
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+@pytest.mark.parametrize("split", [None, 0, 5, 8, 12, 14, 15, 16, 17, 19])
+def test_request_line_version_however_it_arrives(version, split):
+    """Each cut of the request line (through the version, before and after
+    its CR and LF) gives the version llhttp read: HTTP/1.0 without
+    keep-alive is answered and closed, HTTP/1.1 stays open."""
+    s = Setup()
+    request = b"GET /page HTTP/" + version + b"\r\nHost: school.test\r\n\r\n"
+    proto = ClientProtocol(s.app)
+    client = MockTransport()
+    proto.connection_made(client)  # type: ignore[arg-type]
+    if split is None:
+        proto.data_received(request)
+    else:
+        proto.data_received(request[:split])
+        proto.data_received(request[split:])
+    assert s.conn.exchange is not None
+    sent = bytes(s.upstream.written)
+    assert sent.startswith(b"GET /page HTTP/1.1\r\n"), sent
+    feed(s.conn, OK, bytewise=False)
+    status, fields, body = head_of(client.written)
+    assert (status, body) == (200, b"ok")
+    if version == b"1.0":
+        assert (b"Connection", b"close") in fields
+        assert client.closed
+    else:
+        assert (b"Connection", b"close") not in fields
+        assert not client.closed

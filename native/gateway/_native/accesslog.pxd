@@ -13,6 +13,7 @@ cdef enum:
     D_LOCAL = 5       # another answer the gateway made itself (`reason`)
 
 cdef bint keep_query() noexcept
+cdef bint wanted(int status, int decision) noexcept
 
 
 cdef bint record(double when, object school, object klass, bytes method, bytes path,

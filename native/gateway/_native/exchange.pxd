@@ -75,14 +75,14 @@ cdef class Exchange(ExchangeLink):
     cdef _drop_spool(self)
     cdef _pump(self)
     cdef _connect(self, UpstreamServer exclude, bint fresh=*)
-    cdef _attach(self, UpstreamConnection conn)
+    cdef _attach(self, UpstreamConnection conn, double now)
     cdef _tunnel_half_closed(self, int side)
     cdef _unavailable(self)
     cdef _write_local(self)
-    cdef _finish(self)
+    cdef _finish(self, double now)
     cdef _ask(self, bint native)
     cdef _waited(self)
-    cdef _log(self, int status)
-    cdef _count(self, int status)
+    cdef _log(self, int status, double now=*)
+    cdef _count(self, int status, double now=*)
 
 

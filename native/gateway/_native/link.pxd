@@ -62,6 +62,10 @@ cdef enum:
 
 cdef Py_ssize_t skip_empty_lines(bytes data, Py_ssize_t pos, bint* pending_cr) except -2
 cdef Py_ssize_t head_end(bytes tail, bytes data, Py_ssize_t pos) except -2
+cdef transport_write(object transport, object data)
+cdef transport_writelines(object transport, object parts)
+cdef str version_at(bytes data, Py_ssize_t pos, Py_ssize_t end)
+cdef str request_line_version(bytes line)
 
 
 cdef class ExchangeLink

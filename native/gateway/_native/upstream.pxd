@@ -15,6 +15,9 @@ cdef class UpstreamConnection:
     cdef public double idle_since
     cdef public Py_ssize_t requests
     cdef public object error
+    # monotonic time of the read being handled (set by data_received, so the
+    # exchange's on_response_head/on_response_body need no clock of their own)
+    cdef double read_at
     cdef int _phase                   # R_HEAD, R_BODY or R_DONE
     cdef list _headers
     cdef bytes _reason
@@ -30,6 +33,9 @@ cdef class UpstreamConnection:
     cdef bint _until_close
     cdef bint _head_only
     cdef bint _interim
+    # The version of the head being read, from the first bytes of its status
+    # line (link.version_at); None: ask the parser.
+    cdef str _version_hint
 
     cpdef write(self, bytes data)
     cpdef writelines(self, list parts)
