@@ -53,6 +53,7 @@ cdef class AdmissionCore:
         self.scheduler = scheduler
         self.enabled = enabled
         self.stats = Stats()
+        self.held = controller.held
 
 
 cdef class Context:

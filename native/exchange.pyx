@@ -345,7 +345,9 @@ cdef class Exchange(ExchangeLink):
         if not core.enabled:
             self.admitted()
             return
-        if may_carry_cookie(self.head.headers, _COOKIE):
+        if may_carry_cookie(self.head.headers, _COOKIE) or (
+                core.held and self.school.index in core.held):
+            # A ticket to read, or the school's waiting line to join.
             core.shell.admit(self)
             return
         if type(core.scheduler) is not _Scheduler:
@@ -378,7 +380,8 @@ cdef class Exchange(ExchangeLink):
         controller = core.controller
         shell = core.shell
         if t.state != _ADMITTED or controller.shares_due is not None \
-                or type(core.scheduler) is not _Scheduler:
+                or type(core.scheduler) is not _Scheduler \
+                or (core.held and t.school in core.held):
             shell.release(self)
             return
         self.ticket = None

@@ -19,6 +19,9 @@ class AdmissionCore:
     shell: Any
     controller: Any
     scheduler: Scheduler
+    held: set[int]
+    """The controller's set of school indices held to the shell
+    (AdmissionController.hold_fast_path); the same set object."""
     stats: Stats
     """The worker's request counters (native/stats.pyx), made empty here;
     the Admission shell keeps its layout in step with the config."""

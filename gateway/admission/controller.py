@@ -62,12 +62,13 @@ class AdmissionController:
         # Public for the native fast path (Exchange._admit/_release), which
         # asks the Scheduler directly while shares_due (Unix seconds, None:
         # never) is not due, and keeps `now`, the last time admission was
-        # decided at, current as _tick does. Due: a class window boundary
-        # (_windows_due), or -inf while the shell holds the fast path
-        # (hold_fast_path: a waiting line that newcomers join).
+        # decided at, current as _tick does. Due: a class window boundary.
         self._windows_due: float | None = -math.inf
-        self._held = False
         self.shares_due: float | None = -math.inf
+        # Indices of the schools whose requests and releases go through the
+        # shell (hold_fast_path: a waiting line that newcomers join); the
+        # native fast path reads this very set (AdmissionCore.held).
+        self.held: set[int] = set()
         self.now = now
         self._refresh_shares(now)
         self.allotment: AllotmentTask = (
@@ -107,6 +108,8 @@ class AdmissionController:
         # Every class's share is set anew (windows and max_share may differ).
         self._shares = [math.nan] * len(classes)
         self._windows_due = self.shares_due = -math.inf
+        # Indices may have moved: the shell holds again at its next sync.
+        self.held.clear()
         # The scheduler took the configured limits whole; nothing was
         # decided since, so the task's allotments apply before anything is.
         self._allotment_due = self.allotment.start(self, now)
@@ -290,16 +293,18 @@ class AdmissionController:
 
     # -- windows -----------------------------------------------------------------
 
-    def hold_fast_path(self, held: bool) -> None:
-        """While `held`, every request and release goes through the shell
-        (the native fast path reads shares_due as due), which then decides
-        what the Scheduler alone cannot: a newcomer joins the end of a
-        school's waiting line instead of taking a slot freed for the line
-        (gateway/proxy/admission.py). Costs a Python frame per request while
-        held; nothing else changes."""
-        if held != self._held:
-            self._held = held
-            self.shares_due = -math.inf if held else self._windows_due
+    def hold_fast_path(self, school: int, held: bool) -> None:
+        """While school `school` (its index) is `held`, its requests and
+        releases go through the shell (the native fast path skips the
+        schools in `self.held`), which then decides what the Scheduler alone
+        cannot: a newcomer joins the end of the school's waiting line
+        instead of taking a slot freed for the line
+        (gateway/proxy/admission.py). Costs a Python frame per request of
+        that school while held; other schools keep the fast path."""
+        if held:
+            self.held.add(school)
+        else:
+            self.held.discard(school)
 
     def _tick(self, now: float) -> None:
         self.now = now
@@ -317,7 +322,7 @@ class AdmissionController:
             if change is not None and (due is None or change < due):
                 due = change
         self._windows_due = due
-        self.shares_due = -math.inf if self._held else due
+        self.shares_due = due
 
 
 def _scheduler_args(cfg: Config, classes: list) -> tuple[tuple, dict]:

@@ -527,7 +527,7 @@ class Admission:
                 urgency = self.controller.classes[t.klass].priority
                 if self.line.change(school.name, ("draw", vid, urgency)):  # type: ignore[union-attr]
                     # Newcomers now join this line's end (see _joins_line).
-                    self.controller.hold_fast_path(True)
+                    self.controller.hold_fast_path(school.index, True)  # type: ignore[union-attr]
                     # The page shows what its first poll would answer (the
                     # same computation as status_response), and polls when
                     # that answer says.
@@ -737,12 +737,11 @@ class Admission:
         urgency, its free slots and how many tickets should be called (what
         a line sync sends; see LineView)."""
         if not self.enabled:
-            self.controller.hold_fast_path(False)
+            self.controller.held.clear()
             return {}
         controller = self.controller
         now = time.time()
         out: Inputs = {}
-        held = False
         for i, name in enumerate(controller.school_names):
             admitted = controller.usage(i, now)["admitted"]
             delta = admitted - self._admitted.get(name, admitted)
@@ -750,10 +749,9 @@ class Admission:
             queued = self._queued_by_urgency(i, now)
             line = self.line.line(name)
             target = self._call_target(i, line, queued, now)
-            held = held or target is not None
+            # Newcomers join a line with tickets waiting (see _joins_line).
+            controller.hold_fast_path(i, target is not None)
             out[name] = (max(delta, 0), queued, controller.free_slots(i, now), target)
-        # Newcomers join a line with tickets waiting (see _joins_line).
-        controller.hold_fast_path(held)
         return out
 
     def waiting_lines(self) -> dict[str, dict]:

@@ -310,3 +310,36 @@ def test_a_reload_moves_the_connection_then_it_is_routed_natively_again(run):
         assert [s.requests for s in new.schools] == [2, 0]
         assert [s.requests for s in old.schools] == [1, 0]
     run(body)
+
+
+def test_a_waiting_line_holds_only_its_own_schools_fast_path(run):
+    # While north's line has tickets waiting, north's newcomers go through
+    # the shell (they join the line's end); south's requests keep the
+    # frameless path.
+    n = 20
+
+    def body(h: Harness) -> None:
+        controller = h.app.admission.controller
+        controller.hold_fast_path(0, True)
+        assert h.app.admission.core.held is controller.held == {0}
+        south, _ = h.client()
+        h.finish(h.send(south, req("/page/0", host="south.test")))
+        north, _ = h.client("198.51.100.8")
+        h.finish(h.send(north, req("/page/0")))
+
+        def south_requests() -> None:
+            for i in range(1, n):
+                h.finish(h.send(south, req(f"/page/{i}", host="south.test")))
+
+        def north_requests() -> None:
+            for i in range(1, 3):
+                h.finish(h.send(north, req(f"/page/{i}")))
+
+        assert gateway_frames(south_requests) == []
+        frames = gateway_frames(north_requests)
+        assert "admission.py:admit" in frames and "admission.py:release" in frames
+        controller.hold_fast_path(0, False)
+        assert controller.held == set()
+        assert gateway_frames(north_requests) == []
+
+    run(body)

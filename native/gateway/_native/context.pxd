@@ -14,6 +14,9 @@ cdef class AdmissionCore:
     cdef public Scheduler scheduler
     # The worker's request counters (Exchange._count; outlives reloads).
     cdef public Stats stats
+    # The controller's `held` set: schools whose requests and releases go
+    # through the shell (AdmissionController.hold_fast_path).
+    cdef public set held
 
 
 cdef class Context:
