@@ -588,7 +588,7 @@ class Admission:
     # -- the waiting line ------------------------------------------------------------
 
     def _line_status(self, school: SchoolRuntime, vid: bytes, arrived: float,
-                     now: float, polled: bool = True) -> tuple[str, int, float, int]:
+                     now: float, polled: bool = True) -> tuple[str, int, float | None, int]:
         """(state, position, eta seconds, seconds to the next poll) of visitor
         `vid` in the school's line; the waiting page and the status endpoint
         both show what this answers.
@@ -607,12 +607,15 @@ class Admission:
         never more than last shown but for more urgent arrivals
         (Line.report).
 
-        Estimate: the position, plus the visitors called and not back yet
-        (they get in first), over the fleet's measured admission rate
-        (Line.rate; the local one while none is measured), plus what the
-        page itself adds: it learns of its turn only when it polls, every
-        `poll` seconds (sooner when the turn is near, POLL_MIN..POLL_MAX),
-        so half a poll on average, and never less than the first poll.
+        Estimate (_wait_answer): the position, plus the visitors called and
+        not back yet (they get in first), over the fleet's measured
+        admission rate (Line.rate), plus what the page itself adds: it
+        learns of its turn only when it polls, every `poll` seconds (sooner
+        when the turn is near, POLL_MIN..POLL_MAX), so half a poll on
+        average, and never less than the first poll. None (the page says
+        "not known yet") while the fleet has no rate measured: never this
+        worker's own queue or rate, which differ between workers and
+        instances.
         """
         name, idx = school.name, school.index
         # A poll is a sign of life (Line.seen); the page's own answer (just
@@ -652,24 +655,35 @@ class Admission:
         ahead += line.queued_ahead(entry.urgency, at, exclude=self.line.worker)
         position = line.report(vid, ahead + rank + 1)
         self.line.change(name, ("shown", vid, entry.shown, entry.urgent_ahead))
-        return self._wait_answer(idx, line, position, at, now)
+        return self._wait_answer(line, position, at)
 
-    def _wait_answer(self, idx: int, line: Line, position: int, at: float,
-                     now: float) -> tuple[str, int, float, int]:
-        """("wait", position, eta, poll) for a visitor shown `position`: the
-        visitors called and not back yet get in first too; the estimate is
-        over the fleet's admission rate (Line.rate, on the store's clock
-        `at`), the local queue's while none is measured."""
-        due = position + line.called()
-        eta = line.eta(due, at)
+    @staticmethod
+    def _wait_answer(line: Line, position: int,
+                     at: float) -> tuple[str, int, float | None, int]:
+        """("wait", position, eta seconds or None, poll) for a visitor shown
+        `position` (the position the shared line keeps for its ticket:
+        Line.report, replayed to every worker as a "shown" change).
+
+        The estimate depends on the shared line and the fleet's rate alone
+        (Line.eta on the store's clock `at`: the position plus the visitors
+        called and not back yet, who get in first, over the admissions per
+        busy second of the whole fleet), so every worker of every instance
+        answers the same ticket alike, give or take one sync. None while the
+        fleet has measured no admissions (a storm's first seconds, or every
+        slot held throughout the window): not known yet, and said so (the
+        page shows "eta.unknown"), rather than a guess from this worker's
+        own queue, whose rate is its share of the fleet's and may be
+        anything from nothing to all of it. The page then polls soon."""
+        eta = line.eta(position + line.called(), at)
         if eta is None:
-            eta = self.controller.queue_eta(idx, due, now)
+            return "wait", position, None, POLL_MIN
         poll = max(POLL_MIN, min(POLL_MAX, int(eta / 4)))
         return "wait", position, max(float(poll), eta + poll / 2), poll
 
     def _provisional_status(self, school: SchoolRuntime, vid: bytes, arrived: float,
                             now: float, line: Line,
-                            pending: tuple[float, int, int, int]) -> tuple[str, int, float, int]:
+                            pending: tuple[float, int, int, int],
+                            ) -> tuple[str, int, float | None, int]:
         """_line_status of a visitor whose draw no Redis sync has confirmed
         yet (LineView.provisional): at the end of the line as known here.
         The position shown is remembered with the draw (a "shown" change),
@@ -688,7 +702,7 @@ class Admission:
         if shown:
             position = min(position, shown + max(0, urgent_now - urgent))
         self.line.change(name, ("shown", vid, position, urgent_now))
-        return self._wait_answer(idx, line, position, at, now)
+        return self._wait_answer(line, position, at)
 
     def _queued_by_urgency(self, idx: int, now: float) -> dict[float, int]:
         """This worker's queued requests of one school, by urgency."""

@@ -450,3 +450,24 @@ def test_workers_replaying_the_log_keep_one_line_through_wraps_and_snapshots():
         lines = store.exchange({}, now)
         for school in ("a", "b"):
             _same_line(lines[school], model.lines[school])
+
+
+def test_wait_answer_is_the_shared_lines_figure_or_unknown():
+    """Admission._wait_answer: the estimate is the line's own (position plus
+    called, over the fleet's rate), the same at any worker holding a copy of
+    the line; with no rate measured it is None (not known), never a guess."""
+    from gateway.proxy.admission import Admission
+
+    line = Line()
+    line.draw(b"v", 0.0, 100.0)
+    assert Admission._wait_answer(line, 3, 100.5) == ("wait", 3, None, 2)
+    # A busy second (a worker reported a queue) with 8 admissions in it.
+    line.set_queue("w", {0.0: 1}, 101.2)
+    line.record(8, 101.3)
+    rate = line.rate(102.5)
+    assert rate > 0
+    state, position, eta, poll = Admission._wait_answer(line, 3, 102.5)
+    assert (state, position) == ("wait", 3)
+    assert eta == max(float(poll), 3 / rate + poll / 2)
+    copy = Line.load(line.dump())
+    assert Admission._wait_answer(copy, 3, 102.5) == (state, position, eta, poll)
