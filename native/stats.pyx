@@ -78,25 +78,9 @@ cdef class Stats:
         cdef int* sslot
         cdef int* cslot
         names = self.school_names
-        if not names:
-            names.append("")
-        known = {n: k for k, n in enumerate(names)}
-        slots = []
-        for name in schools:
-            if name not in known:
-                known[name] = len(names)
-                names.append(name)
-            slots.append(known[name])
         cnames = self.class_names
-        if not cnames:
-            cnames.append("")
-        cknown = {n: k for k, n in enumerate(cnames)}
-        cslots = []
-        for name in classes:
-            if name not in cknown:
-                cknown[name] = len(cnames)
-                cnames.append(name)
-            cslots.append(cknown[name])
+        slots = _slots(names, schools)
+        cslots = _slots(cnames, classes)
         self._grow(len(names), len(cnames))
         sslot = <int*>calloc(len(slots) + 1, sizeof(int))
         cslot = <int*>calloc(len(cslots) + 1, sizeof(int))
@@ -248,3 +232,20 @@ cdef class Stats:
                     if n:
                         pages.append((school, klass, k, n))
         return {"requests": requests, "duration": duration, "wait": wait, "pages": pages}
+
+
+cdef list _slots(list names, list current):
+    """Each of `current`'s names as its slot in `names`, the names a worker
+    has counted under in its life: a name not seen before is appended (slot
+    0 is "", for requests of no school or class). Slots never move, so a
+    reload that renumbers keeps every count with its name."""
+    if not names:
+        names.append("")
+    known = {n: k for k, n in enumerate(names)}
+    slots = []
+    for name in current:
+        if name not in known:
+            known[name] = len(names)
+            names.append(name)
+        slots.append(known[name])
+    return slots
