@@ -25,6 +25,13 @@ processes. `version` (a counter bumped by each store) lets a reader skip
 decoding an unchanged value. A value larger than the segment raises
 ValueError and leaves the stored one as it was.
 
+A store is not atomic: a worker killed in the middle of one (kill -9, the
+OOM killer) leaves the new value half written under the old header. Each
+value carries a CRC-32, and `load` answers such a torn value as lost
+(None, `torn` counts it) rather than raising at every later round: the
+ledger then starts from empty, as after a Redis restart (leases rebuilt,
+no burst: gateway/admission/sharing.py).
+
 Locks are per process (lockf): two Segments of one process never exclude
 each other, so use one process-wide region (the inherited one).
 """
@@ -33,17 +40,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import mmap
 import os
 import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 
-# Per segment: version (u64), payload length (u32), then the payload.
-_HEAD = struct.Struct("<QI")
+log = logging.getLogger("schoolgate.shared")
+
+# Per segment: version (u64), payload length (u32), the payload's CRC-32
+# (u32), then the payload.
+_HEAD = struct.Struct("<QII")
 
 # Segment sizes are rounded up to this (the lock ranges never overlap).
 _ALIGN = 4096
@@ -65,6 +77,8 @@ class Segment:
         self.name = name
         self.offset = offset
         self.size = size
+        # Torn values this process found (a writer died mid-store).
+        self.torn = 0
 
     @contextlib.contextmanager
     def locked(self, blocking: bool = True) -> Iterator[Segment]:
@@ -87,12 +101,20 @@ class Segment:
 
     def load(self) -> Any:
         """The stored value (msgpack types: dicts, lists, str, bytes,
-        numbers), or None if nothing was stored. Call under the lock."""
-        version, length = _HEAD.unpack_from(self.region.map, self.offset)
+        numbers), or None if nothing was stored or the value is torn (its
+        writer died mid-store: logged, counted in `torn`). Call under the
+        lock."""
+        version, length, crc = _HEAD.unpack_from(self.region.map, self.offset)
         if version == 0:
             return None
         start = self.offset + _HEAD.size
-        return msgspec.msgpack.decode(self.region.map[start:start + length])
+        data = self.region.map[start:start + length]
+        if len(data) != length or zlib.crc32(data) != crc:
+            self.torn += 1
+            log.warning("shared memory segment %r: the stored value is torn (a process "
+                        "died while writing it); starting from empty", self.name)
+            return None
+        return msgspec.msgpack.decode(data)
 
     def store(self, value: Any) -> None:
         """Replace the value (call under the lock). ValueError if it does
@@ -103,7 +125,8 @@ class Segment:
                              f"in {self.size - _HEAD.size}")
         start = self.offset + _HEAD.size
         self.region.map[start:start + len(data)] = data
-        _HEAD.pack_into(self.region.map, self.offset, self.version + 1, len(data))
+        _HEAD.pack_into(self.region.map, self.offset, self.version + 1, len(data),
+                        zlib.crc32(data))
 
 
 class Region:

@@ -83,8 +83,8 @@ _DECODE = msgspec.msgpack.Decoder()
 # The "line" segment's header: magic, then head (next record's sequence
 # number and byte offset in the ring), tail (oldest record kept), and the
 # snapshot (the lines after every record before snap_seq; its length; 1 if
-# there is one).
-_LOG_HEAD = struct.Struct("<8sQQQQQQQQ")
+# there is one; which half of the snapshot room holds it).
+_LOG_HEAD = struct.Struct("<8sQQQQQQQQQ")
 _MAGIC = b"SGLINE01"
 _LOG_START = 128  # header bytes reserved at the segment's start
 _LEN = struct.Struct("<I")
@@ -115,7 +115,9 @@ class ShmLineStore:
     A batch too large for the ring (a quarter of it) is refused: nothing of
     it is applied (its answers are None, `full` says so) and the lines stay
     as they were; the next exchange that fits clears `full`. Lines too
-    large for the snapshot room are logged, and the oldest records dropped
+    large for the snapshot room (half of what the ring leaves: snapshots
+    take turns in two halves, so one torn by a writer killed mid-write is
+    never the published one) are logged, and the oldest records dropped
     all the same (a worker that lags then starts from what is left).
     """
 
@@ -134,7 +136,11 @@ class ShmLineStore:
         self._pos = 0
         size = segment.size - _LOG_START
         self._ring = max(256, size // 8)  # ring bytes; the rest holds the snapshot
-        self._snap_room = size - self._ring
+        # Two halves: a new snapshot is written into the half the header
+        # does not name, and named only once whole, so a worker killed
+        # while writing one leaves the published snapshot intact.
+        self._snap_room = (size - self._ring) // 2
+        self._published = 0  # the half the header named when the lock was taken
         if self._snap_room < 256:
             raise ValueError(f"segment {segment.name!r} too small for a line log")
         self._warned = False
@@ -145,7 +151,7 @@ class ShmLineStore:
         seg = self.segment
         head = list(_LOG_HEAD.unpack_from(seg.region.map, seg.offset))
         if head[0] != _MAGIC:  # a zeroed region: nothing written yet
-            head = [_MAGIC, 0, 0, 0, 0, 0, 0, 0, 0]
+            head = [_MAGIC, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         return head
 
     def _put_head(self, head: list[Any]) -> None:
@@ -187,10 +193,10 @@ class ShmLineStore:
 
     def _catch_up(self, head: list[Any]) -> None:
         """Apply the records written since this worker last looked."""
-        _, head_seq, _, tail_seq, tail_pos, snap_seq, snap_pos, snap_len, has_snap = head
+        _, head_seq, _, tail_seq, tail_pos, snap_seq, snap_pos, snap_len, has_snap, half = head
         if self._seq is None or self._seq < tail_seq or self._seq > head_seq:
             if has_snap:
-                start = self._base + self._ring
+                start = self._base + self._ring + half * self._snap_room
                 data = _DECODE.decode(self.segment.region.map[start:start + snap_len])
                 self.lines = {school: Line.load(d, self.capacity) for school, d in data.items()}
                 self._seq, self._pos = snap_seq, snap_pos
@@ -214,9 +220,12 @@ class ShmLineStore:
         data = _ENCODE.encode({school: line.dump() for school, line in self.lines.items()})
         if len(data) > self._snap_room:
             return False
-        start = self._base + self._ring
+        # Never the published half: the header names the new one only at
+        # _put_head, after every byte of it is written.
+        half = 1 - self._published
+        start = self._base + self._ring + half * self._snap_room
         self.segment.region.map[start:start + len(data)] = data
-        head[5], head[6], head[7], head[8] = head[1], head[2], len(data), 1
+        head[5], head[6], head[7], head[8], head[9] = head[1], head[2], len(data), 1, half
         return True
 
     def _make_room(self, head: list[Any], start: int, end: int) -> None:
@@ -270,6 +279,7 @@ class ShmLineStore:
         payload = _ENCODE.encode([now, rules.grace, rules.go_grace, rules.keep, batches])
         with self.segment.locked():
             head = self._head()
+            self._published = head[9]
             self._catch_up(head)
             if self._append(head, payload):
                 self._put_head(head)

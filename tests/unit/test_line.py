@@ -228,6 +228,40 @@ def test_forked_workers_draw_distinct_numbers_in_one_sequence():
         assert mine == sorted(mine)
 
 
+def test_a_worker_killed_while_writing_a_snapshot_leaves_the_published_one_whole():
+    """A snapshot used to be written over the published one before the
+    header named the new one: a worker SIGKILLed in between left a torn
+    snapshot that every worker started later (the supervisor respawns the
+    killed one) failed to decode at each exchange, its line changes
+    raising in the request path until the ring filled again."""
+    import signal
+
+    region = line_segment(64 << 10)
+    a = ShmLineStore(region)
+    n = 0
+    while not a._head()[8] or n < 400:  # until a snapshot is published
+        a.exchange({"s": [("draw", b"v%d" % n, 10)]}, T0)
+        n += 1
+    pid = os.fork()
+    if pid == 0:
+        # Killed holding the lock, a new snapshot written but not yet
+        # named by the header.
+        store = ShmLineStore(region)
+        region.locked().__enter__()
+        head = store._head()
+        store._published = head[9]
+        store._catch_up(head)
+        store.lines["s"].draw(b"never-published", 10, T0)
+        store._snapshot(head)
+        os.kill(os.getpid(), signal.SIGKILL)
+    assert os.waitpid(pid, 0)[1] & 0x7F == signal.SIGKILL
+    fresh = ShmLineStore(region)  # the respawned worker
+    line = fresh.exchange({"s": [("draw", b"late", 10)]}, T0 + 1)["s"]
+    assert set(line.by_vid) == {b"v%d" % i for i in range(n)} | {b"late"}
+    assert line.entry(b"late").number == n + 1
+    assert set(a.exchange({"s": []}, T0 + 1)["s"].by_vid) == set(line.by_vid)
+
+
 def test_a_region_too_small_keeps_the_line_as_it_was():
     store = ShmLineStore(line_segment(4096))
     store.exchange({"s": [("draw", b"a", 10)]}, T0)
@@ -412,7 +446,7 @@ def test_workers_replaying_the_log_keep_one_line_through_wraps_and_snapshots():
     # a worker that stays away for long, and one that starts late, catch up
     # from the snapshot. Every copy is the line one store applying every
     # batch in the same order has.
-    segment = line_segment(64 << 10)
+    segment = line_segment(128 << 10)
     stores = [ShmLineStore(segment) for _ in range(3)]
     model = LocalLineStore()
     rng = random.Random(5)

@@ -77,3 +77,48 @@ def test_keys_of_one_school_share_a_cluster_hash_tag():
     assert scope("school", "a{b}") == "school:a(b)"
     with pytest.raises(ValueError):
         client(Redis(url=""))
+
+
+def test_a_store_torn_by_a_killed_writer_reads_as_lost_and_the_ledger_goes_on():
+    """A worker SIGKILLed in the middle of Segment.store leaves the new
+    value half written under the old header. Before the CRC, every later
+    load raised DecodeError, so the instance's LocalLedger answered every
+    round with an error and its workers stayed on the static fallback
+    share until a restart. Now the torn value reads as lost (None) and the
+    next round starts the ledger afresh."""
+    import signal
+
+    import msgspec
+
+    from gateway.admission.sharing import Report, SlotOp
+    from gateway.shared.ledger import LocalLedger
+    from gateway.shared.region import _HEAD
+
+    region = Region.create({"ledger": 1 << 16})
+    seg = region.segment("ledger")
+    with seg.locked():
+        seg.store({"t": {f"school:{i}": {"w": [1.0, 2, 3]} for i in range(200)}, "b": {}})
+    new = msgspec.msgpack.encode({"t": {f"other:{i}": {} for i in range(400)}, "b": {}})
+    pid = os.fork()
+    if pid == 0:
+        # Killed mid-store, holding the lock: half the payload copied, the
+        # header not yet written.
+        seg.locked().__enter__()
+        start = seg.offset + _HEAD.size
+        region.map[start:start + len(new) // 2] = new[:len(new) // 2]
+        os.kill(os.getpid(), signal.SIGKILL)
+    assert os.waitpid(pid, 0)[1] & 0x7F == signal.SIGKILL
+    with seg.locked(blocking=False):  # the kernel dropped the dead holder's lock
+        assert seg.load() is None
+    assert seg.torn == 1
+
+    ledger = LocalLedger(seg, clock=lambda: 100.0)
+    op = SlotOp("school:a", "max_inflight", limit=10, want=4, allot=0, inuse=0, cap=10,
+                spec="")
+    ledger.post(Report("w0", ttl=5.0, grace=1.0, ops=[op]))
+    _, answers = ledger.take_answer()
+    assert not isinstance(answers, BaseException)
+    assert len(answers) == 1 and 0 <= answers[0].grant <= 10
+    with seg.locked():
+        assert seg.load() is not None  # stored whole again
+    region.close()
