@@ -137,7 +137,16 @@ class LineView:
             # This process's own lines, or the instance's under its lock:
             # the store's answer is the answer.
             results: dict[str, list[Any]] = {}
-            self.lines.update(store.exchange({school: [op]}, now, results))
+            try:
+                self.lines.update(store.exchange({school: [op]}, now, results))
+            except Exception as err:
+                if store is self._fallback:
+                    raise
+                # The shared memory failed us (a fault nobody foresaw): this
+                # request is answered from a local line rather than with a
+                # 500, and the shared one is tried again (see _try_again).
+                self._degrade({}, err)
+                return self.change(school, op)
             self.synced_at = self.clock()
             return results[school][-1]
         result = self._provisional(school, op, now)
@@ -349,8 +358,12 @@ class LineView:
             # Tickets spent meanwhile stay spent (those already there are kept).
             redraw[school] += [("spend", vid) for vid in line.spent]
         try:
-            lines, offset = await asyncio.wait_for(
-                self.store.aexchange(redraw, self.clock()), self.timeout)
+            if self._async:
+                lines, offset = await asyncio.wait_for(
+                    self.store.aexchange(redraw, self.clock()), self.timeout)
+            else:
+                # Shared memory: an exchange under its lock, as change() does.
+                lines, offset = self.store.exchange(redraw, self.now()), self._offset
         except Exception:
             return
         self._fallback = None

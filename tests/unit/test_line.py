@@ -505,3 +505,28 @@ def test_wait_answer_is_the_shared_lines_figure_or_unknown():
     assert eta == max(float(poll), 3 / rate + poll / 2)
     copy = Line.load(line.dump())
     assert Admission._wait_answer(copy, 3, 102.5) == (state, position, eta, poll)
+
+
+def test_a_shared_memory_fault_answers_from_a_local_line_then_goes_back():
+    # Whatever the shared memory raises never reaches the request: the
+    # change is answered from a local line, and the worker rejoins the
+    # shared line (with the visitors who drew meanwhile) when it works again.
+    import asyncio
+
+    region = line_segment(1 << 20)
+    store = ShmLineStore(region)
+    view = LineView(store, "one", dict, clock=lambda: T0)
+    other = LineView(ShmLineStore(region), "two", dict, clock=lambda: T0)
+    working = store.exchange
+
+    def broken(*args, **kwargs):
+        raise OSError("simulated fault")
+
+    store.exchange = broken  # type: ignore[method-assign]
+    assert view.change("s", ("draw", b"a", 10)) == 1
+    assert view.degraded and not view.shared
+    store.exchange = working  # type: ignore[method-assign]
+    asyncio.run(view._try_again())
+    assert not view.degraded
+    # a's place reached the shared line: the next visitor comes after it.
+    assert other.change("s", ("draw", b"b", 10)) == 2
