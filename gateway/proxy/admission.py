@@ -172,7 +172,8 @@ class Admission:
         self.enabled = cfg.admission.enabled
         self.core.enabled = self.enabled
         secret = cfg.admission.secret.encode() or process_secret()
-        self.signer = TicketSigner(secret)
+        # With a shared Redis, the fleet (its key prefix) is signed too.
+        self.signer = TicketSigner(secret, fleet=cfg.redis.prefix if cfg.redis.url else "")
         self.ttl = cfg.admission.ticket_ttl
         # Seconds of the fleet's admissions a line calls ahead while the
         # school's queue is busy: a called visitor's reload lines up by its

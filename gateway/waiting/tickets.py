@@ -93,27 +93,34 @@ class TicketSigner:
     """Issues and checks tickets under one HMAC secret.
 
     `leeway` tolerates clock differences between gateway instances: a ticket
-    issued up to that many seconds "in the future" still verifies.
+    issued up to that many seconds "in the future" still verifies. `fleet`
+    names the fleet whose line the ticket holds a place in (the `[redis]
+    prefix` when instances share a Redis): it is signed with the ticket, so
+    two fleets that share a Redis and, by mistake, a secret still refuse each
+    other's tickets. "" (one instance, or no Redis) signs as before.
     """
 
-    __slots__ = ("_key", "_leeway")
+    __slots__ = ("_fleet", "_key", "_leeway")
 
     @property
     def leeway(self) -> float:
         """Seconds a ticket's `issued_at` may lie ahead of `now` and still verify."""
         return self._leeway
 
-    def __init__(self, secret: bytes, *, leeway: float = 1.0) -> None:
+    def __init__(self, secret: bytes, *, leeway: float = 1.0, fleet: str = "") -> None:
         if len(secret) < _MIN_SECRET:
             raise ValueError(f"ticket secret must be at least {_MIN_SECRET} bytes")
         if leeway < 0:
             raise ValueError("leeway must not be negative")
         self._key = bytes(secret)
         self._leeway = leeway
+        fleet_name = fleet.encode("utf-8")
+        self._fleet = (b"fleet" + struct.pack("!H", len(fleet_name)) + fleet_name
+                       if fleet_name else b"")
 
     def _mac(self, school: str, payload: bytes) -> bytes:
         name = school.encode("utf-8")
-        context = _CONTEXT + struct.pack("!H", len(name)) + name
+        context = _CONTEXT + self._fleet + struct.pack("!H", len(name)) + name
         return hmac.new(self._key, context + payload, hashlib.sha256).digest()
 
     def issue(self, school: str, visitor_id: bytes, arrived_at: float, now: float) -> str:

@@ -274,3 +274,14 @@ def test_cookie_round_trip(signer, ticket):
 
 def test_leeway_is_readable():
     assert TicketSigner(SECRET, leeway=2.5).leeway == 2.5
+
+
+def test_a_ticket_holds_only_in_the_fleet_it_was_signed_for():
+    # Two fleets sharing one Redis under different prefixes, by mistake with
+    # one secret: neither honours the other's tickets.
+    a = TicketSigner(SECRET, fleet="fleet-a:")
+    b = TicketSigner(SECRET, fleet="fleet-b:")
+    ticket = a.issue(SCHOOL, b"visitor", T0 - 10, T0)
+    assert a.verify(ticket, SCHOOL, now=T0, ttl=TTL) is not None
+    assert b.verify(ticket, SCHOOL, now=T0, ttl=TTL) is None
+    assert TicketSigner(SECRET).verify(ticket, SCHOOL, now=T0, ttl=TTL) is None
