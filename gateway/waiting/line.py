@@ -11,6 +11,20 @@ less urgent one; within one urgency, the lower number goes first.
   counted; neither are visitors who stopped polling: a waiting ticket not
   seen for `grace` seconds is dropped (`sweep`), and so is a called ticket
   not back within `go_grace`.
+- Set aside (`sweep`, STALE): a ticket whose visitor never polled and was
+  not seen (its first page, or a page again) for STALE seconds is not a
+  visitor waiting on a page (its page polls within POLL_MAX): it stops
+  counting ahead of anyone, and call_next passes it over, at once rather
+  than after the grace, so a flood of tickets drawn by a client that never
+  polls inflates nobody's position or estimate. It is still in the line
+  (its visitor id is known) until the grace drops it. If it comes back (a
+  poll, or a page again) it rejoins at the end of its urgency with a new
+  number, as a newcomer would: taking its old place back would raise the
+  position of every visitor behind it who was shown one meanwhile (and
+  would let a client reserve places it never waits in). The price: a real
+  page whose first poll comes more than STALE - POLL_MAX = 2 s late loses
+  its place; its own position may then go up (it was not waiting), nobody
+  else's does.
 - Calling (`call_next`): the line calls its head, in order, until as many
   tickets are called (told "go", on their way back) as the fleet has room
   for: its free slots (every worker reports its own with its queue,
@@ -33,7 +47,15 @@ less urgent one; within one urgency, the lower number goes first.
   up; the line remembers that for `keep` seconds (the ticket's TTL plus the
   signer's leeway: until every copy has lapsed), so a replayed cookie is
   refused by every worker and instance sharing the line. A spend is taken
-  back (`unspend`) when its request never got in after all.
+  back (`unspend`) when its request never got in after all. The record
+  holds at most `capacity` tickets: when it is full the oldest spends are
+  forgotten early (evicted) to make room, rather than refusing every
+  ticket (which would cost every waiting visitor its place once about
+  capacity / keep tickets a second got in, 166/s with the defaults). The
+  bound of what that lets through: a replay of an evicted ticket gets in
+  once (it is then spent again), and only after `capacity` other tickets
+  were spent since it was, within its TTL; a record never full evicts
+  nothing.
 
 The same rules run in three places: this class itself (one worker, or the
 fallback while a shared store is down); serialized in shared memory between
@@ -48,7 +70,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +131,10 @@ class Entry:
     # Passed over by call_next (never polled, not seen for STALE) and out of
     # its level's heap until a poll or a new page makes it fresh again.
     parked: bool = False
+    # Set aside by sweep (never polled, not seen for STALE): counted ahead
+    # of nobody, waiting for nothing; a poll or a page again makes it rejoin
+    # at the end (Line._rejoin).
+    aside: bool = False
 
     def key(self) -> tuple[float, int]:
         return (-self.urgency, self.number)
@@ -165,7 +191,7 @@ class _Level:
         tree = [0] * (len(self.entries) + 1)
         for i, e in enumerate(self.entries):
             e.idx = i  # type: ignore[union-attr]
-            tree[i + 1] = 0 if e.called_at else 1  # type: ignore[union-attr]
+            tree[i + 1] = 0 if e.called_at or e.aside else 1  # type: ignore[union-attr]
         for i in range(1, len(tree)):  # linear-time Fenwick build
             j = i + (i & -i)
             if j < len(tree):
@@ -187,7 +213,7 @@ class Line:
     O(n).
     """
 
-    __slots__ = ("_called", "_called_q", "_levels", "_next_sweep", "_seen_q", "_spent_q",
+    __slots__ = ("_called", "_called_q", "_fresh_q", "_levels", "_next_sweep", "_seen_q",
                  "_urgencies", "admissions", "busy", "by_vid", "capacity", "last", "queues",
                  "serving", "since", "spent")
 
@@ -202,11 +228,12 @@ class Line:
         self._levels: dict[float, _Level] = {}
         self._urgencies: list[float] = []
         self._called = 0  # tickets called, not back yet
-        # (when, vid) of every sighting of a waiting ticket, every call, and
-        # every spend, in time order: sweep looks at each once.
+        # (when, vid) of every sighting of a waiting ticket, of a waiting
+        # ticket not polled yet (set aside after STALE), and every call, in
+        # time order: sweep looks at each once.
         self._seen_q: deque[tuple[float, bytes]] = deque()
+        self._fresh_q: deque[tuple[float, bytes]] = deque()
         self._called_q: deque[tuple[float, bytes]] = deque()
-        self._spent_q: deque[tuple[float, bytes]] = deque()
         # Whole second -> admissions in it, for the seconds of the window.
         self.admissions: dict[int, int] = {}
         # The whole seconds of the window in which the school was busy.
@@ -218,8 +245,9 @@ class Line:
         # beyond its queue, -1: unlimited): each worker's own queue, counted
         # in positions, and its room, which calls the line's head.
         self.queues: dict[str, tuple[float, dict[float, int], int]] = {}
-        # Visitor id -> when its ticket was spent (at most `capacity` ids).
-        self.spent: dict[bytes, float] = {}
+        # Visitor id -> when its ticket was spent (at most `capacity` ids), in
+        # the order spent (the oldest first: forgotten, or evicted, first).
+        self.spent: OrderedDict[bytes, float] = OrderedDict()
         self._next_sweep = -math.inf
 
     def __len__(self) -> int:
@@ -241,7 +269,8 @@ class Line:
     def draw(self, vid: bytes, urgency: float, now: float) -> int:
         """The visitor's number: a new one at the end of its urgency, or the
         one it already holds (seen again; a called ticket stays called, its
-        grace renewed). 0 when the line is full (`capacity`)."""
+        grace renewed; a ticket set aside rejoins at the end with a new
+        number). 0 when the line is full (`capacity`)."""
         self._begin(now)
         entry = self.by_vid.get(vid)
         if entry is not None:
@@ -251,7 +280,12 @@ class Line:
                 self._called_q.append((now, vid))
             else:
                 self._seen_q.append((now, vid))
-                self._unpark(entry, vid)
+                if entry.aside:
+                    self._rejoin(entry, vid)
+                else:
+                    self._unpark(entry, vid)
+                if not entry.polled:
+                    self._fresh_q.append((now, vid))
             return entry.number
         if len(self.by_vid) >= self.capacity:
             return 0
@@ -263,6 +297,7 @@ class Line:
         level.waiting += 1
         heapq.heappush(level.heap, (entry.number, vid))
         self._seen_q.append((now, vid))
+        self._fresh_q.append((now, vid))
         return entry.number
 
     def _unpark(self, entry: Entry, vid: bytes) -> None:
@@ -270,17 +305,43 @@ class Line:
             entry.parked = False
             heapq.heappush(self._levels[entry.urgency].heap, (entry.number, vid))
 
+    def _rejoin(self, entry: Entry, vid: bytes) -> None:
+        """A ticket set aside is back: at the end of its urgency, with a new
+        number, as a newcomer (see the module docstring: its old place would
+        raise the positions of those behind it). O(log n)."""
+        level = self._levels[entry.urgency]
+        level.entries[entry.idx] = None  # its old place counted nothing
+        level.live -= 1
+        self.last += 1
+        entry.number = self.last
+        entry.aside = entry.parked = False
+        entry.shown = entry.urgent_ahead = 0  # a new place: nothing shown yet
+        level.append(entry, 1)
+        level.waiting += 1
+        heapq.heappush(level.heap, (entry.number, vid))
+        level.compact()
+
+    def _set_aside(self, entry: Entry) -> None:
+        level = self._levels[entry.urgency]
+        level.add(entry.idx, -1)
+        level.waiting -= 1
+        entry.aside = True
+
     def seen(self, vid: bytes, now: float) -> bool:
-        """The visitor polled; False if its ticket is not in the line."""
+        """The visitor polled; False if its ticket is not in the line. A
+        ticket set aside rejoins at the end (`draw`)."""
         entry = self.by_vid.get(vid)
         if entry is None:
             return False
         entry.last_seen = now
         if not entry.called_at:
             self._seen_q.append((now, vid))
+            if entry.aside:
+                self._rejoin(entry, vid)
+            else:
+                self._unpark(entry, vid)
             if not entry.polled:
                 self._levels[entry.urgency].polled += 1
-            self._unpark(entry, vid)
         entry.polled = 1
         return True
 
@@ -292,8 +353,11 @@ class Line:
         entry.called_at = now
         entry.last_seen = now
         level = self._levels[entry.urgency]
-        level.add(entry.idx, -1)
-        level.waiting -= 1
+        if entry.aside:
+            entry.aside = False  # counted nowhere already
+        else:
+            level.add(entry.idx, -1)
+            level.waiting -= 1
         level.polled -= entry.polled
         self._called += 1
         self._called_q.append((now, vid))
@@ -308,7 +372,7 @@ class Line:
         level = self._levels[entry.urgency]
         if entry.called_at:
             self._called -= 1
-        else:
+        elif not entry.aside:
             level.add(entry.idx, -1)
             level.waiting -= 1
             level.polled -= entry.polled
@@ -319,13 +383,19 @@ class Line:
 
     def spend(self, vid: bytes, now: float, keep: float = KEEP) -> bool:
         """Use the visitor's ticket up: True if it was not spent within the
-        last `keep` seconds (now it is), False if it was (a replay) or the
-        record is full (`spent_full`: then nothing is recorded, and the
-        caller honours no ticket rather than any twice)."""
-        if self.is_spent(vid, now, keep) or self.spent_full(now, keep):
+        last `keep` seconds (now it is), False if it was (a replay). A full
+        record (`capacity` spends within `keep`) forgets its oldest spends
+        to make room (see the module docstring for what that lets through).
+        O(1) amortised."""
+        if self.is_spent(vid, now, keep):
             return False
-        self.spent[vid] = now
-        self._spent_q.append((now, vid))
+        spent = self.spent
+        spent.pop(vid, None)  # an old, lapsed spend: this one is the newest
+        if len(spent) >= self.capacity:
+            self._forget_spent(now, keep)
+            while len(spent) >= self.capacity:
+                spent.popitem(last=False)  # evicted before its time
+        spent[vid] = now
         return True
 
     def unspend(self, vid: bytes) -> bool:
@@ -336,18 +406,13 @@ class Line:
         at = self.spent.get(vid)
         return at is not None and now - at < keep
 
-    def spent_full(self, now: float, keep: float = KEEP) -> bool:
-        if len(self.spent) < self.capacity:
-            return False
-        self._forget_spent(now, keep)
-        return len(self.spent) >= self.capacity
-
     def _forget_spent(self, now: float, keep: float) -> None:
-        q, spent = self._spent_q, self.spent
-        while q and now - q[0][0] >= keep:
-            at, vid = q.popleft()
-            if spent.get(vid) == at:
-                del spent[vid]
+        spent = self.spent
+        while spent:
+            vid, at = next(iter(spent.items()))  # the oldest spend
+            if now - at < keep:
+                break
+            del spent[vid]
 
     def report(self, vid: bytes, computed: int) -> int:
         """The position to show for a visitor whose position is computed as
@@ -422,10 +487,12 @@ class Line:
 
     def sweep(self, now: float, grace: float = GRACE, go_grace: float = GO_GRACE,
               keep: float = KEEP) -> int:
-        """Drop visitors who left (and spends older than `keep`); returns how
-        many visitors. Amortised: one pass a second at most, however often it
-        is called, and each pass looks only at the sightings that are older
-        than the grace periods (each sighting once)."""
+        """Drop visitors who left (and spends older than `keep`), and set
+        aside the tickets never polled and not seen for STALE; returns how
+        many visitors were dropped. Amortised: one pass a second at most,
+        however often it is called, and each pass looks only at the
+        sightings that are older than the grace periods or STALE (each
+        sighting once), O(log n) per ticket set aside."""
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + 1.0
@@ -444,6 +511,13 @@ class Line:
             e = by_vid.get(vid)
             if e is not None and e.called_at and now - e.called_at > go_grace:
                 gone += self.leave(vid)
+        q = self._fresh_q
+        while q and now - q[0][0] > STALE:
+            _, vid = q.popleft()
+            e = by_vid.get(vid)
+            if e is not None and not (e.called_at or e.polled or e.aside) \
+                    and now - e.last_seen > STALE:
+                self._set_aside(e)
         self._prune(now)
         return gone
 
@@ -464,12 +538,17 @@ class Line:
         return self.by_vid.get(vid)
 
     def ahead(self, vid: bytes) -> int:
-        """Tickets ahead of the visitor that are still waiting (not called);
-        -1 if it is not in the line. O(log n)."""
+        """Tickets ahead of the visitor that are still waiting (not called,
+        not set aside); -1 if it is not in the line. A ticket set aside
+        stands nowhere: the answer is where it would rejoin (every waiting
+        ticket of its urgency or a more urgent one). O(log n)."""
         entry = self.by_vid.get(vid)
         if entry is None:
             return -1
-        return self.urgent_ahead(entry) + self._levels[entry.urgency].prefix(entry.idx)
+        level = self._levels[entry.urgency]
+        if entry.aside:
+            return self.urgent_ahead(entry) + level.waiting
+        return self.urgent_ahead(entry) + level.prefix(entry.idx)
 
     def head_urgency(self) -> float | None:
         """The urgency of the most urgent waiting (uncalled) ticket whose
@@ -480,7 +559,7 @@ class Line:
         return None
 
     def urgent_ahead(self, entry: Entry) -> int:
-        """Waiting tickets more urgent than `entry`'s."""
+        """Waiting tickets (not set aside) more urgent than `entry`'s."""
         n = 0
         for u in self._urgencies:
             if -u <= entry.urgency:
@@ -493,7 +572,7 @@ class Line:
         return self._called
 
     def waiting(self) -> dict[float, int]:
-        """Waiting (uncalled) tickets by urgency."""
+        """Waiting tickets (not called, not set aside) by urgency."""
         return {-u: self._levels[-u].waiting for u in self._urgencies
                 if self._levels[-u].waiting}
 
@@ -551,7 +630,7 @@ class Line:
         (what it answers from then on is what this line would answer)."""
         return [self.last, self.serving, self.since,
                 [[vid, e.number, e.urgency, e.last_seen, e.called_at, e.shown, e.urgent_ahead,
-                  e.polled] for vid, e in self.by_vid.items()],
+                  e.polled, int(e.aside)] for vid, e in self.by_vid.items()],
                 [[s, c] for s, c in self.admissions.items()],
                 [[w, at, [[u, c] for u, c in q.items()], free]
                  for w, (at, q, free) in self.queues.items()],
@@ -565,33 +644,43 @@ class Line:
         last, serving, since, entries, admissions, queues, *rest = data
         line.last, line.serving, line.since = int(last), int(serving), since
         made = []
-        for vid, number, urgency, seen, called, shown, urgent, *polled in entries:
+        for vid, number, urgency, seen, called, shown, urgent, *more in entries:
+            # (Snapshots of older versions end before `polled` or `aside`.)
             e = Entry(int(number), float(urgency), float(seen), float(called), int(shown),
-                      int(urgent), int(polled[0]) if polled else 0)
+                      int(urgent), int(more[0]) if more else 0)
+            e.aside = bool(more[1]) if len(more) > 1 and not e.called_at else False
             line.by_vid[bytes(vid)] = e
             made.append((e.number, bytes(vid), e))
         made.sort(key=lambda m: m[0])
-        seen_q, called_q = [], []
+        seen_q, fresh_q, called_q = [], [], []
         for _, vid, e in made:
             level = line._level(e.urgency)
-            level.append(e, 0 if e.called_at else 1)
+            level.append(e, 0 if e.called_at or e.aside else 1)
             if e.called_at:
                 line._called += 1
                 called_q.append((e.called_at, vid))
             else:
-                level.waiting += 1
+                if not e.aside:
+                    level.waiting += 1
+                    level.heap.append((e.number, vid))  # sorted by number: a heap
+                    if not e.polled:
+                        fresh_q.append((e.last_seen, vid))
+                else:
+                    e.parked = True  # out of the heap until it rejoins
                 level.polled += e.polled
-                level.heap.append((e.number, vid))  # sorted by number: a heap
                 seen_q.append((e.last_seen, vid))
         line._seen_q.extend(sorted(seen_q))
+        line._fresh_q.extend(sorted(fresh_q))
         line._called_q.extend(sorted(called_q))
         line.admissions = {int(s): int(c) for s, c in admissions}
         line.queues = {str(w): (float(at), {float(u): int(c) for u, c in q},
                                 int(rest_[0]) if rest_ else 0)
                        for w, at, q, *rest_ in queues}
         if rest:
-            line.spent = {bytes(vid): float(at) for vid, at in rest[0]}
-            line._spent_q.extend(sorted((at, vid) for vid, at in line.spent.items()))
+            # In the order spent (a stable sort: snapshots of older versions
+            # kept their own order; ties keep the dump's).
+            line.spent = OrderedDict(sorted(((bytes(vid), float(at)) for vid, at in rest[0]),
+                                            key=lambda p: p[1]))
         if len(rest) > 1:
             line.busy = {int(s) for s in rest[1]}
         if len(rest) > 2 and rest[2] is not None:

@@ -31,6 +31,9 @@ class Entry:
     # page and never came back; only such tickets are called (call_next)
     # and hold newcomers back (head_urgency).
     polled: int = 0
+    # Never polled and not seen for STALE at a sweep: counted ahead of
+    # nobody until it comes back (then at the end, with a new number).
+    aside: bool = False
 
     def key(self) -> tuple[float, int]:
         return (-self.urgency, self.number)
@@ -89,6 +92,8 @@ class Line:
             entry.last_seen = now
             if entry.called_at:
                 entry.called_at = now
+            elif entry.aside:
+                self._rejoin(vid, entry)
             return entry.number
         if len(self.by_vid) >= self.capacity:
             return 0
@@ -98,12 +103,26 @@ class Line:
         bisect.insort(self._order, (-entry.urgency, entry.number, vid))
         return entry.number
 
+    def _rejoin(self, vid: bytes, entry: Entry) -> None:
+        """Back from being set aside: at the end, with a new number."""
+        del self._order[bisect.bisect_left(self._order, (-entry.urgency, entry.number, vid))]
+        self.last += 1
+        entry.number = self.last
+        entry.aside = False
+        entry.shown = entry.urgent_ahead = 0
+        bisect.insort(self._order, (-entry.urgency, entry.number, vid))
+
+    def _waits(self, entry: Entry) -> bool:
+        return not entry.called_at and not entry.aside
+
     def seen(self, vid: bytes, now: float) -> bool:
         """The visitor polled; False if its ticket is not in the line."""
         entry = self.by_vid.get(vid)
         if entry is None:
             return False
         entry.last_seen = now
+        if entry.aside and not entry.called_at:
+            self._rejoin(vid, entry)
         entry.polled = 1
         return True
 
@@ -114,6 +133,7 @@ class Line:
             return False
         entry.called_at = now
         entry.last_seen = now
+        entry.aside = False
         self.serving = max(self.serving, entry.number)
         return True
 
@@ -127,11 +147,16 @@ class Line:
 
     def spend(self, vid: bytes, now: float, keep: float = KEEP) -> bool:
         """Use the visitor's ticket up: True if it was not spent within the
-        last `keep` seconds (now it is), False if it was (a replay) or the
-        record is full (`spent_full`: then nothing is recorded, and the
-        caller honours no ticket rather than any twice)."""
-        if self.is_spent(vid, now, keep) or self.spent_full(now, keep):
+        last `keep` seconds (now it is), False if it was (a replay). A full
+        record forgets its oldest spends to make room."""
+        if self.is_spent(vid, now, keep):
             return False
+        self.spent.pop(vid, None)  # dict order: the order spent
+        if len(self.spent) >= self.capacity:
+            self._forget_spent(now, keep)
+            while len(self.spent) >= self.capacity:
+                oldest = min(self.spent.items(), key=lambda p: p[1])[0]
+                del self.spent[oldest]
         self.spent[vid] = now
         return True
 
@@ -142,12 +167,6 @@ class Line:
     def is_spent(self, vid: bytes, now: float, keep: float = KEEP) -> bool:
         at = self.spent.get(vid)
         return at is not None and now - at < keep
-
-    def spent_full(self, now: float, keep: float = KEEP) -> bool:
-        if len(self.spent) < self.capacity:
-            return False
-        self._forget_spent(now, keep)
-        return len(self.spent) >= self.capacity
 
     def _forget_spent(self, now: float, keep: float) -> None:
         for vid in [v for v, at in self.spent.items() if now - at >= keep]:
@@ -228,6 +247,9 @@ class Line:
                 or (not e.called_at and now - e.last_seen > grace)]
         for vid in gone:
             self.leave(vid)
+        for e in self.by_vid.values():
+            if not (e.called_at or e.polled) and now - e.last_seen > STALE:
+                e.aside = True
         self._prune(now)
         return len(gone)
 
@@ -251,8 +273,11 @@ class Line:
         entry = self.by_vid.get(vid)
         if entry is None:
             return -1
+        if entry.aside:  # where it would rejoin: behind every waiting ticket
+            return sum(1 for e in self.by_vid.values()
+                       if self._waits(e) and e.urgency >= entry.urgency)
         at = bisect.bisect_left(self._order, (-entry.urgency, entry.number, vid))
-        return at - sum(1 for _, _, v in self._order[:at] if self.by_vid[v].called_at)
+        return sum(1 for _, _, v in self._order[:at] if self._waits(self.by_vid[v]))
 
     def head_urgency(self) -> float | None:
         """The urgency of the most urgent waiting (uncalled) ticket whose
@@ -269,7 +294,7 @@ class Line:
         for u, _, v in self._order:
             if -u <= entry.urgency:
                 break
-            n += not self.by_vid[v].called_at
+            n += self._waits(self.by_vid[v])
         return n
 
     def called(self) -> int:
@@ -280,7 +305,7 @@ class Line:
         """Waiting (uncalled) tickets by urgency."""
         out: dict[float, int] = {}
         for e in self.by_vid.values():
-            if not e.called_at:
+            if self._waits(e):
                 out[e.urgency] = out.get(e.urgency, 0) + 1
         return out
 

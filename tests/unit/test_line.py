@@ -315,11 +315,12 @@ def test_a_ticket_is_spent_once_until_every_copy_has_lapsed():
     assert line.spend(b"a", T0 + 60, keep=60) is True
     # Taken back (its request never got in): worth its place again.
     assert line.unspend(b"a") and not line.is_spent(b"a", T0 + 61, keep=60)
-    # A full record spends nothing more (the caller then honours no ticket).
+    # A full record forgets its oldest spend to make room (it used to
+    # refuse every ticket: test_a_full_spent_record_evicts_the_oldest).
     line.spend(b"b", T0 + 61, keep=60)
-    line.spend(b"c", T0 + 61, keep=60)
-    assert line.spent_full(T0 + 62, keep=60) and line.spend(b"d", T0 + 62, keep=60) is False
-    assert not line.spent_full(T0 + 122, keep=60)
+    line.spend(b"c", T0 + 61.5, keep=60)
+    assert line.spend(b"d", T0 + 62, keep=60) is True
+    assert list(line.spent) == [b"c", b"d"]
     copy = Line.load(line.dump())
     assert copy.spent == line.spent
 
@@ -365,16 +366,19 @@ def test_forked_workers_spend_a_ticket_once_between_them():
 # -- the indexed line against the plain model ---------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_the_indexed_line_answers_as_the_plain_model_under_random_traffic(seed):
+@pytest.mark.parametrize(("seed", "capacity", "keep"),
+                         [(s, 300, 50.0) for s in range(6)] + [(6, 12, 400.0), (7, 25, 400.0)])
+def test_the_indexed_line_answers_as_the_plain_model_under_random_traffic(seed, capacity, keep):
     """Every change and question of gateway.waiting.line.Line (Fenwick trees,
     heaps, time-ordered sweeps) against tests/unit/line_model.py (scans), on
     random traffic of three urgencies, with polls, calls, leaves, sweeps,
-    spends and a dump/load now and then."""
+    spends and a dump/load now and then; tickets that never poll are set
+    aside and some come back; a small capacity fills the spent record (its
+    evictions) and the line."""
     from tests.unit.line_model import Line as Model
 
     rng = random.Random(seed)
-    line, model = Line(capacity=300), Model(capacity=300)
+    line, model = Line(capacity=capacity), Model(capacity=capacity)
     now = T0
     vids: list[bytes] = []
     for step in range(3000):
@@ -402,7 +406,7 @@ def test_the_indexed_line_answers_as_the_plain_model_under_random_traffic(seed):
             assert line.leave(v) == model.leave(v), step
         elif r < 0.85:
             v = rng.choice(vids)
-            assert line.spend(v, now, 50) == model.spend(v, now, 50), step
+            assert line.spend(v, now, keep) == model.spend(v, now, keep), step
         elif r < 0.87:
             v = rng.choice(vids)
             assert line.unspend(v) == model.unspend(v), step
@@ -410,24 +414,25 @@ def test_the_indexed_line_answers_as_the_plain_model_under_random_traffic(seed):
             v, computed = rng.choice(vids), rng.randint(1, 40)
             assert line.report(v, computed) == model.report(v, computed), step
         elif r < 0.91:
-            line = Line.load(line.dump(), 300)
-        assert line.sweep(now, 20.0, 8.0, 50) == model.sweep(now, 20.0, 8.0, 50), step
+            line = Line.load(line.dump(), capacity)
+        assert line.sweep(now, 20.0, 8.0, keep) == model.sweep(now, 20.0, 8.0, keep), step
         assert len(line) == len(model), step
         assert (line.last, line.serving, line.called(), line.head_urgency()) == \
             (model.last, model.serving, model.called(), model.head_urgency()), step
         assert line.waiting() == model.waiting(), step
         for v in rng.sample(vids, min(5, len(vids))):
             assert line.ahead(v) == model.ahead(v), (step, v)
-            assert line.is_spent(v, now, 50) == model.is_spent(v, now, 50), (step, v)
+            assert line.is_spent(v, now, keep) == model.is_spent(v, now, keep), (step, v)
             e, m = line.entry(v), model.entry(v)
             assert (e is None) == (m is None), (step, v)
             if e is not None:
-                assert (e.number, e.urgency, e.called_at, e.polled) == \
-                    (m.number, m.urgency, m.called_at, m.polled), (step, v)
+                assert (e.number, e.urgency, e.called_at, e.polled, e.aside) == \
+                    (m.number, m.urgency, m.called_at, m.polled, m.aside), (step, v)
                 assert line.urgent_ahead(e) == model.urgent_ahead(m), (step, v)
                 computed = rng.randint(1, 40)
                 assert line.report(v, computed) == model.report(v, computed), (step, v)
     assert sorted(line.by_vid) == sorted(model.by_vid)
+    assert list(line.spent.items()) == list(model.spent.items())
 
 
 def _same_line(got: Line, want: Line) -> None:
