@@ -464,7 +464,8 @@ class Admission:
         `claim`: spend it now, in the shared line (Line.spend), so that no
         other request anywhere uses it again; the caller takes the spend
         back if the request does not get in (decided, _void). A full spent
-        record honours no ticket rather than any twice."""
+        record forgets its oldest spends (Line.spend), so a ticket is
+        honoured whatever the load."""
         value = _ticket_cookie(ex.head)  # type: ignore[arg-type]
         if value is None:
             return None
@@ -478,10 +479,7 @@ class Admission:
                 return None
         else:
             line, keep = self.line.line(name), self.line.rules.keep
-            at = self.line.now()
-            # (len, not spent_full: the line may be a store's copy, which
-            # only its log changes.)
-            if line.is_spent(vid, at, keep) or len(line.spent) >= line.capacity:
+            if line.is_spent(vid, self.line.now(), keep):
                 return None
         return vid, ticket.arrived_at
 

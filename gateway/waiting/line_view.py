@@ -179,7 +179,7 @@ class LineView:
             spent = self._spends.setdefault(school, set())
             keep = self.rules.keep
             if op[1] in spent or op[1] in self._sent[1].get(school, ()) or \
-                    line.is_spent(op[1], now, keep) or len(line.spent) >= line.capacity:
+                    line.is_spent(op[1], now, keep):
                 return False
             spent.add(op[1])
             return True

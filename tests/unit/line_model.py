@@ -180,7 +180,9 @@ class Line:
         if entry is None:
             return computed
         urgent = self.urgent_ahead(entry)
-        if entry.shown:
+        # (Set aside, it rejoins at the end when this poll is applied: a new
+        # place, nothing shown there yet. A store's copy may not know yet.)
+        if entry.shown and not entry.aside:
             computed = min(computed, entry.shown + max(0, urgent - entry.urgent_ahead))
         entry.shown, entry.urgent_ahead = computed, urgent
         return computed

@@ -700,18 +700,23 @@ def test_expired_ticket_is_a_new_arrival(run):
     run(body, extra=PROBE_CLASSES)
 
 
-def test_a_full_spent_record_honours_no_ticket(run):
+def test_a_full_spent_record_still_honours_tickets(run):
+    # Issue 9: a full record used to honour no ticket (every visitor holding
+    # one lost its place); it now forgets its oldest spend to make room
+    # (Line.spend), and a replay of a ticket still remembered is refused.
     def body(s: Shell) -> None:
         # The spent record is kept in the school's line, bounded by its capacity.
         s.admission.line.store.capacity = 1
         _, _, holder = s.get("/one")
         s.get("/a")
         s.get("/first", _cookie(60))  # spent: the record is full from here on
-        s.get("/second", _cookie(60))  # cannot be spent, so not honoured
+        second = _cookie(50)
+        s.get("/second", second)  # spent too: the first's spend is evicted
+        s.get("/replay", second)  # a replay of the second: a newcomer
         finish(holder)
-        for _ in range(3):
+        for _ in range(4):
             finish(s.connected[-1])
-        assert s.paths()[1:] == ["/first", "/a", "/second"]
+        assert s.paths()[1:] == ["/first", "/second", "/a", "/replay"]
     run(body)
 
 

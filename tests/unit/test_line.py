@@ -9,7 +9,7 @@ import random
 import pytest
 
 from gateway.shared.region import Region, Segment
-from gateway.waiting.line import GO_GRACE, GRACE, WINDOW, Line, Rules, apply
+from gateway.waiting.line import GO_GRACE, GRACE, STALE, WINDOW, Line, Rules, apply
 from gateway.waiting.line_store import LocalLineStore, ShmLineStore
 from gateway.waiting.line_view import LineView
 
@@ -129,6 +129,154 @@ def test_positions_never_go_up_under_random_traffic_of_one_class():
             # Reported positions are honest: never below the truth.
             assert pos == line.ahead(v) + 1
             shown[v] = pos
+
+
+def test_a_flood_of_tickets_that_never_poll_counts_ahead_of_nobody_after_stale():
+    """Issue 9: a client drawing thousands of tickets (a new visitor each
+    time) and never polling used to count in every position for the whole
+    grace: a real visitor after a flood of 5,000 was shown 5001, and an
+    estimate to match. Past STALE the flood is set aside (positions and the
+    estimate count real waiters); it is dropped at the grace as before."""
+    line = Line()
+    for i in range(5000):
+        line.draw(b"flood%d" % i, 10, T0 + i * 0.0001)
+    # Admissions measured: 5 a second for the whole window.
+    for s in range(int(WINDOW) + 1):
+        line.set_queue("w", {10.0: 1}, T0 - WINDOW + s)
+        line.record(5, T0 - WINDOW + s + 0.5)
+    # Within STALE the flood may still be real visitors whose first poll is
+    # on its way: a visitor arriving now stands behind them.
+    line.draw(b"early", 10, T0 + 6)
+    assert line.ahead(b"early") == 5000
+    line.sweep(T0 + 6)
+    assert line.report(b"early", line.ahead(b"early") + 1) == 5001
+    # A real visitor arriving after the flood, polling as its page does.
+    now = T0 + STALE + 1.5
+    line.sweep(now)
+    assert line.waiting() == {10.0: 1}
+    line.draw(b"real", 10, now)
+    line.seen(b"early", now)
+    assert line.ahead(b"early") == 0
+    assert line.report(b"early", line.ahead(b"early") + 1) == 1
+    assert line.ahead(b"real") == 1
+    assert line.report(b"real", line.ahead(b"real") + 1) == 2
+    # The estimate counts the real waiters: 2 ahead at 5/s, not 5001.
+    assert line.eta(2, now) == pytest.approx(2 / 5.0, rel=0.2)
+    # Nobody of the flood is called; the real visitors are, in order.
+    line.seen(b"real", now + 1)
+    assert line.call_next(1, now + 1) == 1 and line.entry(b"early").called_at
+    assert line.call_next(2, now + 1) == 1 and line.entry(b"real").called_at
+    # They get in; the grace drops the flood as before.
+    assert line.leave(b"early") and line.leave(b"real")
+    assert line.sweep(T0 + GRACE + 1) == 5000
+    assert len(line) == 0
+
+
+def test_a_ticket_set_aside_that_comes_back_rejoins_at_the_end():
+    """A set-aside ticket that polls (or loads a page) again gets a new
+    number at the end of its urgency: taking its old place back would raise
+    the position of every visitor behind it. Its own position goes up (it
+    was not waiting); nobody else's does. A more urgent one coming back is
+    a more urgent arrival for the less urgent visitors behind it."""
+    line = Line()
+    line.draw(b"ghost", 10, T0)  # never polls
+    line.draw(b"urgent-ghost", 20, T0)
+    line.draw(b"a", 10, T0 + 1)
+    line.draw(b"b", 10, T0 + 2)
+    for v in (b"a", b"b"):
+        line.seen(v, T0 + 3)
+    assert line.report(b"a", line.ahead(b"a") + 1) == 3
+    assert line.report(b"b", line.ahead(b"b") + 1) == 4
+    now = T0 + STALE + 0.5
+    line.sweep(now)
+    assert line.entry(b"ghost").aside and line.entry(b"urgent-ghost").aside
+    for v in (b"a", b"b"):
+        line.seen(v, now)
+    assert line.report(b"a", line.ahead(b"a") + 1) == 1
+    assert line.report(b"b", line.ahead(b"b") + 1) == 2
+    # Set aside, it stands nowhere: asked, it is where it would rejoin.
+    assert line.ahead(b"ghost") == 2
+    # It comes back with a poll: a new number, behind a and b.
+    assert line.seen(b"ghost", now + 1)
+    ghost = line.entry(b"ghost")
+    assert not ghost.aside and ghost.number == 5 and line.last == 5
+    assert line.ahead(b"ghost") == 2
+    assert [line.report(v, line.ahead(v) + 1) for v in (b"a", b"b", b"ghost")] == [1, 2, 3]
+    # A page again (no poll) brings the urgent one back, at the end of its
+    # urgency: ahead of the less urgent, as any more urgent arrival is.
+    assert line.draw(b"urgent-ghost", 20, now + 2) == 6
+    assert line.ahead(b"a") == 1
+    assert line.report(b"a", line.ahead(b"a") + 1) == 2
+    # It is called in its new place, and the line still dumps and loads.
+    copy = Line.load(line.dump())
+    assert [copy.ahead(v) for v in (b"a", b"b", b"ghost")] == [1, 2, 3]
+    line.seen(b"urgent-ghost", now + 3)
+    assert line.call_next(2, now + 3) == 2
+    assert line.entry(b"urgent-ghost").called_at and line.entry(b"a").called_at
+    assert line.ahead(b"ghost") == 1
+
+
+def test_a_ticket_set_aside_stays_aside_through_dump_and_load():
+    line = Line()
+    line.draw(b"ghost", 10, T0)
+    line.draw(b"a", 10, T0 + 10)
+    line.seen(b"a", T0 + 11)
+    line.sweep(T0 + STALE + 1)
+    copy = Line.load(line.dump())
+    assert copy.entry(b"ghost").aside and copy.ahead(b"a") == 0
+    assert copy.waiting() == line.waiting() == {10.0: 1}
+    # A ticket drawn before the copy was made is set aside by the copy too.
+    line.draw(b"late-ghost", 10, T0 + STALE + 1)
+    copy = Line.load(line.dump())
+    for x in (line, copy):
+        x.sweep(T0 + 2 * STALE + 2)
+        assert x.entry(b"late-ghost").aside and x.waiting() == {10.0: 1}
+    assert copy.dump() == line.dump()
+
+
+def test_positions_never_go_up_with_tickets_that_never_poll_and_come_back():
+    """One class; real visitors poll every POLL_MIN..POLL_MAX seconds, a
+    client draws tickets it never polls and brings some back later: a real
+    visitor's reported position never goes up and is the truth."""
+    from gateway.waiting.line import POLL_MAX, POLL_MIN
+
+    rng = random.Random(17)
+    line = Line()
+    now = T0
+    shown: dict[bytes, int] = {}
+    next_poll: dict[bytes, float] = {}
+    ghosts: list[bytes] = []
+    for step in range(3000):
+        now += rng.random() * 0.3
+        r = rng.random()
+        if r < 0.3:
+            v = b"g%d" % step
+            ghosts.append(v)
+            line.draw(v, 10, now)
+        elif r < 0.4:
+            v = b"r%d" % step
+            line.draw(v, 10, now)
+            next_poll[v] = now + rng.uniform(POLL_MIN, POLL_MAX)
+        elif r < 0.43 and ghosts:
+            v = rng.choice(ghosts)  # a ghost comes back
+            if line.seen(v, now) and not line.entry(v).called_at:
+                next_poll[v] = now + POLL_MAX
+                shown.pop(v, None)  # rejoined at the end: a new place
+        elif r < 0.5:
+            line.call_next(rng.randint(0, 3), now)
+        line.sweep(now)
+        for v, at in list(next_poll.items()):
+            e = line.entry(v)
+            if e is None or e.called_at:
+                del next_poll[v]
+                continue
+            if at <= now:
+                line.seen(v, now)
+                next_poll[v] = now + rng.uniform(POLL_MIN, POLL_MAX)
+                pos = line.report(v, line.ahead(v) + 1)
+                assert pos <= shown.get(v, pos), (step, v, pos, shown[v])
+                assert pos == line.ahead(v) + 1, (step, v)
+                shown[v] = pos
 
 
 def test_rate_is_the_fleets_admissions_over_the_window():
@@ -323,6 +471,62 @@ def test_a_ticket_is_spent_once_until_every_copy_has_lapsed():
     assert list(line.spent) == [b"c", b"d"]
     copy = Line.load(line.dump())
     assert copy.spent == line.spent
+
+
+def test_a_full_spent_record_evicts_the_oldest_instead_of_refusing_every_ticket():
+    """Issue 9: the record (capacity entries kept `keep` seconds) once full
+    used to refuse every ticket, so every visitor holding one lost its
+    place (about capacity / keep ticket admissions a second fill it). Now
+    the oldest spends are forgotten early to make room; the bound: a replay
+    of an evicted ticket gets in once, after `capacity` other spends."""
+    capacity, keep = 100, 601.0
+    line = Line(capacity=capacity)
+    now = T0
+    # 2.5 * capacity tickets spent within keep (a sustained rate above
+    # capacity / keep): every one is honoured.
+    spent = [b"t%d" % i for i in range(capacity * 5 // 2)]
+    for i, v in enumerate(spent):
+        now = T0 + i * 0.5
+        assert line.spend(v, now, keep) is True, i
+        assert line.spend(v, now, keep) is False, i  # a replay at once: refused
+    assert len(line.spent) == capacity
+    # The newest `capacity` are remembered; the older ones were evicted.
+    assert list(line.spent) == spent[-capacity:]
+    assert all(line.is_spent(v, now, keep) for v in spent[-capacity:])
+    # A replay of an evicted ticket gets in once, then it is spent again.
+    assert line.spend(spent[0], now, keep) is True
+    assert line.spend(spent[0], now, keep) is False
+    assert len(line.spent) == capacity and spent[-capacity] not in line.spent
+    # Spends past `keep` are forgotten as before (the oldest kept first),
+    # and a record with room evicts nothing.
+    (first, oldest), (second, _) = list(line.spent.items())[:2]
+    line.sweep(oldest + keep - 1.0, keep=keep)  # (a sweep a second at most)
+    assert len(line.spent) == capacity
+    line.sweep(oldest + keep + 0.1, keep=keep)
+    assert len(line.spent) == capacity - 1 and first not in line.spent
+    assert line.spend(b"new", oldest + keep + 0.2, keep) is True
+    assert len(line.spent) == capacity and second in line.spent
+    # dump/load keeps the order spent (the next eviction is the same).
+    copy = Line.load(line.dump(), capacity)
+    assert list(copy.spent.items()) == list(line.spent.items())
+
+
+def test_stores_evict_spends_alike():
+    # Every copy replays the same evictions (the shared memory store's
+    # snapshots keep the order spent): a small record, many spends.
+    segment = line_segment(64 << 10)
+    a, b = ShmLineStore(segment, capacity=20), ShmLineStore(segment, capacity=20)
+    local = LocalLineStore(capacity=20)
+    for i in range(200):
+        ops = [("spend", b"s%d" % i), ("spend", b"s%d" % (i // 2))]
+        got, want = {}, {}
+        (a if i % 3 else b).exchange({"s": ops}, T0 + i * 0.1, got)
+        local.exchange({"s": ops}, T0 + i * 0.1, want)
+        assert got == want, i
+    for store in (a, b, ShmLineStore(segment, capacity=20)):
+        line = store.exchange({}, T0 + 30)["s"] if store is not a else \
+            store.exchange({"s": []}, T0 + 30)["s"]
+        assert list(line.spent.items()) == list(local.lines["s"].spent.items())
 
 
 def test_apply_spends_by_the_rules_keep_and_sweeps_old_spends():
