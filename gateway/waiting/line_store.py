@@ -22,7 +22,7 @@ the workers of one instance refuse a replay exactly).
   A school's keys are `<prefix>{school:<name>}:line:<part>`
   (gateway.shared.redis.key): the hash tag keeps them in one Redis Cluster
   slot with the school's shared limits, so the script may touch them all.
-  Spent tickets are a sorted set by spending time; each answer carries only
+  Spent tickets are part of the replayed operation log; each answer carries only
   the spends since the worker's last exchange, which the store adds to what
   it knew (so a replay at another instance is refused once that instance
   has synced: within `[redis] sync_interval`).
