@@ -213,20 +213,10 @@ cdef class Stats:
                     n = self.requests[cell * NCODES + k]
                     if n:
                         requests.append((school, klass, self.codes[k] if k else CODE_OTHER, n))
-                total = 0
-                for k in range(ND + 1):
-                    total += self.duration[cell * (ND + 1) + k]
-                if total:
-                    duration.append((school, klass,
-                                     [self.duration[cell * (ND + 1) + k] for k in range(ND + 1)],
-                                     self.duration_sum[cell]))
-                total = 0
-                for k in range(NW + 1):
-                    total += self.wait[cell * (NW + 1) + k]
-                if total:
-                    wait.append((school, klass,
-                                 [self.wait[cell * (NW + 1) + k] for k in range(NW + 1)],
-                                 self.wait_sum[cell]))
+                _histogram(duration, school, klass, self.duration + cell * (ND + 1), ND + 1,
+                           self.duration_sum[cell])
+                _histogram(wait, school, klass, self.wait + cell * (NW + 1), NW + 1,
+                           self.wait_sum[cell])
                 for k in range(NKINDS):
                     n = self.pages[cell * NKINDS + k]
                     if n:
@@ -249,3 +239,14 @@ cdef list _slots(list names, list current):
             names.append(name)
         slots.append(known[name])
     return slots
+
+
+cdef _histogram(list out, school, klass, long long* counts, int n, double total_sum):
+    """Append (school, class, bucket counts, sum) to `out` for one cell of a
+    histogram (`n` buckets, the last one +Inf), unless nothing was counted."""
+    cdef int k
+    cdef long long total = 0
+    for k in range(n):
+        total += counts[k]
+    if total:
+        out.append((school, klass, [counts[k] for k in range(n)], total_sum))
