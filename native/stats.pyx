@@ -199,7 +199,7 @@ cdef class Stats:
     def export(self):
         """See gateway/_native/stats.pyi."""
         cdef int s, c, k, cell
-        cdef long long n, total
+        cdef long long n
         requests = []
         duration = []
         wait = []
