@@ -30,9 +30,8 @@ class ClientProtocol(ClientLink):
     """One accepted client connection (an asyncio protocol, duck-typed): parses
     requests with httptools and queues one Exchange per request head."""
 
-    app: Any
-    proto: bytes
-    transport: asyncio.Transport | None
+    # app, ctx, client_key, proto, transport, touched, write_paused,
+    # upstream_held, flushes, client_ip: ClientLink's.
     parser: Any
     """The httptools request parser; None on a connection the reaper found
     idle between requests (its next bytes make a new one)."""
@@ -43,7 +42,6 @@ class ClientProtocol(ClientLink):
     tunnel: Exchange | None
     phase: int
     since: float
-    touched: float
     pause_mask: int
     # Response spooling: bytes the transport could not take yet (a BodySpool
     # counted in spool.RESPONSE_STATS, None while the client keeps up), its
@@ -52,13 +50,8 @@ class ClientProtocol(ClientLink):
     outspool: Any
     resp_memory: int
     resp_max: int
-    write_paused: bool
-    upstream_held: bool
-    flushes: int
-    """How many times corked output has gone out (flush)."""
     eof: bool
     error: Exception | None
-    client_ip: bytes
     school: int
     trusted_peer: bool
     chunks: ChunkedFraming | None
@@ -77,20 +70,5 @@ class ClientProtocol(ClientLink):
     def on_headers_complete(self) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_message_complete(self) -> None: ...
-    def write(self, data: bytes) -> None: ...
-    def writelines(self, parts: list[bytes]) -> None: ...
-    def cork(self, data: bytes) -> None: ...
-    def corklines(self, parts: list[bytes]) -> None: ...
-    def cork_mark(self) -> int:
-        """How much is corked now: what uncork(mark) goes back to."""
-    def uncork(self, mark: int) -> None:
-        """Drop what was corked after `mark` (not yet flushed)."""
-    def flush(self) -> None: ...
-    def write_eof(self) -> None: ...
-    def pause_reading_for(self, reason: int) -> None: ...
-    def resume_reading_for(self, reason: int) -> None: ...
-    def exchange_done(self, ex: Exchange) -> None: ...
-    def enter_tunnel(self, ex: Exchange) -> list[bytes]: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
+    # write ... abort: ClientLink's (gateway/_native/link.pyi).
     def check_timeouts(self, now: float) -> None: ...
