@@ -126,6 +126,18 @@ def start_gateway(procs, tmp_path: Path, name: str, schools: list, *, workers: i
     return gw.start()
 
 
+def admitted_over(counting, host: str, *, warmup: float, seconds: float) -> tuple[int, float]:
+    """Requests for `host` the upstream counted over about `seconds`, after
+    `warmup` seconds of load: (count, the seconds actually measured)."""
+    time.sleep(warmup)
+    counting.reset()
+    start = time.monotonic()
+    time.sleep(seconds)
+    with counting.lock:
+        got = counting.total.get(host, 0)
+    return got, time.monotonic() - start
+
+
 class Load:
     """`clients` threads per (gateway, host[, path]), each sending GETs one
     after the other on a fresh connection; counts the statuses and keeps
@@ -230,13 +242,7 @@ def test_token_rate_holds_across_instances(procs, tmp_path, counting, redis_serv
                          [school("a", counting, rate=40.0, burst=4)],
                          redis_url=redis_server.url) for i in range(2)]
     load = Load([(gw.port, "a.test") for gw in gws], 6)
-    time.sleep(1.0)
-    counting.reset()
-    start = time.monotonic()
-    time.sleep(4.0)
-    with counting.lock:
-        got = counting.total.get("a.test", 0)
-    elapsed = time.monotonic() - start
+    got, elapsed = admitted_over(counting, "a.test", warmup=1.0, seconds=4.0)
     load.finish()
     expected = 40.0 * elapsed
     assert abs(got - expected) <= 0.1 * expected, (got, expected)
@@ -429,13 +435,7 @@ def test_a_clients_rate_holds_across_the_fleet(mode, request, procs, tmp_path, c
     gws = fleet_of(mode, request, procs, tmp_path,
                    [school("a", counting, client_rate=10.0, client_burst=5)])
     load = Load([(gw.port, "a.test") for gw in gws], 8 // len(gws))
-    time.sleep(1.5)
-    counting.reset()
-    start = time.monotonic()
-    time.sleep(4.0)
-    with counting.lock:
-        got = counting.total.get("a.test", 0)
-    elapsed = time.monotonic() - start
+    got, elapsed = admitted_over(counting, "a.test", warmup=1.5, seconds=4.0)
     codes = load.finish()
     expected = 10.0 * elapsed  # each worker on its own would admit 10/s
     # Never more than the client's rate (and its burst) in the whole fleet.
