@@ -800,9 +800,6 @@ cdef class Exchange(ExchangeLink):
             self._release()
         self.client.exchange_done(self)
 
-
-
-
     cdef _log(self, int status, double now=0.0):
         """Record this exchange's access-log line (once): its end, as far
         as the log is concerned (`now`, monotonic; 0: read the clock). A
